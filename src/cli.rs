@@ -1,0 +1,139 @@
+//! The `coffre` command line: clap definitions, dispatch, output and exit codes.
+//!
+//! The only layer that uses `anyhow`; it turns library errors into one `error: ...` line and an
+//! exit code (0 ok, 1 error, 2 usage, 3 backup finished but some entries could not be read).
+//! It holds no storage logic: every command calls `backup`, `restore` or `vault`.
+
+mod backup;
+mod list;
+mod restore;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::vault::{InitOptions, Vault};
+
+/// Exit code: some entries could not be captured (the point was still made).
+pub const EXIT_PARTIAL: u8 = 3;
+
+/// coffre keeps recovery points of directories in a deduplicated, compressed vault that you can
+/// browse and restore from.
+#[derive(Parser)]
+#[command(name = "coffre", version, propagate_version = true)]
+pub struct Cli {
+    /// The vault directory [default: $COFFRE_VAULT, else $XDG_DATA_HOME/coffre/vault, else
+    /// ~/.local/share/coffre/vault]
+    #[arg(long, global = true, value_name = "DIR")]
+    vault: Option<PathBuf>,
+    /// More log output (-v info, -vv debug)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// No progress line
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new, empty vault
+    Init {
+        /// zstd compression level for new data (1-22; higher is smaller and slower)
+        #[arg(long, default_value_t = crate::vault::DEFAULT_ZSTD_LEVEL)]
+        zstd_level: i32,
+    },
+    /// Back up a directory as a new recovery point
+    ///
+    /// `coffre backup --item NAME PATH` backs up PATH as item NAME (registering it on first use and
+    /// remembering PATH and the options); `coffre backup NAME...` backs up stored items again.
+    Backup(backup::BackupArgs),
+    /// List protected items
+    Items {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List recovery points (of one item, or all)
+    Points {
+        /// Item name
+        item: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show vault totals: logical vs stored bytes, dedup and compression ratios
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore files from a recovery point into a directory (no FUSE needed)
+    Restore(restore::RestoreArgs),
+}
+
+impl Cli {
+    fn vault_path(&self) -> Result<PathBuf> {
+        self.vault
+            .clone()
+            .or_else(Vault::default_path)
+            .context("no vault given: pass --vault DIR or set COFFRE_VAULT")
+    }
+
+    fn open_vault(&self) -> Result<Vault> {
+        let path = self.vault_path()?;
+        Ok(Vault::open(&path)?)
+    }
+
+    /// Opens the vault, creating it on first use (the first backup needs no `init`).
+    fn open_or_init_vault(&self) -> Result<Vault> {
+        let path = self.vault_path()?;
+        if !Vault::exists(&path) && !path.exists() {
+            eprintln!("creating vault {}", path.display());
+            return Ok(Vault::init(&path, &InitOptions::default())?);
+        }
+        Ok(Vault::open(&path)?)
+    }
+}
+
+/// Entry point of the `coffre` binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp(None)
+        .init();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Init { zstd_level } => {
+            let path = cli.vault_path()?;
+            let v = Vault::init(
+                &path,
+                &InitOptions {
+                    zstd_level: *zstd_level,
+                },
+            )
+            .with_context(|| format!("cannot create a vault in {}", path.display()))?;
+            println!("created vault {} (id {})", v.root().display(), v.id());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Backup(args) => backup::run(cli, args),
+        Command::Items { json } => list::items(&cli.open_vault()?, *json),
+        Command::Points { item, json } => list::points(&cli.open_vault()?, item.as_deref(), *json),
+        Command::Stats { json } => list::stats(&cli.open_vault()?, *json),
+        Command::Restore(args) => restore::run(cli, args),
+    }
+}

@@ -1,0 +1,108 @@
+//! `coffre items`, `points`, `stats`: human tables by default, `--json` for scripts.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::progress::human_bytes;
+use crate::vault::{Vault, human_time};
+
+pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
+    let items = vault.catalog().items()?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let points = vault.catalog().points(None)?;
+    println!(
+        "{:<24} {:<6} {:<16} {:>6}  source",
+        "ITEM", "KIND", "STATE", "POINTS"
+    );
+    for i in items {
+        let n = points.iter().filter(|p| p.item == i.name).count();
+        let src = i.source.get("path").and_then(|p| p.as_str()).unwrap_or("");
+        println!(
+            "{:<24} {:<6} {:<16} {:>6}  {}",
+            i.name,
+            i.kind.as_str(),
+            i.state,
+            n,
+            src
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn points(vault: &Vault, item: Option<&str>, json: bool) -> Result<ExitCode> {
+    let item_id = item.map(|n| vault.item(n)).transpose()?.map(|i| i.id);
+    let points = vault.catalog().points(item_id)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&points)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<8}  {:<20} {:<19} {:>9} {:>11} {:>11}",
+        "ID", "ITEM", "TIME (UTC)", "FILES", "SIZE", "NEW STORED"
+    );
+    for p in points {
+        println!(
+            "{:<8}  {:<20} {:<19} {:>9} {:>11} {:>11}",
+            p.id,
+            p.item,
+            human_time(p.time),
+            p.files,
+            human_bytes(p.logical_bytes),
+            human_bytes(p.stored_bytes)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn stats(vault: &Vault, json: bool) -> Result<ExitCode> {
+    let t = vault.catalog().totals()?;
+    let catalog_bytes = ["vault.db", "vault.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(vault.root().join(f)).ok())
+        .map(|m| m.len())
+        .sum::<u64>();
+    let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let dedup = ratio(t.logical_bytes, t.chunk_bytes);
+    let compression = ratio(t.chunk_bytes, t.pack_bytes);
+    if json {
+        let mut v = serde_json::to_value(&t)?;
+        v["catalog_bytes"] = catalog_bytes.into();
+        v["dedup_ratio"] = dedup.into();
+        v["compression_ratio"] = compression.into();
+        v["total_ratio"] = ratio(t.logical_bytes, t.pack_bytes + catalog_bytes).into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("vault        {}", vault.root().display());
+    println!("items        {}   points {}", t.items, t.points);
+    println!(
+        "logical      {} (sum of all live points)",
+        human_bytes(t.logical_bytes)
+    );
+    println!(
+        "unique data  {} in {} chunks",
+        human_bytes(t.chunk_bytes),
+        t.chunks
+    );
+    println!(
+        "packs        {} in {} files",
+        human_bytes(t.pack_bytes),
+        t.packs
+    );
+    println!(
+        "catalog      {} ({} trees, {} content lists)",
+        human_bytes(catalog_bytes),
+        t.trees,
+        t.lists
+    );
+    println!(
+        "dedup        {dedup:.2}x   compression {compression:.2}x   total {:.2}x",
+        ratio(t.logical_bytes, t.pack_bytes + catalog_bytes)
+    );
+    let _ = human_time;
+    Ok(ExitCode::SUCCESS)
+}

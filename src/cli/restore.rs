@@ -1,0 +1,71 @@
+//! `coffre restore NAME[@POINT] [PATH...] --to DIR`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use super::Cli;
+use crate::progress::human_bytes;
+use crate::restore::files::{RestoreOptions, restore_files};
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// Item and point: NAME (latest point), NAME@ID (point id or unique prefix) or
+    /// NAME@2026-11-23T140005Z (point directory name)
+    #[arg(value_name = "NAME[@POINT]")]
+    spec: String,
+    /// Paths inside the point to restore (default: everything); each is restored as DIR/<name>
+    #[arg(value_name = "PATH")]
+    paths: Vec<String>,
+    /// Target directory (created if missing; existing files in the way are replaced)
+    #[arg(long, value_name = "DIR")]
+    to: PathBuf,
+    /// Worker threads [default: one per core]
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
+    let vault = cli.open_vault()?;
+    let (name, point) = args.spec.split_once('@').unwrap_or((&args.spec, "latest"));
+    let item = vault.item(name)?;
+    let point = vault.resolve_point(&item, point)?;
+    let opts = RestoreOptions {
+        threads: args.threads,
+        progress: !cli.quiet && !args.json,
+    };
+    let report = restore_files(&vault, &point, &args.paths, &args.to, &opts)
+        .with_context(|| format!("restore of {name}@{} failed", point.id))?;
+    for n in &report.notes {
+        eprintln!("note: {n}");
+    }
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "restored {} files, {} dirs, {} from point {} of {:?} into {}",
+            report.files,
+            report.dirs,
+            human_bytes(report.bytes),
+            point.id,
+            name,
+            args.to.display()
+        );
+    }
+    if report.errors.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: {} entries could not be restored (listed above)",
+            report.errors.len()
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}

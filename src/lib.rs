@@ -1,0 +1,33 @@
+//! coffre: backups you can browse. Recovery points of directories (and, in later work, disks and
+//! virtual machines) are kept in a vault: metadata in SQLite, data in a deduplicated,
+//! zstd-compressed, BLAKE3-addressed chunk store.
+//!
+//! ```text
+//!   coffre (src/main.rs)      coffre-restore (src/bin/coffre-restore.rs)     thin: clap + cli/
+//!        |                              |
+//!   backup/ (files, sink)       restore/ (files)        chunking      progress    fsmeta
+//!        \______________________________|_______________________________/
+//!                  vault/  the only code that touches vault.db and packs/
+//!                    catalog (SQLite)  packs (format, writer)  chunks (mmap reads, cache)
+//! ```
+//!
+//! Locking table (who may run beside whom):
+//!
+//! | operation            | writer lock | may run beside                                   |
+//! |----------------------|-------------|--------------------------------------------------|
+//! | backup               | exclusive   | list, restore, (mount)                           |
+//! | list/points/stats    | none        | everything                                       |
+//! | restore              | none        | everything (reads committed points only)         |
+//!
+//! The writer lock is an advisory `flock` on `VAULT/lock`; a second writer waits, or fails at once
+//! with `--no-wait`. Readers rely on SQLite WAL snapshots and on packs being immutable once named
+//! by the catalog, so they never block writers and writers never break them.
+
+pub mod backup;
+pub mod chunking;
+pub mod cli;
+pub mod fsmeta;
+pub mod progress;
+pub mod restore;
+pub mod testing;
+pub mod vault;

@@ -1,0 +1,464 @@
+//! The vault: the only door to `vault.db` and `packs/`.
+//!
+//! Layout of a vault directory: `vault.db` (+ `-wal`, `-shm`), `packs/<name>.pack`, `lock`.
+//! `Vault` opens and checks a vault (refusing foreign, newer or damaged ones before changing
+//! anything), hands out catalog connections and reads chunks. Writers take `WriteLock` (an
+//! advisory `flock` on `lock`); taking it also runs recovery: pack files the catalog does not
+//! name are leftovers of a killed writer and are deleted. Readers never take the lock and never
+//! block a writer (SQLite WAL readers see the last committed state).
+
+pub mod catalog;
+pub mod chunks;
+pub mod format;
+pub mod packs;
+
+use std::fs::{self, File};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use catalog::{Catalog, ChunkLoc, Item, ItemKind, PointRow};
+pub use chunks::ChunkReader;
+pub use format::{ChunkId, Content, Entry, Extent, Hash32, Kind, Timestamp, TreeId};
+
+/// Errors of the storage layer, each carrying what the user needs to act.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error("no vault at {0} (create one with `coffre init`, or pass --vault DIR)")]
+    NotFound(PathBuf),
+    #[error("{0} is not a coffre vault (it holds other data); choose another directory")]
+    Foreign(PathBuf),
+    #[error(
+        "{path} was written by a newer coffre (catalog schema {found}, this build reads up to {supported}); upgrade coffre"
+    )]
+    Newer {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error(
+        "vault catalog {path} is damaged ({detail}); restore vault.db from a replica or backup"
+    )]
+    Damaged { path: PathBuf, detail: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("catalog error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("catalog: {0}")]
+    Format(#[from] format::FormatError),
+    #[error("{what} {id} is missing from the catalog; run `coffre verify`")]
+    Missing { what: &'static str, id: Hash32 },
+    #[error("chunk {id} is damaged: {detail}; run `coffre verify`")]
+    BadChunk { id: ChunkId, detail: String },
+    #[error("vault {0} is locked by another writer; wait for it or drop --no-wait")]
+    Locked(PathBuf),
+    #[error("no item named {0:?} (see `coffre items`)")]
+    ItemNotFound(String),
+    #[error("no recovery point {0:?} (see `coffre points`)")]
+    PointNotFound(String),
+}
+
+pub type VaultResult<T> = Result<T, VaultError>;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> VaultError + '_ {
+    move |source| VaultError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Default zstd level for new vaults. Level 3 with small chunks grouped into one frame gives a
+/// smaller vault than borg's zstd,3 at the speed of per-chunk level 1 (see BENCHMARKS.md).
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Options for `Vault::init`.
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    pub zstd_level: i32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            zstd_level: DEFAULT_ZSTD_LEVEL,
+        }
+    }
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// A random lowercase hex string of `2 * bytes` characters, from the kernel's generator.
+pub fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    // getrandom(2) only fails on bad arguments; fall back to the clock if it ever does.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), bytes, 0) };
+    if n != bytes as isize {
+        let t = now_ns().to_le_bytes();
+        let h = blake3::hash(&[&t[..], &std::process::id().to_le_bytes()].concat());
+        buf.copy_from_slice(&h.as_bytes()[..bytes]);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What worker threads need of a vault: `Send + Sync`, cheap to clone.
+#[derive(Clone)]
+pub struct VaultRef {
+    root: PathBuf,
+    reader: Arc<ChunkReader>,
+    zstd_level: i32,
+}
+
+impl VaultRef {
+    /// A new catalog connection for the calling thread.
+    pub fn connect(&self) -> VaultResult<Catalog> {
+        Catalog::open(&self.root.join("vault.db"))
+    }
+    pub fn chunk_reader(&self) -> &ChunkReader {
+        &self.reader
+    }
+    pub fn zstd_level(&self) -> i32 {
+        self.zstd_level
+    }
+}
+
+/// An open vault.
+pub struct Vault {
+    root: PathBuf,
+    catalog: Catalog,
+    reader: Arc<ChunkReader>,
+    zstd_level: i32,
+    id: String,
+}
+
+impl Vault {
+    /// The directory used when neither `--vault` nor `$COFFRE_VAULT` is given.
+    pub fn default_path() -> Option<PathBuf> {
+        if let Some(p) = std::env::var_os("COFFRE_VAULT").filter(|p| !p.is_empty()) {
+            return Some(PathBuf::from(p));
+        }
+        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|p| !p.is_empty()) {
+            return Some(PathBuf::from(x).join("coffre/vault"));
+        }
+        std::env::var_os("HOME")
+            .filter(|p| !p.is_empty())
+            .map(|h| PathBuf::from(h).join(".local/share/coffre/vault"))
+    }
+
+    /// True if `path` looks like a vault (has a catalog file).
+    pub fn exists(path: &Path) -> bool {
+        path.join("vault.db").is_file()
+    }
+
+    /// Creates a new vault in `path` (created if missing; must be empty if it exists).
+    pub fn init(path: &Path, opts: &InitOptions) -> VaultResult<Vault> {
+        if path.exists() {
+            let mut it = fs::read_dir(path).map_err(io_err(path))?;
+            if it.next().is_some() {
+                if Self::exists(path) {
+                    return Err(VaultError::Io {
+                        path: path.to_path_buf(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::AlreadyExists,
+                            "a vault already exists here",
+                        ),
+                    });
+                }
+                return Err(VaultError::Foreign(path.to_path_buf()));
+            }
+        }
+        if !(-7..=22).contains(&opts.zstd_level) {
+            return Err(VaultError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "zstd level must be between -7 and 22",
+                ),
+            });
+        }
+        fs::create_dir_all(path.join("packs")).map_err(io_err(path))?;
+        File::create(path.join("lock")).map_err(io_err(path))?;
+        let db = path.join("vault.db");
+        let id = random_hex(16);
+        Catalog::create(
+            &db,
+            &[
+                ("vault_id", id),
+                ("zstd_level", opts.zstd_level.to_string()),
+                ("created", now_ns().to_string()),
+            ],
+        )?;
+        // The catalog file and packs/ must survive a crash right after init.
+        sync_dir(path)?;
+        Self::open(path)
+    }
+
+    /// Opens an existing vault, checking it without changing anything.
+    pub fn open(path: &Path) -> VaultResult<Vault> {
+        let db = path.join("vault.db");
+        if !db.is_file() {
+            if path.is_dir() && fs::read_dir(path).map_err(io_err(path))?.next().is_some() {
+                return Err(VaultError::Foreign(path.to_path_buf()));
+            }
+            return Err(VaultError::NotFound(path.to_path_buf()));
+        }
+        let catalog = Catalog::open(&db)?;
+        let zstd_level = catalog
+            .meta("zstd_level")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_ZSTD_LEVEL);
+        let id = catalog.meta("vault_id")?.unwrap_or_default();
+        Ok(Vault {
+            root: path.to_path_buf(),
+            catalog,
+            reader: Arc::new(ChunkReader::new(
+                path.join("packs"),
+                chunks::DEFAULT_CACHE_BYTES,
+            )),
+            zstd_level,
+            id,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn zstd_level(&self) -> i32 {
+        self.zstd_level
+    }
+
+    /// A new catalog connection for another thread (readers and workers).
+    pub fn connect(&self) -> VaultResult<Catalog> {
+        Catalog::open(&self.root.join("vault.db"))
+    }
+
+    pub fn chunk_reader(&self) -> Arc<ChunkReader> {
+        self.reader.clone()
+    }
+
+    /// The thread-shareable part of this vault.
+    pub fn shared(&self) -> VaultRef {
+        VaultRef {
+            root: self.root.clone(),
+            reader: self.reader.clone(),
+            zstd_level: self.zstd_level,
+        }
+    }
+
+    /// Takes the writer lock (waiting for it unless `wait` is false) and recovers from a killed
+    /// writer.
+    pub fn lock(&self, wait: bool) -> VaultResult<WriteLock> {
+        let path = self.root.join("lock");
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let op = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
+        loop {
+            // SAFETY: flock on an fd we own; no memory is passed.
+            let r = unsafe { libc::flock(f.as_raw_fd(), op) };
+            if r == 0 {
+                break;
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => return Err(VaultError::Locked(self.root.clone())),
+                _ => return Err(io_err(&path)(e)),
+            }
+        }
+        let lock = WriteLock { _file: f };
+        self.recover()?;
+        Ok(lock)
+    }
+
+    /// Deletes pack files the catalog does not name: leftovers of a writer killed before its
+    /// commit. Runs only under the writer lock, so no live writer can own them.
+    fn recover(&self) -> VaultResult<()> {
+        let known: std::collections::HashSet<String> =
+            self.catalog.pack_names()?.into_iter().collect();
+        let dir = self.packs_dir();
+        let mut removed = 0;
+        for ent in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let ent = ent.map_err(io_err(&dir))?;
+            let name = ent.file_name();
+            let name = name.to_string_lossy();
+            let stem = name.strip_suffix(".pack").unwrap_or(&name);
+            if !known.contains(stem) {
+                log::info!("recovery: removing unreferenced pack file {name}");
+                fs::remove_file(ent.path()).map_err(io_err(&ent.path()))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            sync_dir(&dir)?;
+        }
+        Ok(())
+    }
+
+    /// Reads a chunk through the shared cache, verified against its id.
+    pub fn read_chunk(&self, id: &ChunkId) -> VaultResult<Vec<u8>> {
+        let loc = self.catalog.chunk(id)?.ok_or(VaultError::Missing {
+            what: "chunk",
+            id: *id,
+        })?;
+        self.reader.read(id, &loc, &|p| self.pack_name(p))
+    }
+
+    pub fn pack_name(&self, id: i64) -> VaultResult<String> {
+        self.catalog
+            .pack_name(id)?
+            .ok_or_else(|| VaultError::Damaged {
+                path: self.root.join("vault.db"),
+                detail: format!("chunk names unknown pack {id}"),
+            })
+    }
+
+    /// Finds an item by name.
+    pub fn item(&self, name: &str) -> VaultResult<Item> {
+        self.catalog
+            .item(name)?
+            .ok_or_else(|| VaultError::ItemNotFound(name.to_string()))
+    }
+
+    /// Resolves `POINT` of an item: `latest` (or empty), a point id (or unique prefix), or a
+    /// point directory name as the mount shows it (`2026-11-23T140005Z`).
+    pub fn resolve_point(&self, item: &Item, spec: &str) -> VaultResult<PointRow> {
+        let points = self.catalog.points(Some(item.id))?;
+        let not_found = || VaultError::PointNotFound(format!("{}@{}", item.name, spec));
+        if spec.is_empty() || spec == "latest" {
+            return points.into_iter().last().ok_or_else(not_found);
+        }
+        let mut hits: Vec<PointRow> = points
+            .into_iter()
+            .filter(|p| p.id.starts_with(spec) || point_dir_name(p.time) == spec)
+            .collect();
+        if hits.len() == 1 {
+            Ok(hits.remove(0))
+        } else {
+            Err(not_found())
+        }
+    }
+}
+
+/// Held while writing; dropping it releases the lock (so does the process dying).
+pub struct WriteLock {
+    _file: File,
+}
+
+/// fsyncs a directory so renames and new files in it survive a crash.
+pub fn sync_dir(path: &Path) -> VaultResult<()> {
+    File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(path))
+}
+
+/// The UTC name of a point directory in the mount: `2026-11-23T140005Z`.
+pub fn point_dir_name(time_ns: i64) -> String {
+    let secs = time_ns.div_euclid(1_000_000_000);
+    let (y, m, d, hh, mm, ss) = civil_from_unix(secs);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}{mm:02}{ss:02}Z")
+}
+
+/// A human UTC time: `2026-11-23 14:00:05`.
+pub fn human_time(time_ns: i64) -> String {
+    let secs = time_ns.div_euclid(1_000_000_000);
+    let (y, m, d, hh, mm, ss) = civil_from_unix(secs);
+    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}")
+}
+
+/// Converts Unix seconds to (year, month, day, hour, minute, second) in UTC
+/// (Howard Hinnant's days-from-civil algorithm, inverted).
+pub fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = if m <= 2 { y + 1 } else { y };
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn point_names_are_utc_and_sortable() {
+        assert_eq!(point_dir_name(0), "1970-01-01T000000Z");
+        assert_eq!(
+            point_dir_name(1_795_442_405_000_000_000),
+            "2026-11-23T140005Z"
+        );
+        assert_eq!(
+            point_dir_name(951_782_400 * 1_000_000_000),
+            "2000-02-29T000000Z"
+        );
+    }
+
+    #[test]
+    fn foreign_and_damaged_catalogs_are_refused_without_change() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory with other files is foreign.
+        fs::write(dir.path().join("x"), b"data").unwrap();
+        assert!(matches!(
+            Vault::open(dir.path()),
+            Err(VaultError::Foreign(_))
+        ));
+        // A vault.db that is not SQLite is damaged.
+        let v = dir.path().join("v");
+        fs::create_dir(&v).unwrap();
+        fs::write(v.join("vault.db"), vec![b'x'; 4096]).unwrap();
+        assert!(matches!(Vault::open(&v), Err(VaultError::Damaged { .. })));
+        assert_eq!(fs::read(v.join("vault.db")).unwrap(), vec![b'x'; 4096]);
+        // An SQLite database of another program is foreign.
+        let o = dir.path().join("o");
+        fs::create_dir(&o).unwrap();
+        rusqlite::Connection::open(o.join("vault.db"))
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x)")
+            .unwrap();
+        assert!(matches!(Vault::open(&o), Err(VaultError::Foreign(_))));
+    }
+}

@@ -1,0 +1,610 @@
+//! The catalog: `vault.db`, SQLite in WAL mode.
+//!
+//! Owns the schema (migrated by `PRAGMA user_version`) and every SQL statement in coffre; the rest
+//! of the code sees items, points, trees, lists and chunk locations. Must not be opened by code
+//! outside `vault/`. Invariants: a row in `chunks` names a pack that was fsync'd before the row
+//! committed; a point row is inserted in the same transaction as every tree and list it reaches,
+//! so a point is visible only when complete. Crash story: SQLite's WAL makes each transaction
+//! atomic and `synchronous=FULL` makes a committed one durable; a killed backup rolls back whole.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use super::format::{self, ChunkId, Entry, Extent, Hash32, ListId, TreeId};
+use super::packs::{Codec, RecordPos};
+use super::{VaultError, VaultResult};
+
+/// The schema version this build writes. Older catalogs are migrated; newer ones are refused.
+pub const SCHEMA_VERSION: i64 = 1;
+/// The value of `meta.format` that marks a coffre vault.
+pub const FORMAT_NAME: &str = "coffre-vault";
+
+const SCHEMA_V1: &str = r#"
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE items(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'protected',
+    created INTEGER NOT NULL
+);
+CREATE TABLE points(
+    id INTEGER PRIMARY KEY,
+    pid TEXT NOT NULL UNIQUE,
+    item INTEGER NOT NULL REFERENCES items(id),
+    time INTEGER NOT NULL,
+    root BLOB NOT NULL,
+    files INTEGER NOT NULL,
+    dirs INTEGER NOT NULL,
+    logical_bytes INTEGER NOT NULL,
+    new_chunks INTEGER NOT NULL,
+    new_bytes INTEGER NOT NULL,
+    stored_bytes INTEGER NOT NULL,
+    warnings INTEGER NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    deleted_at INTEGER
+);
+CREATE INDEX points_by_item ON points(item, time);
+CREATE TABLE packs(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    size INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    verified INTEGER
+);
+CREATE TABLE chunks(
+    id BLOB PRIMARY KEY,
+    pack INTEGER NOT NULL,
+    rec_offset INTEGER NOT NULL,
+    rec_stored INTEGER NOT NULL,
+    rec_plain INTEGER NOT NULL,
+    codec INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    len INTEGER NOT NULL,
+    bad INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE TABLE trees(id BLOB NOT NULL UNIQUE, data BLOB NOT NULL);
+CREATE TABLE lists(id BLOB NOT NULL UNIQUE, data BLOB NOT NULL);
+"#;
+
+/// What kind of thing an item protects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ItemKind {
+    Files,
+    Disk,
+    Vm,
+}
+
+impl ItemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemKind::Files => "files",
+            ItemKind::Disk => "disk",
+            ItemKind::Vm => "vm",
+        }
+    }
+    fn parse(s: &str) -> Option<ItemKind> {
+        match s {
+            "files" => Some(ItemKind::Files),
+            "disk" => Some(ItemKind::Disk),
+            "vm" => Some(ItemKind::Vm),
+            _ => None,
+        }
+    }
+}
+
+/// A protected item.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Item {
+    #[serde(skip)]
+    pub id: i64,
+    pub name: String,
+    pub kind: ItemKind,
+    /// The stored definition (source path, excludes...) as JSON.
+    pub source: serde_json::Value,
+    pub state: String,
+    pub created: i64,
+}
+
+/// A recovery point as the catalog lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PointRow {
+    #[serde(skip)]
+    pub rowid: i64,
+    pub id: String,
+    pub item: String,
+    /// Nanoseconds since the epoch (UTC).
+    pub time: i64,
+    #[serde(skip)]
+    pub root: Vec<u8>,
+    pub files: u64,
+    pub dirs: u64,
+    pub logical_bytes: u64,
+    pub new_chunks: u64,
+    pub new_bytes: u64,
+    pub stored_bytes: u64,
+    pub warnings: u64,
+    pub duration_ms: u64,
+}
+
+/// Where a chunk's bytes are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkLoc {
+    pub pack: i64,
+    pub record: RecordPos,
+    pub offset: u32,
+    pub len: u32,
+    pub bad: bool,
+}
+
+/// Totals for `coffre stats`.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CatalogTotals {
+    pub items: u64,
+    pub points: u64,
+    pub chunks: u64,
+    pub chunk_bytes: u64,
+    pub packs: u64,
+    pub pack_bytes: u64,
+    pub logical_bytes: u64,
+    pub trees: u64,
+    pub lists: u64,
+}
+
+/// A connection to `vault.db`.
+pub struct Catalog {
+    conn: Connection,
+}
+
+fn sql_err(path: &Path, e: rusqlite::Error) -> VaultError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) | Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            VaultError::Damaged {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            }
+        }
+        _ => VaultError::Sql(e),
+    }
+}
+
+impl Catalog {
+    /// Opens an existing catalog and checks it is a coffre vault this build understands.
+    pub fn open(path: &Path) -> VaultResult<Catalog> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql_err(path, e))?;
+        let c = Catalog { conn };
+        // Check before configuring: switching a foreign database to WAL would change it.
+        c.conn
+            .busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(|e| sql_err(path, e))?;
+        c.check(path)?;
+        c.configure().map_err(|e| sql_err(path, e))?;
+        Ok(c)
+    }
+
+    /// Creates a new catalog at `path` (which must not exist) with the given metadata.
+    pub fn create(path: &Path, meta: &[(&str, String)]) -> VaultResult<Catalog> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql_err(path, e))?;
+        let c = Catalog { conn };
+        c.configure().map_err(|e| sql_err(path, e))?;
+        let tx = c.conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA_V1)?;
+        tx.execute(
+            "INSERT INTO meta(key, value) VALUES ('format', ?1)",
+            [FORMAT_NAME],
+        )?;
+        for (k, v) in meta {
+            tx.execute(
+                "INSERT INTO meta(key, value) VALUES (?1, ?2)",
+                params![k, v],
+            )?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(c)
+    }
+
+    fn configure(&self) -> rusqlite::Result<()> {
+        self.conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        self.conn.set_prepared_statement_cache_capacity(64);
+        Ok(())
+    }
+
+    fn check(&self, path: &Path) -> VaultResult<()> {
+        let version: i64 = self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| sql_err(path, e))?;
+        let has_meta: bool = self
+            .conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='meta'",
+                [],
+                |r| r.get::<_, i64>(0).map(|n| n > 0),
+            )
+            .map_err(|e| sql_err(path, e))?;
+        let format: Option<String> = if has_meta {
+            self.conn
+                .query_row("SELECT value FROM meta WHERE key='format'", [], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(|e| sql_err(path, e))?
+        } else {
+            None
+        };
+        if format.as_deref() != Some(FORMAT_NAME) {
+            return Err(VaultError::Foreign(path.to_path_buf()));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(VaultError::Newer {
+                path: path.to_path_buf(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version < 1 {
+            return Err(VaultError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!("schema version {version}"),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn meta(&self, key: &str) -> VaultResult<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key=?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> VaultResult<()> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Starts a write transaction (the caller holds the vault's writer lock).
+    pub fn begin(&self) -> VaultResult<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    pub fn commit(&self) -> VaultResult<()> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    pub fn rollback(&self) {
+        // Nothing to do if no transaction is open; an error here means none was.
+        let _ = self.conn.execute_batch("ROLLBACK");
+    }
+
+    // ---- items ----
+
+    fn row_item(r: &rusqlite::Row) -> rusqlite::Result<Item> {
+        let kind: String = r.get(2)?;
+        let source: String = r.get(3)?;
+        Ok(Item {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            kind: ItemKind::parse(&kind).unwrap_or(ItemKind::Files),
+            source: serde_json::from_str(&source).unwrap_or(serde_json::Value::Null),
+            state: r.get(4)?,
+            created: r.get(5)?,
+        })
+    }
+
+    pub fn item(&self, name: &str) -> VaultResult<Option<Item>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id, name, kind, source, state, created FROM items WHERE name=?1",
+            )?
+            .query_row([name], Self::row_item)
+            .optional()?)
+    }
+
+    pub fn items(&self) -> VaultResult<Vec<Item>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT id, name, kind, source, state, created FROM items ORDER BY name",
+        )?;
+        let rows = st.query_map([], Self::row_item)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn create_item(
+        &self,
+        name: &str,
+        kind: ItemKind,
+        source: &serde_json::Value,
+        now: i64,
+    ) -> VaultResult<Item> {
+        self.conn.execute(
+            "INSERT INTO items(name, kind, source, created) VALUES (?1, ?2, ?3, ?4)",
+            params![name, kind.as_str(), source.to_string(), now],
+        )?;
+        self.item(name)?
+            .ok_or_else(|| VaultError::ItemNotFound(name.to_string()))
+    }
+
+    pub fn set_item_source(&self, item: i64, source: &serde_json::Value) -> VaultResult<()> {
+        self.conn.execute(
+            "UPDATE items SET source=?2 WHERE id=?1",
+            params![item, source.to_string()],
+        )?;
+        Ok(())
+    }
+
+    // ---- points ----
+
+    const POINT_COLS: &'static str = "p.id, p.pid, i.name, p.time, p.root, p.files, p.dirs, \
+        p.logical_bytes, p.new_chunks, p.new_bytes, p.stored_bytes, p.warnings, p.duration_ms";
+
+    fn row_point(r: &rusqlite::Row) -> rusqlite::Result<PointRow> {
+        Ok(PointRow {
+            rowid: r.get(0)?,
+            id: r.get(1)?,
+            item: r.get(2)?,
+            time: r.get(3)?,
+            root: r.get(4)?,
+            files: r.get(5)?,
+            dirs: r.get(6)?,
+            logical_bytes: r.get(7)?,
+            new_chunks: r.get(8)?,
+            new_bytes: r.get(9)?,
+            stored_bytes: r.get(10)?,
+            warnings: r.get(11)?,
+            duration_ms: r.get(12)?,
+        })
+    }
+
+    /// Live points, oldest first; of one item if given.
+    pub fn points(&self, item: Option<i64>) -> VaultResult<Vec<PointRow>> {
+        let sql = format!(
+            "SELECT {} FROM points p JOIN items i ON i.id = p.item
+             WHERE p.deleted_at IS NULL AND (?1 IS NULL OR p.item = ?1) ORDER BY p.time, p.id",
+            Self::POINT_COLS
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map([item], Self::row_point)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn insert_point(&self, item: i64, p: &PointRow) -> VaultResult<()> {
+        self.conn.execute(
+            "INSERT INTO points(pid, item, time, root, files, dirs, logical_bytes, new_chunks,
+                new_bytes, stored_bytes, warnings, duration_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                p.id,
+                item,
+                p.time,
+                p.root,
+                p.files,
+                p.dirs,
+                p.logical_bytes,
+                p.new_chunks,
+                p.new_bytes,
+                p.stored_bytes,
+                p.warnings,
+                p.duration_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn point_id_taken(&self, pid: &str) -> VaultResult<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM points WHERE pid=?1", [pid], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    // ---- packs and chunks ----
+
+    pub fn insert_pack(&self, name: &str, size: u64, now: i64) -> VaultResult<i64> {
+        self.conn.execute(
+            "INSERT INTO packs(name, size, created) VALUES (?1, ?2, ?3)",
+            params![name, size, now],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    pub fn pack_name(&self, id: i64) -> VaultResult<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT name FROM packs WHERE id=?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub fn pack_names(&self) -> VaultResult<Vec<String>> {
+        let mut st = self.conn.prepare("SELECT name FROM packs")?;
+        let rows = st.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn insert_chunk(&self, id: &ChunkId, loc: &ChunkLoc) -> VaultResult<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT OR REPLACE INTO chunks(id, pack, rec_offset, rec_stored, rec_plain, codec,
+                    offset, len) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                &id.0[..],
+                loc.pack,
+                loc.record.offset,
+                loc.record.stored_len,
+                loc.record.plain_len,
+                loc.record.codec as i64,
+                loc.offset,
+                loc.len
+            ])?;
+        Ok(())
+    }
+
+    pub fn chunk(&self, id: &ChunkId) -> VaultResult<Option<ChunkLoc>> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT pack, rec_offset, rec_stored, rec_plain, codec, offset, len, bad
+                 FROM chunks WHERE id=?1",
+            )?
+            .query_row([&id.0[..]], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, u64>(1)?,
+                    r.get::<_, u32>(2)?,
+                    r.get::<_, u32>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, u32>(5)?,
+                    r.get::<_, u32>(6)?,
+                    r.get::<_, bool>(7)?,
+                ))
+            })
+            .optional()?;
+        let Some((pack, offset, stored_len, plain_len, codec, off, len, bad)) = row else {
+            return Ok(None);
+        };
+        let codec = Codec::from_code(codec).ok_or_else(|| VaultError::Damaged {
+            path: "vault.db".into(),
+            detail: format!("chunk {id} has unknown codec {codec}"),
+        })?;
+        Ok(Some(ChunkLoc {
+            pack,
+            record: RecordPos {
+                offset,
+                stored_len,
+                plain_len,
+                codec,
+            },
+            offset: off,
+            len,
+            bad,
+        }))
+    }
+
+    /// True if the chunk is stored and not known to be bad (so a backup may reuse it).
+    pub fn has_good_chunk(&self, id: &ChunkId) -> VaultResult<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT bad FROM chunks WHERE id=?1")?
+            .query_row([&id.0[..]], |r| r.get::<_, bool>(0))
+            .optional()?
+            .is_some_and(|bad| !bad))
+    }
+
+    // ---- trees and content lists ----
+
+    fn get_blob(&self, table: &str, id: &Hash32) -> VaultResult<Option<Vec<u8>>> {
+        let sql = format!("SELECT data FROM {table} WHERE id=?1");
+        let data: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([&id.0[..]], |r| r.get(0))
+            .optional()?;
+        let Some(data) = data else { return Ok(None) };
+        let plain = zstd::bulk::decompress(&data, 64 << 20).map_err(|e| VaultError::Damaged {
+            path: "vault.db".into(),
+            detail: format!("{table} blob {id}: {e}"),
+        })?;
+        if Hash32::of(&plain) != *id {
+            return Err(VaultError::Damaged {
+                path: "vault.db".into(),
+                detail: format!("{table} blob {id} does not match its id"),
+            });
+        }
+        Ok(Some(plain))
+    }
+
+    /// Stores a blob under its id; returns the stored (compressed) size if it was new, else 0.
+    fn put_blob(&self, table: &str, id: &Hash32, plain: &[u8]) -> VaultResult<u64> {
+        let exists_sql = format!("SELECT 1 FROM {table} WHERE id=?1");
+        if self
+            .conn
+            .prepare_cached(&exists_sql)?
+            .query_row([&id.0[..]], |_| Ok(()))
+            .optional()?
+            .is_some()
+        {
+            return Ok(0);
+        }
+        let z = zstd::bulk::compress(plain, 3).map_err(|e| VaultError::Io {
+            path: "vault.db".into(),
+            source: e,
+        })?;
+        let sql = format!("INSERT INTO {table}(id, data) VALUES (?1, ?2)");
+        self.conn
+            .prepare_cached(&sql)?
+            .execute(params![&id.0[..], z])?;
+        Ok(z.len() as u64)
+    }
+
+    pub fn tree(&self, id: &TreeId) -> VaultResult<Vec<Entry>> {
+        let plain = self.get_blob("trees", id)?.ok_or(VaultError::Missing {
+            what: "tree",
+            id: *id,
+        })?;
+        Ok(format::decode_tree(&plain)?)
+    }
+
+    /// Stores an encoded tree; returns bytes added to the catalog (0 if it was already there).
+    pub fn put_tree(&self, id: &TreeId, encoded: &[u8]) -> VaultResult<u64> {
+        self.put_blob("trees", id, encoded)
+    }
+
+    pub fn list(&self, id: &ListId) -> VaultResult<Vec<Extent>> {
+        let plain = self.get_blob("lists", id)?.ok_or(VaultError::Missing {
+            what: "content list",
+            id: *id,
+        })?;
+        Ok(format::decode_list(&plain)?)
+    }
+
+    pub fn put_list(&self, id: &ListId, encoded: &[u8]) -> VaultResult<u64> {
+        self.put_blob("lists", id, encoded)
+    }
+
+    // ---- totals ----
+
+    pub fn totals(&self) -> VaultResult<CatalogTotals> {
+        let q = |sql: &str| -> VaultResult<u64> {
+            Ok(self
+                .conn
+                .query_row(sql, [], |r| r.get::<_, Option<u64>>(0))?
+                .unwrap_or(0))
+        };
+        Ok(CatalogTotals {
+            items: q("SELECT count(*) FROM items")?,
+            points: q("SELECT count(*) FROM points WHERE deleted_at IS NULL")?,
+            chunks: q("SELECT count(*) FROM chunks")?,
+            chunk_bytes: q("SELECT sum(len) FROM chunks")?,
+            packs: q("SELECT count(*) FROM packs")?,
+            pack_bytes: q("SELECT sum(size) FROM packs")?,
+            logical_bytes: q("SELECT sum(logical_bytes) FROM points WHERE deleted_at IS NULL")?,
+            trees: q("SELECT count(*) FROM trees")?,
+            lists: q("SELECT count(*) FROM lists")?,
+        })
+    }
+}
