@@ -19,15 +19,46 @@ pub const AVG: usize = 256 * 1024;
 /// Largest content-defined chunk.
 pub const MAX: usize = 1024 * 1024;
 
-/// Streams `source` as content-defined chunks, calling `sink` with each one in order.
-///
-/// Returns the total number of bytes read. `sink` gets slices of an internal buffer.
+/// A reusable content-defined chunker: owns its read buffer, so a worker that chunks many files
+/// allocates (and zeroes) it once rather than once per file.
+pub struct Chunker {
+    buf: Vec<u8>,
+}
+
+impl Default for Chunker {
+    fn default() -> Self {
+        Chunker {
+            buf: vec![0u8; 2 * MAX],
+        }
+    }
+}
+
+impl Chunker {
+    /// Streams `source` as content-defined chunks, calling `sink` with each one in order.
+    /// Returns the total number of bytes read. `sink` gets slices of the internal buffer.
+    pub fn cut_stream<R: Read>(
+        &mut self,
+        source: R,
+        sink: impl FnMut(&[u8]) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        cut_with(&mut self.buf, source, sink)
+    }
+}
+
+/// Streams `source` as content-defined chunks with a one-off buffer (see `Chunker`).
 pub fn cut_stream<R: Read>(
+    source: R,
+    sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<u64> {
+    Chunker::default().cut_stream(source, sink)
+}
+
+fn cut_with<R: Read>(
+    buf: &mut [u8],
     mut source: R,
     mut sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> io::Result<u64> {
     let (mask_s, mask_l) = fastcdc::v2020::select_masks(AVG, fastcdc::v2020::Normalization::Level1);
-    let mut buf = vec![0u8; 2 * MAX];
     let mut start = 0; // first byte not yet emitted
     let mut end = 0; // end of valid data
     let mut eof = false;

@@ -426,6 +426,7 @@ fn read_file(
     ctx: &WorkerCtx,
     catalog: &Catalog,
     grouper: &mut Grouper,
+    chunker: &mut chunking::Chunker,
     job: &Job,
 ) -> Result<Result<FileData, Warning>, BackupError> {
     let warn = |m: String| {
@@ -471,7 +472,7 @@ fn read_file(
             pos: start,
             end: start + len,
         };
-        let got = chunking::cut_stream(reader, |chunk| {
+        let got = chunker.cut_stream(reader, |chunk| {
             if ctx.abort.is_set() {
                 return Err(std::io::Error::other("backup aborted"));
             }
@@ -562,11 +563,12 @@ fn run_worker(
         Ok(x) => x,
         Err(e) => return ctx.abort.fail(e),
     };
+    let mut chunker = chunking::Chunker::default();
     for job in jobs {
         if ctx.abort.is_set() {
             continue; // drain so the walker is never stuck on a full queue
         }
-        match read_file(ctx, &catalog, &mut grouper, &job) {
+        match read_file(ctx, &catalog, &mut grouper, &mut chunker, &job) {
             Ok(result) => {
                 ctx.progress.add(1, 0);
                 if results
