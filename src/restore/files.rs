@@ -3,8 +3,9 @@
 //! The calling thread walks the tree and creates every entry with `*at` calls relative to open
 //! directory fds (never following a symlink inside the target); regular files are created here
 //! and handed, open, to worker threads that write their content (holes stay holes) and metadata.
-//! Directory metadata is applied last, deepest first, once all their files are written, so
-//! directory mtimes come out exact. Names from the catalog are checked by the tree decoder: a
+//! A directory's metadata is applied by whichever thread finishes its last pending child (a
+//! counter per directory, holding the directory's fd), so directory mtimes come out exact and
+//! no path longer than PATH_MAX is ever needed. Names from the catalog are checked by the tree decoder: a
 //! name with `/`, `.`, `..` or NUL never reaches a system call.
 //! Crash story: a restore only writes into the target; a killed restore leaves a partial tree
 //! that a rerun overwrites.
@@ -13,7 +14,8 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::bounded;
 
@@ -50,6 +52,53 @@ struct FileJob {
     fd: OwnedFd,
     entry: Entry,
     path: String,
+    parent: Arc<DirDone>,
+}
+
+/// A restored directory waiting for its children: its metadata is applied when `pending`
+/// (one token for the walk of its entries, one per queued file) drops to zero.
+struct DirDone {
+    fd: OwnedFd,
+    entry: Option<Entry>,
+    pending: AtomicUsize,
+    path: String,
+}
+
+impl DirDone {
+    fn new(fd: OwnedFd, entry: Option<Entry>, path: String) -> Arc<DirDone> {
+        Arc::new(DirDone {
+            fd,
+            entry,
+            pending: AtomicUsize::new(1),
+            path,
+        })
+    }
+
+    fn hold(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops one token; the last one applies the directory's metadata.
+    fn release(&self, shared: &Shared) {
+        if self.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let Some(e) = &self.entry else { return };
+        let fd = self.fd.as_fd();
+        let r = (|| {
+            for (k, v) in &e.xattrs {
+                fsmeta::fset_xattr(fd, k, v)?;
+            }
+            if shared.chown {
+                fsmeta::fchown(fd, e.uid, e.gid)?;
+            }
+            fsmeta::fchmod(fd, e.mode)?;
+            fsmeta::set_times(fd, ts(e.mtime), ts(e.mtime))
+        })();
+        if let Err(err) = r {
+            shared.error(&self.path, format!("cannot set directory metadata: {err}"));
+        }
+    }
 }
 
 struct Shared {
@@ -88,6 +137,7 @@ fn write_file(vault: &VaultRef, catalog: &Catalog, job: &FileJob, chown: bool) -
     let reader = vault.chunk_reader();
     let mut pos = 0u64;
     let mut written = 0u64;
+    let mut data_end = 0u64;
     for x in extents {
         if let Extent::Data { id, .. } = x {
             let loc = catalog
@@ -107,11 +157,12 @@ fn write_file(vault: &VaultRef, catalog: &Catalog, job: &FileJob, chown: bool) -
             }
             file.write_all_at(data, pos).map_err(io)?;
             written += data.len() as u64;
+            data_end = pos + data.len() as u64;
         }
         pos += x.len();
     }
-    if pos != job.entry.size || pos == 0 {
-        // A trailing hole, or a size the extents do not reach.
+    if data_end != job.entry.size {
+        // The file ends in a hole: extend it without writing (the hole stays a hole).
         file.set_len(job.entry.size).map_err(io)?;
     }
     let e = &job.entry;
@@ -133,8 +184,6 @@ struct Walk<'a> {
     target_fd: &'a OwnedFd,
     /// Hard-link groups: link key -> path of the first restored link, relative to the target.
     links: HashMap<(u64, u64), Vec<u8>>,
-    /// Directories to finish, in post-order: relative path and entry.
-    dirs: Vec<(Vec<u8>, Entry)>,
     report: RestoreReport,
     progress: &'a Progress,
     display_root: String,
@@ -164,7 +213,8 @@ impl Walk<'_> {
     }
 
     /// Restores `e` as `name` inside `dir` (relative path `rel`).
-    fn entry(&mut self, dir: BorrowedFd, rel: &[u8], e: &Entry) -> Result<(), RestoreError> {
+    fn entry(&mut self, parent: &Arc<DirDone>, rel: &[u8], e: &Entry) -> Result<(), RestoreError> {
+        let dir = parent.fd.as_fd();
         let name = e.name.as_slice();
         let path = self.show(rel);
         let io_note = |this: &Self, what: &str, err: std::io::Error| {
@@ -198,8 +248,8 @@ impl Walk<'_> {
                         return Ok(());
                     }
                 };
-                self.children(&sub, rel, e)?;
-                self.dirs.push((rel.to_vec(), e.clone()));
+                let done = DirDone::new(sub, Some(e.clone()), path.clone());
+                self.children(&done, rel, e)?;
             }
             Kind::File => {
                 if let Some(key) = e.link_key() {
@@ -226,10 +276,12 @@ impl Walk<'_> {
                     Ok(fd) => {
                         self.report.files += 1;
                         self.report.bytes += e.size;
+                        parent.hold();
                         let job = FileJob {
                             fd,
                             entry: e.clone(),
                             path,
+                            parent: parent.clone(),
                         };
                         if self.jobs.send(job).is_err() {
                             return Err(RestoreError::Vault(VaultError::Io {
@@ -273,7 +325,19 @@ impl Walk<'_> {
         fsmeta::set_times_at(dir, name, ts(e.mtime), ts(e.mtime))
     }
 
-    fn children(&mut self, dir: &OwnedFd, rel: &[u8], e: &Entry) -> Result<(), RestoreError> {
+    /// Restores the entries of directory entry `e` into `dir`, then releases the walk's token.
+    fn children(&mut self, dir: &Arc<DirDone>, rel: &[u8], e: &Entry) -> Result<(), RestoreError> {
+        let result = self.children_inner(dir, rel, e);
+        dir.release(self.shared);
+        result
+    }
+
+    fn children_inner(
+        &mut self,
+        dir: &Arc<DirDone>,
+        rel: &[u8],
+        e: &Entry,
+    ) -> Result<(), RestoreError> {
         let Some(tree) = e.subtree else { return Ok(()) };
         let entries = match self.vault.catalog().tree(&tree) {
             Ok(t) => t,
@@ -285,30 +349,10 @@ impl Walk<'_> {
         self.report.dirs += 1;
         for child in &entries {
             let child_rel = rel_join(rel, &child.name);
-            self.entry(dir.as_fd(), &child_rel, child)?;
+            self.entry(dir, &child_rel, child)?;
             self.progress.tick();
         }
         Ok(())
-    }
-}
-
-/// Applies directory metadata, deepest first (`dirs` is in post-order).
-fn finish_dirs(target: &OwnedFd, shared: &Shared, dirs: &[(Vec<u8>, Entry)], display_root: &str) {
-    for (rel, e) in dirs {
-        let r = fsmeta::open_dir_beneath(target.as_fd(), rel).and_then(|fd| {
-            for (k, v) in &e.xattrs {
-                fsmeta::fset_xattr(fd.as_fd(), k, v)?;
-            }
-            if shared.chown {
-                fsmeta::fchown(fd.as_fd(), e.uid, e.gid)?;
-            }
-            fsmeta::fchmod(fd.as_fd(), e.mode)?;
-            fsmeta::set_times(fd.as_fd(), ts(e.mtime), ts(e.mtime))
-        });
-        if let Err(err) = r {
-            let path = format!("{display_root}/{}", String::from_utf8_lossy(rel));
-            shared.error(&path, format!("cannot set directory metadata: {err}"));
-        }
     }
 }
 
@@ -373,7 +417,7 @@ pub fn restore_files(
     let (tx, rx) = bounded::<FileJob>(1024);
     let shared_vault = vault.shared();
     let display_root = target.display().to_string();
-    let (mut report, dirs) = std::thread::scope(|s| -> Result<_, RestoreError> {
+    let mut report = std::thread::scope(|s| -> Result<_, RestoreError> {
         for _ in 0..threads {
             let (rx, shared, progress, vault) = (rx.clone(), &shared, &progress, &shared_vault);
             s.spawn(move || {
@@ -389,6 +433,9 @@ pub fn restore_files(
                         Ok(n) => progress.add(1, n),
                         Err(e) => shared.error(&job.path, e),
                     }
+                    let parent = job.parent.clone();
+                    drop(job); // close the file before its directory may be finished
+                    parent.release(shared);
                 }
             });
         }
@@ -399,31 +446,28 @@ pub fn restore_files(
             jobs: tx,
             target_fd: &target_fd,
             links: HashMap::new(),
-            dirs: Vec::new(),
             report: RestoreReport::default(),
             progress: &progress,
             display_root: display_root.clone(),
         };
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(terr);
         if selected.is_empty() {
-            walk.children(&target_fd, b"", &root)?;
-            walk.dirs.push((Vec::new(), root.clone()));
+            let top = DirDone::new(dup(&target_fd)?, Some(root.clone()), display_root.clone());
+            walk.children(&top, b"", &root)?;
         } else {
+            let top = DirDone::new(dup(&target_fd)?, None, display_root.clone());
             for e in &selected {
                 if e.name == b"." {
-                    walk.children(&target_fd, b"", e)?;
+                    top.hold();
+                    walk.children(&top, b"", e)?;
                 } else {
-                    walk.entry(target_fd.as_fd(), &e.name.clone(), e)?;
+                    walk.entry(&top, &e.name.clone(), e)?;
                 }
             }
+            top.release(&shared);
         }
-        let Walk {
-            jobs, dirs, report, ..
-        } = walk;
-        drop(jobs);
-        Ok((report, dirs))
+        Ok(walk.report)
     })?;
-    // All workers have joined: directory metadata can be set without being disturbed.
-    finish_dirs(&target_fd, &shared, &dirs, &display_root);
     progress.finish();
     report.errors = shared.errors.into_inner().expect("errors lock");
     if !chown {
