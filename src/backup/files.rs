@@ -94,7 +94,9 @@ struct Abort {
 impl Abort {
     fn fail(&self, e: BackupError) {
         let mut slot = self.error.lock().expect("abort lock");
-        if slot.is_none() {
+        // `Aborted` is what a thread reports when another one stopped first: keep the cause.
+        let secondary = |e: &Option<BackupError>| matches!(e, None | Some(BackupError::Aborted(_)));
+        if secondary(&slot) {
             *slot = Some(e);
         }
         self.flag.store(true, Ordering::SeqCst);
