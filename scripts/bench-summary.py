@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""Summarise a scripts/bench TSV as markdown: medians per tool and step, ratios to restic,
+and the targets of the foundation issue checked against this run.
+
+usage: bench-summary.py RESULTS.tsv [CHANGE-SUMMARY.txt]
+"""
+import csv
+import statistics
+import sys
+
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+change = open(sys.argv[2]).read().strip() if len(sys.argv) > 2 else ""
+tools = [t for t in ("coffre", "restic", "borg") if any(r["tool"] == t for r in rows)]
+
+
+def vals(tool, step, key):
+    return [float(r[key]) for r in rows if r["tool"] == tool and r["step"] == step and r[key] != ""]
+
+
+def med(tool, step, key):
+    v = vals(tool, step, key)
+    return statistics.median(v) if v else None
+
+
+def span(tool, step, key):
+    v = vals(tool, step, key)
+    if not v:
+        return "–"
+    m = statistics.median(v)
+    if len(v) == 1:
+        return f"{m:.2f}"
+    return f"{m:.2f} [{min(v):.2f}–{max(v):.2f}]"
+
+
+def mb(x):
+    return "–" if x is None else f"{x / 1e6:.1f}"
+
+
+out = []
+p = out.append
+p(f"data: Linux tree (Debian linux-source), change: {change}")
+p("")
+p("| step | " + " | ".join(tools) + " | coffre / restic |")
+p("|---|" + "---|" * len(tools) + "---|")
+
+
+def line(label, step, key, fmt=span, ratio=True):
+    cells = [fmt(t, step, key) for t in tools]
+    r = ""
+    c = med("coffre", step, key) if key else None
+    rs = med("restic", step, key) if key else None
+    if ratio and c is not None and rs:
+        r = f"{c / rs:.2f}×"
+    p(f"| {label} | " + " | ".join(cells) + f" | {r} |")
+
+
+def mbcell(t, step, key):
+    return mb(med(t, step, key))
+
+
+def cpu(t, step, _):
+    u, s = med(t, step, "user_s"), med(t, step, "sys_s")
+    return "–" if u is None else f"{u + s:.2f}"
+
+
+def rss(t, step, _):
+    v = vals(t, step, "rss_mib")
+    return "–" if not v else f"{max(v):.0f}"
+
+
+line("a. initial backup: wall s (median [min–max])", "a", "wall_s")
+line("a. initial backup: CPU s (user+sys)", "a", "", cpu)
+line("a. repo MB after initial backup", "a", "bytes", mbcell)
+line("b. no-change re-backup: wall s", "b", "wall_s")
+line("b. repo MB added", "b", "bytes", mbcell, ratio=False)
+line("c. 1 %-changed incremental: wall s", "c", "wall_s")
+line("c. repo MB added", "c", "bytes", mbcell)
+line("f. restore to tmpfs: wall s", "f", "wall_s")
+line("f. restore: CPU s (user+sys)", "f", "", cpu)
+line("peak RSS MiB (a)", "a", "", rss, ratio=False)
+line("peak RSS MiB (b)", "b", "", rss, ratio=False)
+line("peak RSS MiB (c)", "c", "", rss, ratio=False)
+line("peak RSS MiB (f)", "f", "", rss, ratio=False)
+line("f. differences after restore (rsync, content + metadata)", "f-verify", "bytes",
+     lambda t, s, k: "–" if med(t, s, k) is None else f"{med(t, s, k):.0f}", ratio=False)
+cat = vals("coffre", "b-catalog", "bytes")
+if cat:
+    p(f"| b. coffre catalog growth per no-change backup, bytes | {', '.join(str(int(c)) for c in cat)} | | | |")
+
+if "coffre" in tools and "restic" in tools:
+    p("")
+    p("Targets (foundation issue), this run:")
+    checks = []
+
+    def chk(name, ok, detail):
+        checks.append(f"- [{'x' if ok else ' '}] {name}: {detail}")
+
+    def ratio(step):
+        return med("coffre", step, "wall_s") / med("restic", step, "wall_s")
+
+    chk("initial backup ≤ 0.4× restic", ratio("a") <= 0.4, f"{ratio('a'):.2f}×")
+    if "borg" in tools:
+        cv, bv = med("coffre", "a", "bytes"), med("borg", "a", "bytes")
+        chk("vault size ≤ borg zstd,3 repo", cv <= bv, f"{mb(cv)} MB vs {mb(bv)} MB")
+    chk("no-change re-backup ≤ 0.3× restic", ratio("b") <= 0.3, f"{ratio('b'):.2f}×")
+    if cat:
+        chk("catalog grows < 64 KiB on a no-change backup", max(cat) < 65536, f"max {int(max(cat))} B")
+    chk("incremental ≤ 0.3× restic", ratio("c") <= 0.3, f"{ratio('c'):.2f}×")
+    cn, rn = med("coffre", "c", "bytes"), med("restic", "c", "bytes")
+    chk("incremental new bytes ≤ restic's", cn <= rn, f"{mb(cn)} MB vs {mb(rn)} MB")
+    chk("restore to tmpfs ≤ 0.5× restic", ratio("f") <= 0.5, f"{ratio('f'):.2f}×")
+    peak = max(max(vals("coffre", s, "rss_mib") or [0]) for s in "abcf")
+    chk("peak RSS ≤ 100 MiB", peak <= 100, f"{peak:.0f} MiB")
+    p("\n".join(checks))
+print("\n".join(out))
