@@ -201,3 +201,79 @@ fn unreadable_entries_are_warnings_and_exit_3() {
     assert_eq!(std::fs::read(dst.join("ok.txt")).unwrap(), b"readable");
     assert!(!dst.join("secret.txt").exists());
 }
+
+#[test]
+fn a_file_changing_while_read_is_reported() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("growing.log"), &noise(64 << 20, 3));
+    let stop = AtomicBool::new(false);
+    let out = std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(src.join("growing.log"))
+                .unwrap();
+            while !stop.load(Ordering::Relaxed) {
+                f.write_all(&[b'x'; 4096]).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let out = t.run(&["backup", "--item", "g", src.to_str().unwrap()]);
+        stop.store(true, Ordering::Relaxed);
+        out
+    });
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("growing.log") && err.contains("changed while being read"), "{err}");
+    // The point exists and restores the bytes that were read: at least the original 64 MiB.
+    let dst = t.path("dst");
+    t.restore("g", &dst);
+    let got = std::fs::read(dst.join("growing.log")).unwrap();
+    assert!(got.len() >= 64 << 20);
+    assert_eq!(&got[..64 << 20], &noise(64 << 20, 3)[..]);
+}
+
+/// Unmounts in Drop (lazily as a last resort) so a failing test never leaks a mount.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let p = c_path(&self.0);
+        if unsafe { libc::umount2(p.as_ptr(), 0) } != 0 {
+            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+#[test]
+fn one_file_system_keeps_mount_points_empty() {
+    if !is_root() {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("here.txt"), b"same fs");
+    let mnt = src.join("other-fs");
+    std::fs::create_dir(&mnt).unwrap();
+    let (what, fstype) = (c"none", c"tmpfs");
+    let target = c_path(&mnt);
+    let r = unsafe { libc::mount(what.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    assert_eq!(r, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
+    let _guard = Mounted(mnt.clone());
+    write(&mnt.join("there.txt"), b"another fs");
+
+    t.ok(&["backup", "-x", "--item", "x", src.to_str().unwrap()]);
+    t.ok(&["backup", "--item", "all", src.to_str().unwrap()]);
+    let (d1, d2) = (t.path("d1"), t.path("d2"));
+    t.restore("x", &d1);
+    t.restore("all", &d2);
+    assert!(d1.join("here.txt").exists());
+    assert!(d1.join("other-fs").is_dir(), "the mount point itself is kept");
+    assert!(!d1.join("other-fs/there.txt").exists(), "-x crossed into another file system");
+    assert_eq!(std::fs::read(d2.join("other-fs/there.txt")).unwrap(), b"another fs");
+}
