@@ -228,7 +228,10 @@ fn a_file_changing_while_read_is_reported() {
     });
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
-    assert!(err.contains("growing.log") && err.contains("changed while being read"), "{err}");
+    assert!(
+        err.contains("growing.log") && err.contains("changed while being read"),
+        "{err}"
+    );
     // The point exists and restores the bytes that were read: at least the original 64 MiB.
     let dst = t.path("dst");
     t.restore("g", &dst);
@@ -262,7 +265,15 @@ fn one_file_system_keeps_mount_points_empty() {
     std::fs::create_dir(&mnt).unwrap();
     let (what, fstype) = (c"none", c"tmpfs");
     let target = c_path(&mnt);
-    let r = unsafe { libc::mount(what.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let r = unsafe {
+        libc::mount(
+            what.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     assert_eq!(r, 0, "mount tmpfs: {}", std::io::Error::last_os_error());
     let _guard = Mounted(mnt.clone());
     write(&mnt.join("there.txt"), b"another fs");
@@ -273,7 +284,16 @@ fn one_file_system_keeps_mount_points_empty() {
     t.restore("x", &d1);
     t.restore("all", &d2);
     assert!(d1.join("here.txt").exists());
-    assert!(d1.join("other-fs").is_dir(), "the mount point itself is kept");
-    assert!(!d1.join("other-fs/there.txt").exists(), "-x crossed into another file system");
-    assert_eq!(std::fs::read(d2.join("other-fs/there.txt")).unwrap(), b"another fs");
+    assert!(
+        d1.join("other-fs").is_dir(),
+        "the mount point itself is kept"
+    );
+    assert!(
+        !d1.join("other-fs/there.txt").exists(),
+        "-x crossed into another file system"
+    );
+    assert_eq!(
+        std::fs::read(d2.join("other-fs/there.txt")).unwrap(),
+        b"another fs"
+    );
 }

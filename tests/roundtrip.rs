@@ -261,3 +261,63 @@ fn restore_never_follows_a_symlink_inside_the_target() {
         b"from the vault"
     );
 }
+
+#[test]
+fn a_tampered_catalog_cannot_steer_a_restore_out_of_its_target() {
+    use coffre::vault::format::{Entry, Hash32, Kind, encode_root, encode_tree};
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("a"), b"a");
+    t.backup("item", &src);
+    // Forge a point whose tree names an entry "..", "x/y" or "." (with correct hashes, so only
+    // the name check can stop it).
+    let conn = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
+    let item: i64 = conn
+        .query_row("SELECT id FROM items", [], |r| r.get(0))
+        .unwrap();
+    for (i, bad) in [&b".."[..], b"x/y", b"."].iter().enumerate() {
+        let evil = Entry {
+            name: bad.to_vec(),
+            kind: Some(Kind::Dir),
+            mode: 0o755,
+            ..Default::default()
+        };
+        let tree = encode_tree(&[evil]);
+        let id = Hash32::of(&tree);
+        conn.execute(
+            "INSERT OR IGNORE INTO trees(id, data) VALUES (?1, ?2)",
+            rusqlite::params![&id.0[..], zstd::bulk::compress(&tree, 3).unwrap()],
+        )
+        .unwrap();
+        let root = Entry {
+            kind: Some(Kind::Dir),
+            mode: 0o755,
+            subtree: Some(id),
+            ..Default::default()
+        };
+        conn.execute(
+            "INSERT INTO points(pid, item, time, root, files, dirs, logical_bytes, new_chunks,
+                new_bytes, stored_bytes, warnings, duration_ms) VALUES (?1, ?2, ?3, ?4, 0, 0, 0, 0, 0, 0, 0, 0)",
+            rusqlite::params![format!("evil000{i}"), item, 4_000_000_000_000_000_000i64 + i as i64, encode_root(&root)],
+        )
+        .unwrap();
+        let dst = t.path(&format!("dst{i}"));
+        let out = t.run(&[
+            "restore",
+            &format!("item@evil000{i}"),
+            "--to",
+            dst.to_str().unwrap(),
+        ]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("unsafe entry name"), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // Nothing was created beside the targets.
+    let mut names: Vec<String> = std::fs::read_dir(t.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dst0", "dst1", "dst2", "src", "vault"]);
+}
