@@ -8,7 +8,7 @@
 //!   backup/ (files, sink)       restore/ (files)        chunking      progress    fsmeta
 //!        \______________________________|_______________________________/
 //!                  vault/  the only code that touches vault.db and packs/
-//!                    catalog (SQLite)  packs (format, writer)  chunks (mmap reads, cache)
+//!                    catalog (SQLite)  packs (format, writer)  chunks (pread, cache)
 //! ```
 //!
 //! Locking table (who may run beside whom):

@@ -175,6 +175,18 @@ fn every_kind_of_entry_round_trips_exactly() {
         std::fs::metadata(dst.join("modes/suid")).unwrap().mode() & 0o7777,
         0o4755
     );
+    // A name that is not UTF-8 can be chosen on the command line.
+    let one = t.path("one");
+    let out = t
+        .cmd()
+        .args(["restore", "tree"])
+        .arg(std::ffi::OsStr::from_bytes(b"caf\xe9-\xff\xfe"))
+        .args(["--to", one.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9-\xff\xfe");
+    assert_eq!(std::fs::read(one.join(odd)).unwrap(), b"latin-1 name");
     // Holes come back as holes: the restored sparse file allocates about what the source did.
     let (a, b) = (
         std::fs::metadata(src.join("sparse")).unwrap(),

@@ -17,7 +17,7 @@ pub struct BackupArgs {
     item: Option<String>,
     /// With --item: the directory to back up. Without: names of stored items to back up again
     #[arg(value_name = "PATH|NAME")]
-    args: Vec<String>,
+    args: Vec<std::ffi::OsString>,
     /// Leave out entries matching GLOB (repeatable). A pattern with `/` matches the path
     /// relative to the backed-up directory (or the absolute path); one without matches any name
     #[arg(long, value_name = "GLOB")]
@@ -68,7 +68,8 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
         let [path] = args.args.as_slice() else {
             bail!("--item NAME takes exactly one PATH (the directory to back up)");
         };
-        let path = std::fs::canonicalize(path).with_context(|| format!("cannot back up {path}"))?;
+        let path = std::fs::canonicalize(path)
+            .with_context(|| format!("cannot back up {}", path.to_string_lossy()))?;
         if !path.is_dir() {
             bail!(
                 "{} is not a directory (disk images come with `backup-disk`)",
@@ -91,6 +92,9 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
         }
         let vault = cli.open_vault()?;
         for name in &args.args {
+            let name = name
+                .to_str()
+                .with_context(|| format!("no item is named {name:?} (item names are UTF-8)"))?;
             let item = vault.item(name)?;
             if item.kind != ItemKind::Files {
                 bail!(
@@ -100,7 +104,7 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
             }
             let src: FilesSource = serde_json::from_value(item.source.clone())
                 .with_context(|| format!("item {name:?} has no usable stored definition"))?;
-            todo.push((name.clone(), src));
+            todo.push((name.to_string(), src));
         }
     }
 

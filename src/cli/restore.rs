@@ -17,7 +17,7 @@ pub struct RestoreArgs {
     spec: String,
     /// Paths inside the point to restore (default: everything); each is restored as DIR/<name>
     #[arg(value_name = "PATH")]
-    paths: Vec<String>,
+    paths: Vec<std::ffi::OsString>,
     /// Target directory (created if missing; existing files in the way are replaced)
     #[arg(long, value_name = "DIR")]
     to: PathBuf,

@@ -357,17 +357,21 @@ impl Walk<'_> {
 }
 
 /// Finds the entry at `path` (slash-separated, relative to the point's root) in the point.
-fn lookup(vault: &Vault, root: &Entry, path: &str) -> Result<Entry, RestoreError> {
+fn lookup(vault: &Vault, root: &Entry, path: &std::ffi::OsStr) -> Result<Entry, RestoreError> {
+    use std::os::unix::ffi::OsStrExt;
+    let missing = || RestoreError::NoSuchPath(path.to_string_lossy().into_owned());
     let mut cur = root.clone();
-    for comp in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
-        check_name(comp.as_bytes()).map_err(|_| RestoreError::NoSuchPath(path.to_string()))?;
-        let tree = cur
-            .subtree
-            .ok_or_else(|| RestoreError::NoSuchPath(path.to_string()))?;
+    for comp in path
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+    {
+        check_name(comp).map_err(|_| missing())?;
+        let tree = cur.subtree.ok_or_else(missing)?;
         let entries = vault.catalog().tree(&tree)?;
         let i = entries
-            .binary_search_by(|e| e.name.as_slice().cmp(comp.as_bytes()))
-            .map_err(|_| RestoreError::NoSuchPath(path.to_string()))?;
+            .binary_search_by(|e| e.name.as_slice().cmp(comp))
+            .map_err(|_| missing())?;
         cur = entries[i].clone();
     }
     Ok(cur)
@@ -380,7 +384,7 @@ fn lookup(vault: &Vault, root: &Entry, path: &str) -> Result<Entry, RestoreError
 pub fn restore_files(
     vault: &Vault,
     point: &PointRow,
-    paths: &[String],
+    paths: &[std::ffi::OsString],
     target: &Path,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
