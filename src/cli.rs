@@ -6,6 +6,7 @@
 
 mod backup;
 mod list;
+mod mount;
 mod restore;
 
 use std::path::PathBuf;
@@ -70,6 +71,13 @@ enum Command {
     },
     /// Restore files from a recovery point into a directory (no FUSE needed)
     Restore(restore::RestoreArgs),
+    /// Show every recovery point as a read-only file system (foreground; Ctrl-C or umount ends it)
+    Mount(mount::MountArgs),
+    /// Unmount a coffre mount
+    Umount {
+        /// The mount point
+        mountpoint: PathBuf,
+    },
 }
 
 impl Cli {
@@ -104,7 +112,9 @@ pub fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+    // fuser warns when the kernel already dropped a mount that `umount` ended: not news.
+    let filter = format!("{level},fuser=error");
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
         .format_timestamp(None)
         .init();
     match run(&cli) {
@@ -135,5 +145,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Points { item, json } => list::points(&cli.open_vault()?, item.as_deref(), *json),
         Command::Stats { json } => list::stats(&cli.open_vault()?, *json),
         Command::Restore(args) => restore::run(cli, args),
+        Command::Mount(args) => mount::run(cli, args),
+        Command::Umount { mountpoint } => {
+            crate::mount::umount(mountpoint)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

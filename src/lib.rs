@@ -27,6 +27,7 @@ pub mod backup;
 pub mod chunking;
 pub mod cli;
 pub mod fsmeta;
+pub mod mount;
 pub mod progress;
 pub mod restore;
 pub mod testing;

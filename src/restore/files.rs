@@ -148,13 +148,7 @@ fn write_file(vault: &VaultRef, catalog: &Catalog, job: &FileJob, chown: bool) -
                     .pack_name(p)?
                     .ok_or(VaultError::Missing { what: "pack", id })
             })?;
-            let data = &rec[range];
-            if crate::vault::ChunkId::of(data) != id {
-                return Err(VaultError::BadChunk {
-                    id,
-                    detail: "content does not match its hash".into(),
-                });
-            }
+            let data = &rec.bytes()[range];
             file.write_all_at(data, pos).map_err(io)?;
             written += data.len() as u64;
             data_end = pos + data.len() as u64;

@@ -390,6 +390,16 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// A cheap fingerprint of the live points and items, to notice additions and removals.
+    pub fn points_signature(&self) -> VaultResult<(i64, i64, i64)> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) + ((SELECT count(*) FROM items) << 32), coalesce(max(id), 0),
+                    coalesce(sum(id), 0) FROM points WHERE deleted_at IS NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
+    }
+
     pub fn insert_point(&self, item: i64, p: &PointRow) -> VaultResult<()> {
         self.conn.execute(
             "INSERT INTO points(pid, item, time, root, files, dirs, logical_bytes, new_chunks,

@@ -1,10 +1,11 @@
 //! Reading chunks: pack maps, record decompression, a bounded cache, hash verification.
 //!
 //! Owns the read path from a `ChunkLoc` to plain bytes. Sealed packs are opened once and read
-//! with `pread` (see below for why not mmap); a record (one zstd frame holding one or more chunks) is decompressed once
-//! and kept in a byte-bounded cache, so reading the small files of one directory in order costs
-//! one decompression. Every chunk handed out is checked against its BLAKE3 id: damaged data is an
-//! error, never wrong bytes. Thread-safe (`&self` everywhere); never writes.
+//! with `pread` (see `ChunkReader` for why not mmap); a record (one zstd frame holding one or
+//! more chunks) is decompressed once and kept in a byte-bounded cache, so reading the small files
+//! of one directory in order costs one decompression. Every chunk is checked against its BLAKE3
+//! id the first time it is handed out of a cached record: damaged data is an error, never wrong
+//! bytes. Thread-safe (`&self` everywhere); never writes.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -18,9 +19,22 @@ use super::packs::{self, Codec};
 use super::{VaultError, VaultResult};
 
 /// Decompressed records kept in memory, by default.
-pub const DEFAULT_CACHE_BYTES: usize = 32 << 20;
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 
-type CachedRecord = (Arc<Vec<u8>>, u64);
+/// A decompressed record and which of its chunks (by offset) were already checked.
+pub struct Record {
+    data: Vec<u8>,
+    verified: Mutex<Vec<u32>>,
+}
+
+impl Record {
+    /// The record's plain bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.data
+    }
+}
+
+type CachedRecord = (Arc<Record>, u64);
 
 /// Shared, bounded cache of decompressed records keyed by (pack, payload offset).
 struct RecordCache {
@@ -32,7 +46,7 @@ struct RecordCache {
 }
 
 impl RecordCache {
-    fn get(&mut self, key: (i64, u64)) -> Option<Arc<Vec<u8>>> {
+    fn get(&mut self, key: (i64, u64)) -> Option<Arc<Record>> {
         self.tick += 1;
         let tick = self.tick;
         self.map.get_mut(&key).map(|(v, t)| {
@@ -41,14 +55,14 @@ impl RecordCache {
         })
     }
 
-    fn put(&mut self, key: (i64, u64), v: Arc<Vec<u8>>) {
-        if v.len() > self.limit / 4 {
+    fn put(&mut self, key: (i64, u64), v: Arc<Record>) {
+        if v.data.len() > self.limit / 4 {
             return;
         }
         self.tick += 1;
-        self.bytes += v.len();
+        self.bytes += v.data.len();
         if let Some((old, _)) = self.map.insert(key, (v, self.tick)) {
-            self.bytes -= old.len();
+            self.bytes -= old.data.len();
         }
         if self.bytes > self.limit {
             // Evict the older half: amortised O(1) per insert, and good enough an LRU for
@@ -60,7 +74,7 @@ impl RecordCache {
             self.map.retain(|_, (v, t)| {
                 let keep = *t > cut;
                 if !keep {
-                    freed += v.len();
+                    freed += v.data.len();
                 }
                 keep
             });
@@ -121,18 +135,41 @@ impl ChunkReader {
         Ok(f)
     }
 
-    /// Returns the decompressed record that holds the chunk at `loc`, and the chunk's range in it.
-    /// `name` maps a pack id to its file name (a catalog lookup, done only on first use).
+    /// Returns the decompressed record that holds chunk `id` at `loc`, and the chunk's range in
+    /// it, checked against `id`. `name` maps a pack id to its file name (a catalog lookup, done
+    /// only on first use of a pack).
     pub fn record(
         &self,
         id: &ChunkId,
         loc: &ChunkLoc,
         name: &dyn Fn(i64) -> VaultResult<String>,
-    ) -> VaultResult<(Arc<Vec<u8>>, std::ops::Range<usize>)> {
-        let key = (loc.pack, loc.record.offset);
+    ) -> VaultResult<(Arc<Record>, std::ops::Range<usize>)> {
         let range = loc.offset as usize..loc.offset as usize + loc.len as usize;
+        let rec = self.load(id, loc, name)?;
+        let mut verified = rec.verified.lock().expect("verified lock");
+        if !verified.contains(&loc.offset) {
+            let data = rec.data.get(range.clone()).unwrap_or_default();
+            if ChunkId::of(data) != *id {
+                return Err(VaultError::BadChunk {
+                    id: *id,
+                    detail: "content does not match its hash".into(),
+                });
+            }
+            verified.push(loc.offset);
+        }
+        drop(verified);
+        Ok((rec, range))
+    }
+
+    fn load(
+        &self,
+        id: &ChunkId,
+        loc: &ChunkLoc,
+        name: &dyn Fn(i64) -> VaultResult<String>,
+    ) -> VaultResult<Arc<Record>> {
+        let key = (loc.pack, loc.record.offset);
         if let Some(rec) = self.cache.lock().expect("cache lock").get(key) {
-            return Ok((rec, range));
+            return Ok(rec);
         }
         let bad = |detail: String| VaultError::BadChunk { id: *id, detail };
         let file = self.file(loc.pack, name)?;
@@ -154,12 +191,17 @@ impl ChunkReader {
                 out
             }
         };
-        if plain.len() != loc.record.plain_len as usize || range.end > plain.len() {
+        if plain.len() != loc.record.plain_len as usize
+            || (loc.offset as usize + loc.len as usize) > plain.len()
+        {
             return Err(bad("record has the wrong length".into()));
         }
-        let rec = Arc::new(plain);
+        let rec = Arc::new(Record {
+            data: plain,
+            verified: Mutex::new(Vec::new()),
+        });
         self.cache.lock().expect("cache lock").put(key, rec.clone());
-        Ok((rec, range))
+        Ok(rec)
     }
 
     /// Reads one chunk and checks it against its id.
@@ -170,13 +212,6 @@ impl ChunkReader {
         name: &dyn Fn(i64) -> VaultResult<String>,
     ) -> VaultResult<Vec<u8>> {
         let (rec, range) = self.record(id, loc, name)?;
-        let data = &rec[range];
-        if ChunkId::of(data) != *id {
-            return Err(VaultError::BadChunk {
-                id: *id,
-                detail: "content does not match its hash".into(),
-            });
-        }
-        Ok(data.to_vec())
+        Ok(rec.bytes()[range].to_vec())
     }
 }

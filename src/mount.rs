@@ -1,0 +1,327 @@
+//! `coffre mount`: every recovery point of every item as a read-only FUSE file system.
+//!
+//! `view` is the pure logic (inodes, attributes, listings, reads), `fuse` the fuser adapter. This
+//! module checks the mount point, mounts with fuser's own mount code (no libfuse needed), runs the
+//! request threads, keeps the point list fresh (a poll of the catalog every second, with kernel
+//! invalidations for the virtual directories) and unmounts on SIGINT/SIGTERM.
+//! It only reads: it never takes the vault's writer lock, so backups run while mounted.
+//! Crash story: nothing to lose; a killed mount leaves a dead mount point that `coffre umount`
+//! (or `umount`) clears.
+
+mod fuse;
+pub mod view;
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fuser::{Config, MountOption, Notifier, SessionACL};
+
+use crate::vault::{Vault, VaultError};
+use view::View;
+
+/// Why a mount could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("mount point {0} does not exist or is not a directory")]
+    NotADir(PathBuf),
+    #[error("mount point {0} is not empty; mount on an empty directory")]
+    NotEmpty(PathBuf),
+    #[error("{0} is already a mount point (busy); unmount it first (coffre umount {0})")]
+    Busy(PathBuf),
+    #[error("/dev/fuse is missing: load the fuse module (modprobe fuse) or install fuse3")]
+    NoFuse,
+    #[error("cannot mount on {path}: {source}")]
+    Mount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot unmount {path}: {source}")]
+    Unmount {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How to mount.
+#[derive(Clone, Debug, Default)]
+pub struct MountOptions {
+    /// Let other users in (the kernel still enforces each file's captured permissions).
+    pub allow_other: bool,
+    /// Request threads (0 = two per core).
+    pub threads: usize,
+}
+
+fn is_mount_point(p: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(a), Ok(b)) = (std::fs::metadata(p), std::fs::metadata(p.join(".."))) else {
+        return false;
+    };
+    a.dev() != b.dev() || a.ino() == b.ino()
+}
+
+/// Checks a mount point the way the user needs to hear about it.
+pub fn check_mount_point(p: &Path) -> Result<PathBuf, MountError> {
+    let p = std::fs::canonicalize(p).map_err(|_| MountError::NotADir(p.to_path_buf()))?;
+    if !p.is_dir() {
+        return Err(MountError::NotADir(p));
+    }
+    if is_mount_point(&p) {
+        return Err(MountError::Busy(p));
+    }
+    let mut entries = std::fs::read_dir(&p).map_err(|e| MountError::Mount {
+        path: p.clone(),
+        source: e,
+    })?;
+    if entries.next().is_some() {
+        return Err(MountError::NotEmpty(p));
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(MountError::NoFuse);
+    }
+    Ok(p)
+}
+
+/// Mounts `vault` on `mountpoint` and serves it until unmounted (SIGINT, SIGTERM, `umount`).
+/// `ready` is called once the mount answers.
+pub fn mount(
+    vault: &Vault,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    ready: impl FnOnce(),
+) -> Result<(), MountError> {
+    let mountpoint = check_mount_point(mountpoint)?;
+    // Request threads free what other threads allocated (reply buffers, records): with one
+    // malloc arena per thread that memory stays mapped. Two arenas keep RSS close to live data.
+    // SAFETY: mallopt only tunes the allocator; called before any request thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    let view = Arc::new(View::new(vault.shared())?);
+    let threads = if opts.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
+    } else {
+        opts.threads
+    };
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::FSName(format!("coffre:{}", vault.root().display())),
+        MountOption::Subtype("coffre".into()),
+    ];
+    config.acl = if opts.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+
+    // Signals are taken by one thread with sigwait: block them before any thread starts.
+    let signals = block_signals();
+    let (prefetch_tx, prefetch_rx) = crossbeam_channel::bounded(256);
+    let fs = fuse::CoffreFs {
+        view: view.clone(),
+        prefetch: prefetch_tx,
+    };
+    let mut session =
+        fuser::Session::new(fs, &mountpoint, &config).map_err(|e| MountError::Mount {
+            path: mountpoint.clone(),
+            source: e,
+        })?;
+    let notifier = session.notifier();
+    let mut unmounter = session.unmount_callable();
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let sig_stop = stop.clone();
+    let sig_thread = std::thread::spawn(move || {
+        while !sig_stop.load(Ordering::Relaxed) {
+            if wait_signal(&signals, Duration::from_millis(200)) {
+                log::info!("signal received, unmounting");
+                if let Err(e) = unmounter.unmount() {
+                    log::error!("unmount failed: {e}");
+                }
+                break;
+            }
+        }
+    });
+    let ref_stop = stop.clone();
+    let ref_view = view.clone();
+    let pf_notifier = notifier.clone();
+    let ra_mountpoint = mountpoint.clone();
+    let refresher = std::thread::spawn(move || {
+        raise_readahead(&ra_mountpoint);
+        refresh_loop(&ref_view, &notifier, &ref_stop)
+    });
+    let pf_view = view.clone();
+    let prefetcher = std::thread::spawn(move || prefetch_loop(&pf_view, &pf_notifier, prefetch_rx));
+
+    ready();
+    let result = session.run();
+    stop.store(true, Ordering::Relaxed);
+    let _ = sig_thread.join();
+    let _ = refresher.join();
+    // The session (and with it the prefetch sender) is gone: the prefetcher ends.
+    let _ = prefetcher.join();
+    result.map_err(|e| MountError::Mount {
+        path: mountpoint,
+        source: e,
+    })
+}
+
+/// Raises the kernel's read-ahead for this mount from 128 KiB to 4 MiB, so a sequential read of a
+/// big file costs one FUSE round trip per MiB instead of one per 128 KiB (root only; best effort).
+/// Runs once the session answers: the `stat` of the mount point is served by it.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = m.dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    if let Err(e) = std::fs::write(&path, "4096") {
+        log::info!("cannot raise read-ahead ({path}): {e}");
+    }
+}
+
+/// Read-ahead across files: when a file is read from its start, the files that follow it in its
+/// directory are decompressed and pushed into the kernel's page cache (FUSE_NOTIFY_STORE), so a
+/// copy in directory order (cp -a, rsync, tar) reads most files without a FUSE round trip.
+fn prefetch_loop(view: &View, notifier: &Notifier, rx: crossbeam_channel::Receiver<u64>) {
+    const FILES: usize = 64;
+    const BYTES: u64 = 8 << 20;
+    for ino in rx {
+        for (child, size) in view.next_in_dir(ino, FILES, BYTES) {
+            let Ok(data) = view.read(child, 0, size.min(u32::MAX as u64) as u32) else {
+                continue;
+            };
+            for (i, piece) in data.chunks(1 << 20).enumerate() {
+                let at = (i << 20) as u64;
+                if notifier.store(fuser::INodeNo(child), at, piece).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Polls the catalog for new or removed points and invalidates what the kernel cached of the
+/// virtual directories, so a finished backup shows up within about a second.
+fn refresh_loop(view: &View, notifier: &Notifier, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(500));
+        let changed = match view.refresh() {
+            Ok(c) => c,
+            Err(e) => {
+                log::warn!("cannot refresh the list of points: {e}");
+                continue;
+            }
+        };
+        let Some(view::PointsChange { old, new }) = changed else {
+            continue;
+        };
+        let inval_inode = |ino: u64| {
+            let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+        };
+        let inval_entry = |parent: u64, name: &[u8]| {
+            let _ = notifier.inval_entry(fuser::INodeNo(parent), OsStr::from_bytes(name));
+        };
+        inval_inode(View::ITEMS);
+        inval_inode(View::IDS);
+        for (item, list) in &old.by_item {
+            if !new.by_item.contains_key(item) {
+                inval_entry(View::ITEMS, item.as_bytes());
+            }
+            for p in list {
+                if !new.by_id.contains_key(&p.id) {
+                    inval_entry(View::IDS, p.id.as_bytes());
+                    if let Some(dir) = view.known_child(View::ITEMS, item.as_bytes()) {
+                        inval_entry(dir, p.dir_name.as_bytes());
+                    }
+                }
+            }
+        }
+        for (item, list) in &new.by_item {
+            let before: Vec<&String> = old
+                .by_item
+                .get(item)
+                .map(|l| l.iter().map(|p| &p.id).collect())
+                .unwrap_or_default();
+            let now: Vec<&String> = list.iter().map(|p| &p.id).collect();
+            if before != now
+                && let Some(dir) = view.known_child(View::ITEMS, item.as_bytes())
+            {
+                inval_inode(dir);
+                inval_entry(dir, b"latest");
+                if let Some(l) = view.known_child(dir, b"latest") {
+                    inval_inode(l);
+                }
+            }
+        }
+    }
+}
+
+struct SignalSet(libc::sigset_t);
+
+fn block_signals() -> SignalSet {
+    // SAFETY: plain sigset manipulation on a local value, then pthread_sigmask for this thread
+    // (threads started later inherit the mask).
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        SignalSet(set)
+    }
+}
+
+fn wait_signal(set: &SignalSet, timeout: Duration) -> bool {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: valid set and timespec; no siginfo wanted.
+    unsafe { libc::sigtimedwait(&set.0, std::ptr::null_mut(), &ts) > 0 }
+}
+
+/// Unmounts a coffre mount (`coffre umount`).
+pub fn umount(mountpoint: &Path) -> Result<(), MountError> {
+    let err = |e| MountError::Unmount {
+        path: mountpoint.to_path_buf(),
+        source: e,
+    };
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EPERM) {
+        // Not root: the setuid helper can unmount a FUSE mount we own.
+        let st = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg(mountpoint)
+            .status()
+            .map_err(err)?;
+        if st.success() {
+            return Ok(());
+        }
+    }
+    Err(err(e))
+}

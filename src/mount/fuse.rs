@@ -1,0 +1,238 @@
+//! The fuser adapter: each `Filesystem` method calls `View` and turns its `Result` into a reply.
+//! No logic lives here beyond that, the kernel capabilities asked for in `init`, and answering
+//! `open`/`opendir` with ENOSYS so the kernel stops sending them (no per-open state is needed).
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use fuser::{
+    Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+};
+
+use super::view::View;
+
+pub struct CoffreFs {
+    pub view: Arc<View>,
+    /// Files read from their start, for the prefetcher (see `mount::prefetch_loop`).
+    pub prefetch: crossbeam_channel::Sender<u64>,
+}
+
+const GEN: Generation = Generation(0);
+
+impl CoffreFs {
+    fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(data.len() as u32);
+        } else if (size as usize) < data.len() {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(data);
+        }
+    }
+}
+
+impl Filesystem for CoffreFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // Ask for each capability on its own: an old kernel refuses the ones it lacks.
+        for cap in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_NO_OPEN_SUPPORT,
+            InitFlags::FUSE_NO_OPENDIR_SUPPORT,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_MAX_PAGES,
+            InitFlags::FUSE_ASYNC_READ,
+            // The kernel then caches each inode's ACL and enforces ACLs with the mode bits.
+            InitFlags::FUSE_POSIX_ACL,
+        ] {
+            if config.add_capabilities(cap).is_err() {
+                log::info!("kernel lacks FUSE capability {cap:?}");
+            }
+        }
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self
+            .view
+            .lookup(parent.0, name.as_bytes())
+            .and_then(|ino| Ok((ino, self.view.attr(ino)?)))
+        {
+            Ok((ino, attr)) => reply.entry(&self.view.ttl(ino), &attr, GEN),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.view.attr(ino.0) {
+            Ok(attr) => reply.attr(&self.view.ttl(ino.0), &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.view.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.view.read(ino.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(e),
+        }
+        if offset == 0 {
+            self.view.mark_read(ino.0);
+            let _ = self.prefetch.try_send(ino.0);
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let list = match self.view.listing(ino.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
+        // Offsets: 1 = ".", 2 = "..", 3.. = children.
+        let mut off = offset;
+        if off == 0 {
+            if reply.add(ino, 1, fuser::FileType::Directory, ".") {
+                return reply.ok();
+            }
+            off = 1;
+        }
+        if off == 1 {
+            if reply.add(ino, 2, fuser::FileType::Directory, "..") {
+                return reply.ok();
+            }
+            off = 2;
+        }
+        for (i, (name, child)) in list.iter().enumerate().skip((off - 2) as usize) {
+            let kind = match self.view.attr(*child) {
+                Ok(a) => a.kind,
+                Err(_) => continue,
+            };
+            if reply.add(
+                INodeNo(*child),
+                i as u64 + 3,
+                kind,
+                OsStr::from_bytes(&name[..]),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let list = match self.view.listing(ino.0) {
+            Ok(l) => l,
+            Err(e) => return reply.error(e),
+        };
+        let mut off = offset;
+        if off < 2 {
+            // "." and ".." carry no lookup count; their attributes are the directory's own.
+            let Ok(attr) = self.view.attr(ino.0) else {
+                return reply.error(Errno::ENOENT);
+            };
+            let ttl = self.view.ttl(ino.0);
+            if off == 0 && reply.add(ino, 1, ".", &ttl, &attr, GEN) {
+                return reply.ok();
+            }
+            if reply.add(ino, 2, "..", &ttl, &attr, GEN) {
+                return reply.ok();
+            }
+            off = 2;
+        }
+        for (i, (name, child)) in list.iter().enumerate().skip((off - 2) as usize) {
+            let attr = match self.view.attr(*child) {
+                Ok(a) => a,
+                Err(_) => continue,
+            };
+            let ttl = self.view.ttl(*child);
+            if reply.add(
+                INodeNo(*child),
+                i as u64 + 3,
+                OsStr::from_bytes(&name[..]),
+                &ttl,
+                &attr,
+                GEN,
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply.statfs(0, 0, 0, self.view.point_count(), 0, 4096, 255, 4096);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.view.xattr(ino.0, name.as_bytes()) {
+            Some(v) => Self::xattr_reply(&v, size, reply),
+            // An absent security label is "not supported", as a file system without labels says:
+            // `ls -l` asks for security.selinux on every file until told so once, and each ask
+            // is a FUSE round trip.
+            None if name.as_bytes().starts_with(b"security.") => {
+                reply.error(Errno::from_i32(libc::EOPNOTSUPP))
+            }
+            None => reply.error(Errno::ENODATA),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        Self::xattr_reply(&self.view.xattr_names(ino.0), size, reply);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.view.seek(ino.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(e),
+        }
+    }
+}
