@@ -59,10 +59,11 @@ impl MemFs {
 
     fn add(&mut self, p: &Path, links: &mut HashMap<(u64, u64), u64>) -> u64 {
         let m = std::fs::symlink_metadata(p).unwrap();
-        if m.is_file() && m.nlink() > 1 {
-            if let Some(&ino) = links.get(&(m.dev(), m.ino())) {
-                return ino;
-            }
+        if m.is_file()
+            && m.nlink() > 1
+            && let Some(&ino) = links.get(&(m.dev(), m.ino()))
+        {
+            return ino;
         }
         let ino = self.nodes.len() as u64 + 1;
         let ft = m.file_type();
