@@ -94,8 +94,7 @@ fn killed_at_chosen_points_or_failing_writes_leave_a_good_vault() {
             .cmd()
             .env(fault.0, fault.1)
             .args(["backup", "--item", "c", src.to_str().unwrap()])
-            .output()
-            .unwrap();
+            .output_within();
         if fault.0 == "COFFRE_CRASH_AT" {
             assert_eq!(
                 out.status.signal(),
@@ -291,8 +290,7 @@ fn damaged_foreign_or_newer_catalogs_are_refused_unchanged() {
         .cmd()
         .env("COFFRE_VAULT", &other)
         .args(["points"])
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("not a coffre vault"),
@@ -303,8 +301,7 @@ fn damaged_foreign_or_newer_catalogs_are_refused_unchanged() {
         .cmd()
         .env("COFFRE_VAULT", &other)
         .args(["backup", "--item", "x", src.to_str().unwrap()])
-        .output()
-        .unwrap();
+        .output_within();
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         std::fs::read_dir(&other).unwrap().count(),

@@ -120,16 +120,14 @@ fn excludes_and_the_vault_itself_are_left_out() {
             "--exclude",
             "cache/*",
         ])
-        .output()
-        .unwrap();
+        .output_within();
     assert!(out.status.success(), "{}", stderr(&out));
     let dst = t.path("dst");
     let out = t
         .cmd()
         .env("COFFRE_VAULT", &inner)
         .args(["restore", "x", "--to", dst.to_str().unwrap()])
-        .output()
-        .unwrap();
+        .output_within();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(dst.join("keep.txt").exists());
     assert!(!dst.join("skip.tmp").exists());
@@ -144,8 +142,7 @@ fn excludes_and_the_vault_itself_are_left_out() {
         .cmd()
         .env("COFFRE_VAULT", &inner)
         .args(["backup", "x"])
-        .output()
-        .unwrap();
+        .output_within();
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
@@ -183,7 +180,7 @@ fn unreadable_entries_are_warnings_and_exit_3() {
     if is_root() {
         cmd.uid(65534).gid(65534).env("HOME", t.dir.path());
     }
-    let out = cmd.output().unwrap();
+    let out = cmd.output_within();
     std::fs::set_permissions(src.join("closed"), PermissionsExt::from_mode(0o755)).unwrap();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");

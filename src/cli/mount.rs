@@ -1,6 +1,6 @@
 //! `coffre mount MOUNTPOINT [--allow-other] [--daemon]`.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,8 +73,10 @@ pub fn run(cli: &Cli, args: &MountArgs) -> Result<ExitCode> {
         }
         _ => {
             drop(wr);
+            // One line: "ok" once the mount answers, or the error. (The child keeps the pipe
+            // open while it serves, so reading to the end would wait for the unmount.)
             let mut msg = String::new();
-            std::fs::File::from(rd).read_to_string(&mut msg)?;
+            std::io::BufReader::new(std::fs::File::from(rd)).read_line(&mut msg)?;
             if msg.starts_with("ok\n") {
                 println!("mounted on {}", args.mountpoint.display());
                 Ok(ExitCode::SUCCESS)

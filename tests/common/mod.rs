@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -43,9 +44,10 @@ impl TestVault {
         c
     }
 
-    /// Runs coffre with `args`; returns the output whatever the exit code.
+    /// Runs coffre with `args`; returns the output whatever the exit code. A run that takes
+    /// more than two minutes is killed and fails the test (tests never hang).
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd().args(args).output().expect("run coffre")
+        run_with_deadline(self.cmd().args(args), std::time::Duration::from_secs(120))
     }
 
     /// Runs coffre and insists on exit code 0.
@@ -75,6 +77,55 @@ impl TestVault {
 
     pub fn restore(&self, spec: &str, to: &Path) {
         self.ok(&["restore", spec, "--to", to.to_str().unwrap()]);
+    }
+}
+
+/// Runs a command, killing it if it outlives `limit`.
+pub fn run_with_deadline(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let out_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = so.read_to_end(&mut b);
+        b
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = se.read_to_end(&mut b);
+        b
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+    }
+}
+
+/// `output()` with a two-minute deadline, for every process a test starts.
+pub trait OutputWithin {
+    fn output_within(&mut self) -> Output;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self) -> Output {
+        run_with_deadline(self, std::time::Duration::from_secs(120))
     }
 }
 
@@ -381,4 +432,248 @@ pub fn set_mtime(p: &Path, sec: i64, nsec: i64) {
 
 pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Builds the tree of issue 2, item 5. Returns nothing; everything is under `root`.
+pub fn make_tree(root: &Path) {
+    std::fs::create_dir_all(root).unwrap();
+    write(&root.join("small.txt"), b"hello, vault\n");
+    write(&root.join("empty"), b"");
+    // Several chunks, some compressible, some not.
+    let mut big = text(3 << 20, 1);
+    big.extend(noise(2 << 20, 2));
+    write(&root.join("dir/big.bin"), &big);
+    write(&root.join("dir/dup-of-small.txt"), b"hello, vault\n");
+    // Modes: setuid, setgid, sticky, odd permissions.
+    write(&root.join("modes/suid"), b"#!/bin/sh\n");
+    std::fs::set_permissions(root.join("modes/suid"), PermissionsExt::from_mode(0o4755)).unwrap();
+    write(&root.join("modes/sgid"), b"x");
+    std::fs::set_permissions(root.join("modes/sgid"), PermissionsExt::from_mode(0o2710)).unwrap();
+    std::fs::create_dir(root.join("modes/sticky")).unwrap();
+    std::fs::set_permissions(root.join("modes/sticky"), PermissionsExt::from_mode(0o1777)).unwrap();
+    write(&root.join("modes/none"), b"secret");
+    std::fs::set_permissions(root.join("modes/none"), PermissionsExt::from_mode(0o000)).unwrap();
+    // Symlinks: relative, absolute, dangling.
+    symlink("../small.txt", root.join("dir/rel-link")).unwrap();
+    symlink("/nonexistent/target", root.join("dangling")).unwrap();
+    // Hard links: three names for one inode, across directories.
+    write(&root.join("links/a"), &text(100_000, 3));
+    std::fs::hard_link(root.join("links/a"), root.join("links/b")).unwrap();
+    std::fs::hard_link(root.join("links/a"), root.join("dir/c-link")).unwrap();
+    // Sparse: data, a 64 MiB hole, data, trailing hole; and an all-hole file.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::create(root.join("sparse")).unwrap();
+        f.write_all_at(&text(10_000, 4), 0).unwrap();
+        f.write_all_at(&noise(70_000, 5), 64 << 20).unwrap();
+        f.set_len(200 << 20).unwrap();
+        let g = std::fs::File::create(root.join("all-hole")).unwrap();
+        g.set_len(1 << 30).unwrap();
+    }
+    // Special files.
+    let fifo = c_path(&root.join("fifo"));
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o640) }, 0);
+    if is_root() {
+        let chr = c_path(&root.join("null-dev"));
+        assert_eq!(
+            unsafe { libc::mknod(chr.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+            0
+        );
+        let blk = c_path(&root.join("loop-dev"));
+        assert_eq!(
+            unsafe { libc::mknod(blk.as_ptr(), libc::S_IFBLK | 0o660, libc::makedev(7, 200)) },
+            0
+        );
+    }
+    // A socket is skipped with a note.
+    let _sock = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+    // Names: not UTF-8, 255 bytes, spaces and newlines.
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9-\xff\xfe");
+    write(&root.join(odd), b"latin-1 name");
+    let long = "n".repeat(255);
+    write(&root.join(&long), b"long name");
+    write(&root.join("with space\nand newline"), b"x");
+    // Deep tree: deeper than PATH_MAX allows as one path (600 levels * 8 bytes).
+    let mut deep = root.join("deep");
+    std::fs::create_dir(&deep).unwrap();
+    {
+        let mut cur = std::fs::File::open(&deep).unwrap();
+        use std::os::fd::AsRawFd;
+        for i in 0..600 {
+            let name = std::ffi::CString::new(format!("level{i:03}")).unwrap();
+            assert_eq!(
+                unsafe { libc::mkdirat(cur.as_raw_fd(), name.as_ptr(), 0o755) },
+                0
+            );
+            let fd = unsafe {
+                libc::openat(
+                    cur.as_raw_fd(),
+                    name.as_ptr(),
+                    libc::O_RDONLY | libc::O_DIRECTORY,
+                )
+            };
+            assert!(fd >= 0);
+            cur = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        }
+        let leaf = std::ffi::CString::new("leaf").unwrap();
+        let fd = unsafe {
+            libc::openat(
+                cur.as_raw_fd(),
+                leaf.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT,
+                0o644,
+            )
+        };
+        assert!(fd >= 0);
+        let mut f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        std::io::Write::write_all(&mut f, b"at the bottom").unwrap();
+    }
+    deep.push("level000");
+    // Xattrs: user attributes (binary value), and POSIX ACLs (access and default).
+    set_xattr(&root.join("small.txt"), "user.comment", b"kept\0with nul");
+    set_xattr(&root.join("dir"), "user.dir-attr", b"on a directory");
+    // ACL_USER_OBJ=1, ACL_USER=2, ACL_GROUP_OBJ=4, ACL_MASK=0x10, ACL_OTHER=0x20
+    let acl = acl_blob(&[
+        (1, 6, u32::MAX),
+        (2, 4, 1234),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ]);
+    set_xattr(&root.join("links/a"), "system.posix_acl_access", &acl);
+    set_xattr(&root.join("dir"), "system.posix_acl_default", &acl);
+    // Owners (numeric, not in /etc/passwd).
+    if is_root() {
+        std::os::unix::fs::lchown(root.join("small.txt"), Some(1234), Some(5678)).unwrap();
+        std::os::unix::fs::lchown(root.join("dir/rel-link"), Some(4321), Some(8765)).unwrap();
+        std::os::unix::fs::lchown(root.join("dir"), Some(77), Some(88)).unwrap();
+    }
+    // Times with nanoseconds, including before 1970; set last (children change dir mtimes).
+    set_mtime(&root.join("small.txt"), 1_600_000_000, 123_456_789);
+    set_mtime(&root.join("empty"), -86_400 * 365, 999_999_999);
+    set_mtime(&root.join("dir/rel-link"), 1_500_000_000, 1);
+    set_mtime(&root.join("dir"), 1_400_000_000, 42);
+    set_mtime(root, 1_300_000_000, 7);
+}
+
+/// Is `dir` a mount point of a FUSE file system right now?
+pub fn is_fuse_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let want = dir.to_string_lossy();
+    mounts.lines().any(|l| {
+        l.split(' ').nth(1) == Some(&*want)
+            && l.split(' ').nth(2).is_some_and(|t| t.starts_with("fuse"))
+    })
+}
+
+/// A running `coffre mount`: waits (with a deadline) until the mount answers, and unmounts and
+/// reaps the process in Drop, lazily as a last resort, so a failing test never leaks a mount or
+/// hangs the suite.
+pub struct MountGuard {
+    pub dir: PathBuf,
+    pub child: Option<std::process::Child>,
+}
+
+impl MountGuard {
+    /// Mounts the vault of `t` on a fresh directory with extra `args`.
+    pub fn start(t: &TestVault, args: &[&str]) -> MountGuard {
+        let dir = t.path(&format!(
+            "mnt-{}",
+            std::process::id() as u64 * 1000
+                + COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = t
+            .cmd()
+            .arg("mount")
+            .arg(&dir)
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn coffre mount");
+        let mut g = MountGuard {
+            dir: dir.canonicalize().unwrap(),
+            child: Some(child),
+        };
+        g.wait_ready();
+        g
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if is_fuse_mounted(&self.dir) && std::fs::read_dir(&self.dir).is_ok() {
+                return;
+            }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                let mut err = String::new();
+                if let Some(mut e) = c.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                self.child = None;
+                panic!("coffre mount exited with {status} before the mount was ready: {err}");
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "the mount on {} was not ready within 20 s",
+                    self.dir.display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The directory of the latest point of `item` (the `latest` symlink resolved).
+    pub fn latest(&self, item: &str) -> PathBuf {
+        let dir = self.dir.join("items").join(item);
+        dir.join(std::fs::read_link(dir.join("latest")).expect("latest symlink"))
+    }
+
+    /// Waits for the mount process to exit by itself (after umount or a signal).
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        let c = self.child.as_mut()?;
+        loop {
+            if let Ok(Some(s)) = c.try_wait() {
+                self.child = None;
+                return Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        let p = c_path(&self.dir);
+        if is_fuse_mounted(&self.dir) && unsafe { libc::umount2(p.as_ptr(), 0) } != 0 {
+            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+        }
+        if let Some(mut c) = self.child.take() {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        if is_fuse_mounted(&self.dir) {
+            unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
 }

@@ -1,0 +1,344 @@
+//! End-to-end: real FUSE mounts of real vaults through the `coffre` binary. Every mount is a
+//! `MountGuard` that waits for the mount with a deadline and unmounts in Drop.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn without_root(
+    mut s: std::collections::BTreeMap<Vec<u8>, Snap>,
+) -> std::collections::BTreeMap<Vec<u8>, Snap> {
+    // The point directory itself carries the backup time, not the source root's metadata.
+    s.remove(b"".as_slice());
+    s
+}
+
+#[test]
+fn every_kind_of_entry_reads_back_exactly_through_the_mount() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    make_tree(&src);
+    t.backup("tree", &src);
+    let m = MountGuard::start(&t, &[]);
+    let latest = m.latest("tree");
+
+    let mut want = without_root(snapshot(&src, true));
+    want.remove(b"sock".as_slice());
+    // Straight through the mount: lstat fields, xattrs (ACLs too), content, SEEK_DATA/SEEK_HOLE
+    // maps, and hard links sharing one inode.
+    assert_same(&want, &without_root(snapshot(&latest, true)));
+    let ino = |p: &str| std::fs::symlink_metadata(latest.join(p)).unwrap().ino();
+    assert_eq!(ino("links/a"), ino("links/b"));
+    assert_eq!(ino("links/a"), ino("dir/c-link"));
+    assert_ne!(ino("links/a"), ino("small.txt"));
+    let sparse = std::fs::metadata(latest.join("sparse")).unwrap();
+    assert!(
+        sparse.blocks() < 1024,
+        "sparse file reports {} blocks",
+        sparse.blocks()
+    );
+    assert_eq!(
+        data_map(&latest.join("sparse")),
+        data_map(&src.join("sparse"))
+    );
+
+    // And what a user does: rsync -aHAX --numeric-ids out of the mount reproduces the tree.
+    if std::process::Command::new("rsync")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        // rsync itself cannot walk paths longer than PATH_MAX: leave the deep tree out.
+        let copy = t.path("copy");
+        let out = std::process::Command::new("rsync")
+            .args(["-aHAX", "--numeric-ids", "--sparse", "--exclude=/deep"])
+            .arg(format!("{}/", latest.display()))
+            .arg(&copy)
+            .output_within();
+        assert!(out.status.success(), "rsync: {}", stderr(&out));
+        want.retain(|k, _| !k.starts_with(b"deep"));
+        assert_same(&want, &without_root(snapshot(&copy, true)));
+    } else {
+        eprintln!("rsync not installed: the rsync half of this test did not run");
+    }
+}
+
+#[test]
+fn the_layout_has_items_points_latest_and_ids() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("f"), b"one");
+    let p1 = t.backup("a", &src)["point"].clone();
+    std::thread::sleep(Duration::from_millis(1100)); // distinct point directory names
+    write(&src.join("f"), b"two");
+    let p2 = t.backup("a", &src)["point"].clone();
+    t.backup("b", &src);
+    let m = MountGuard::start(&t, &[]);
+    let mut items: Vec<String> = std::fs::read_dir(m.dir.join("items"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    items.sort();
+    assert_eq!(items, ["a", "b"]);
+    let mut a: Vec<String> = std::fs::read_dir(m.dir.join("items/a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    a.sort();
+    assert_eq!(a.len(), 3, "{a:?}");
+    assert!(a.contains(&"latest".to_string()));
+    let latest = std::fs::read_link(m.dir.join("items/a/latest")).unwrap();
+    assert_eq!(
+        std::fs::read(m.dir.join("items/a/latest/f")).unwrap(),
+        b"two"
+    );
+    // Point directories are named by UTC time and carry it as mtime.
+    let name = latest.to_str().unwrap();
+    assert!(
+        name.ends_with('Z') && name.len() == 18 && !name.contains(':'),
+        "{name}"
+    );
+    let t2 = p2["time"].as_i64().unwrap();
+    let md = std::fs::metadata(m.dir.join("items/a").join(name)).unwrap();
+    assert_eq!(md.mtime(), t2.div_euclid(1_000_000_000));
+    // ids/<point-id> -> ../items/<item>/<point>
+    let id1 = p1["id"].as_str().unwrap();
+    let target = std::fs::read_link(m.dir.join("ids").join(id1)).unwrap();
+    assert!(
+        target.to_str().unwrap().starts_with("../items/a/"),
+        "{target:?}"
+    );
+    assert_eq!(
+        std::fs::read(m.dir.join("ids").join(id1).join("f")).unwrap(),
+        b"one"
+    );
+}
+
+#[test]
+fn every_kind_of_write_fails_with_erofs() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("f"), b"data");
+    std::fs::create_dir(src.join("d")).unwrap();
+    t.backup("x", &src);
+    let m = MountGuard::start(&t, &[]);
+    let p = m.latest("x");
+    let erofs = |r: std::io::Result<()>, what: &str| {
+        let e = r.expect_err(what);
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{what}: {e}");
+    };
+    erofs(std::fs::write(p.join("f"), b"x"), "write");
+    erofs(std::fs::write(p.join("new"), b"x"), "create");
+    erofs(std::fs::remove_file(p.join("f")), "unlink");
+    erofs(std::fs::create_dir(p.join("d2")), "mkdir");
+    erofs(std::fs::remove_dir(p.join("d")), "rmdir");
+    erofs(std::fs::rename(p.join("f"), p.join("g")), "rename");
+    erofs(
+        std::fs::set_permissions(p.join("f"), PermissionsExt::from_mode(0o600)),
+        "chmod",
+    );
+    let k = c"user.x";
+    let r = unsafe {
+        libc::setxattr(
+            c_path(&p.join("f")).as_ptr(),
+            k.as_ptr(),
+            b"v".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    assert_eq!(r, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EROFS),
+        "setxattr"
+    );
+    erofs(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(p.join("f"))
+            .map(drop),
+        "open for append",
+    );
+}
+
+#[test]
+fn permissions_are_enforced_and_other_users_need_allow_other() {
+    if !is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let t = TestVault::new();
+    std::fs::set_permissions(t.dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let src = t.path("src");
+    write(&src.join("secret"), b"root only");
+    std::fs::set_permissions(src.join("secret"), PermissionsExt::from_mode(0o600)).unwrap();
+    write(&src.join("public"), b"anyone");
+    std::fs::set_permissions(src.join("public"), PermissionsExt::from_mode(0o644)).unwrap();
+    t.backup("x", &src);
+    let as_nobody = |args: &[&std::path::Path]| {
+        std::process::Command::new("cat")
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output_within()
+    };
+    {
+        let m = MountGuard::start(&t, &[]);
+        let out = as_nobody(&[&m.latest("x").join("public")]);
+        assert!(
+            !out.status.success(),
+            "nobody entered a mount without --allow-other"
+        );
+        assert!(
+            stderr(&out).contains("Permission denied"),
+            "{}",
+            stderr(&out)
+        );
+    }
+    let m = MountGuard::start(&t, &["--allow-other"]);
+    let out = as_nobody(&[&m.latest("x").join("public")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, b"anyone");
+    let out = as_nobody(&[&m.latest("x").join("secret")]);
+    assert!(!out.status.success(), "nobody read a 0600 root file");
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_damaged_chunk_is_eio_and_other_files_still_read() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("victim.bin"), &noise(600_000, 1)); // a record of its own
+    write(&src.join("good.txt"), &text(10_000, 2));
+    t.backup("x", &src);
+    // Corrupt the middle of the pack: the victim's record is most of it.
+    let pack = std::fs::read_dir(t.vault().join("packs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut data = std::fs::read(&pack).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&pack, &data).unwrap();
+    let m = MountGuard::start(&t, &[]);
+    let e = std::fs::read(m.latest("x").join("victim.bin")).expect_err("read damaged data");
+    assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}");
+    assert_eq!(
+        std::fs::read(m.latest("x").join("good.txt")).unwrap(),
+        text(10_000, 2)
+    );
+    // The mount survives and still answers.
+    assert!(std::fs::read_dir(m.dir.join("items")).is_ok());
+}
+
+#[test]
+fn a_backup_made_while_mounted_appears_and_moves_latest() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("f"), b"first");
+    t.backup("x", &src);
+    let m = MountGuard::start(&t, &[]);
+    let count = || std::fs::read_dir(m.dir.join("items/x")).unwrap().count();
+    assert_eq!(count(), 2); // one point + latest
+    let link = m.dir.join("items/x/latest");
+    let before = std::fs::read_link(&link).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    write(&src.join("f"), b"second");
+    // The mount never holds the writer lock: the backup runs while mounted.
+    t.backup("x", &src);
+    t.backup("y", &src);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count() != 3 || std::fs::read_link(&link).unwrap() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the new point did not appear within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(m.latest("x").join("f")).unwrap(), b"second");
+    assert!(
+        m.dir.join("items/y/latest/f").exists(),
+        "a new item did not appear"
+    );
+}
+
+#[test]
+fn sigterm_and_umount_end_the_mount_cleanly() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("f"), b"x");
+    t.backup("x", &src);
+
+    let mut m = MountGuard::start(&t, &[]);
+    let pid = m.child.as_ref().unwrap().id() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = m
+        .wait_exit(Duration::from_secs(10))
+        .expect("mount did not exit on SIGTERM");
+    assert!(
+        status.success(),
+        "exit status {status:?} (signal {:?})",
+        status.signal()
+    );
+    assert!(!is_fuse_mounted(&m.dir), "still mounted after SIGTERM");
+
+    let mut m = MountGuard::start(&t, &[]);
+    t.ok(&["umount", m.dir.to_str().unwrap()]);
+    let status = m
+        .wait_exit(Duration::from_secs(10))
+        .expect("mount did not exit after umount");
+    assert!(status.success(), "{status:?}");
+    assert!(!is_fuse_mounted(&m.dir));
+}
+
+#[test]
+fn daemon_mode_returns_once_ready_and_bad_mount_points_are_refused() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("f"), b"daemon");
+    t.backup("x", &src);
+    let dir = t.path("mnt-daemon");
+    std::fs::create_dir(&dir).unwrap();
+    t.ok(&["mount", "--daemon", dir.to_str().unwrap()]);
+    let guard = MountGuard {
+        dir: dir.canonicalize().unwrap(),
+        child: None,
+    };
+    assert_eq!(
+        std::fs::read(dir.join("items/x/latest/f")).unwrap(),
+        b"daemon"
+    );
+    // A busy mount point.
+    let out = t.run(&["mount", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("already a mount point"),
+        "{}",
+        stderr(&out)
+    );
+    t.ok(&["umount", dir.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_fuse_mounted(&guard.dir) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A non-empty one, and one that does not exist.
+    write(&dir.join("something"), b"x");
+    let out = t.run(&["mount", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    let out = t.run(&["mount", t.path("nowhere").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}
