@@ -35,6 +35,12 @@ fn every_kind_of_entry_reads_back_exactly_through_the_mount() {
     assert_eq!(ino("links/a"), ino("links/b"));
     assert_eq!(ino("links/a"), ino("dir/c-link"));
     assert_ne!(ino("links/a"), ino("small.txt"));
+    // Directories report the size and link count they had.
+    for d in ["dir", "modes", "deep"] {
+        let a = std::fs::metadata(src.join(d)).unwrap();
+        let b = std::fs::metadata(latest.join(d)).unwrap();
+        assert_eq!((a.size(), a.nlink()), (b.size(), b.nlink()), "{d}");
+    }
     let sparse = std::fs::metadata(latest.join("sparse")).unwrap();
     assert!(
         sparse.blocks() < 1024,

@@ -131,13 +131,17 @@ fn entry_from_stat(name: Vec<u8>, st: &libc::stat, kind: Kind) -> Entry {
         gid: st.st_gid,
         mtime: ts(st.st_mtime, st.st_mtime_nsec),
         ctime: ts(st.st_ctime, st.st_ctime_nsec),
-        size: if kind == Kind::File {
+        size: if matches!(kind, Kind::File | Kind::Dir) {
             st.st_size as u64
         } else {
             0
         },
         ino: if kind == Kind::File { st.st_ino } else { 0 },
-        nlink: if kind == Kind::File { nlink } else { 0 },
+        nlink: if matches!(kind, Kind::File | Kind::Dir) {
+            nlink
+        } else {
+            0
+        },
         dev: if kind == Kind::File && nlink > 1 {
             st.st_dev
         } else {

@@ -555,7 +555,7 @@ impl View {
                     crtime: mtime,
                     kind: file_type(kind),
                     perm: (e.mode & 0o7777) as u16,
-                    nlink: if kind == Kind::File {
+                    nlink: if matches!(kind, Kind::File | Kind::Dir) {
                         e.nlink.max(1) as u32
                     } else {
                         1

@@ -168,11 +168,12 @@ pub struct Entry {
     pub gid: u32,
     pub mtime: Timestamp,
     pub ctime: Timestamp,
-    /// Size in bytes (files and symlinks).
+    /// Size in bytes (files, symlinks, and what `stat` said of a directory).
     pub size: u64,
     /// Source inode: the files cache compares it, hard links share it.
     pub ino: u64,
-    /// Source link count; a file with `nlink > 1` is part of a hard-link group keyed by (dev, ino).
+    /// Source link count (files and directories); a file with `nlink > 1` is part of a hard-link
+    /// group keyed by (dev, ino).
     pub nlink: u64,
     /// Source device, recorded only for hard-linked files (it keys the link group).
     pub dev: u64,
@@ -322,13 +323,17 @@ pub fn encode_entry(out: &mut Vec<u8>, e: &Entry) {
                 }
             }
         }
-        Kind::Dir => match e.subtree {
-            Some(t) => {
-                out.push(1);
-                out.extend_from_slice(&t.0);
+        Kind::Dir => {
+            match e.subtree {
+                Some(t) => {
+                    out.push(1);
+                    out.extend_from_slice(&t.0);
+                }
+                None => out.push(0),
             }
-            None => out.push(0),
-        },
+            put_var(out, e.size);
+            put_var(out, e.nlink);
+        }
         Kind::Symlink => put_bytes(out, &e.target),
         Kind::Fifo => {}
         Kind::CharDev | Kind::BlockDev => put_var(out, e.rdev),
@@ -373,7 +378,9 @@ fn decode_entry(r: &mut Reader) -> Result<Entry> {
                 0 => None,
                 1 => Some(r.hash()?),
                 _ => return Err(FormatError::Malformed("subtree tag")),
-            }
+            };
+            e.size = r.var()?;
+            e.nlink = r.var()?;
         }
         Kind::Symlink => {
             e.target = r.bytes()?.to_vec();
