@@ -113,3 +113,56 @@ if "coffre" in tools and "restic" in tools:
     chk("peak RSS ≤ 100 MiB", peak <= 100, f"{peak:.0f} MiB")
     p("\n".join(checks))
 print("\n".join(out))
+
+# ---- mount (issue 3) ----
+mtools = [t for t in ("coffre", "restic", "borg", "memfs", "native") if any(r["tool"] == t and r["step"].startswith("e-") for r in rows)]
+if mtools:
+    def cell(t, step, key="wall_s", fmt="{:.2f}"):
+        v = med(t, step, key)
+        return "–" if v is None else fmt.format(v)
+    m = ["", "Mount (issue 3); memfs = the in-memory FUSE floor, native = the source directory:", "",
+         "| step | " + " | ".join(mtools) + " |", "|---|" + "---|" * len(mtools)]
+    for label, step, key, fmt in [
+        ("mount answers: s", "e-ready", "wall_s", "{:.2f}"),
+        ("ls -lR latest tree, cold: s", "e-ls1", "wall_s", "{:.2f}"),
+        ("ls -lR latest tree, warm: s", "e-ls2", "wall_s", "{:.2f}"),
+        ("cp -a whole tree → tmpfs, cold mount: s", "e-cp", "wall_s", "{:.2f}"),
+        ("differences after cp -a (rsync -c, -aHAX)", "e-cp-verify", "bytes", "{:.0f}"),
+        ("mount process peak RSS: MiB", "e-rss", "rss_mib", "{:.0f}"),
+    ]:
+        m.append(f"| {label} | " + " | ".join(cell(t, step, key, fmt) for t in mtools) + " |")
+    many = med("coffre", "e-1000", "wall_s")
+    if many is not None:
+        m.append(f"\nVault with 1000 points: `ls MOUNTPOINT/items/many` answered {many:.3f} s after `coffre mount` started.")
+    c = lambda step: med("coffre", step, "wall_s")
+    checks = []
+    def chk(name, ok, detail):
+        checks.append(f"- [{'x' if ok else ' '}] {name}: {detail}")
+    if c("e-ls1") and med("native", "e-ls1", "wall_s"):
+        r = c("e-ls1") / med("native", "e-ls1", "wall_s")
+        chk("ls -lR (cold) ≤ 3× native", r <= 3, f"{r:.2f}×")
+        rw = c("e-ls2") / med("native", "e-ls2", "wall_s")
+        chk("ls -lR (warm) ≤ 3× native", rw <= 3, f"{rw:.2f}×")
+    if c("e-ls1") and med("borg", "e-ls1", "wall_s"):
+        r = c("e-ls1") / med("borg", "e-ls1", "wall_s")
+        chk("ls -lR (cold) ≤ 0.1× borg", r <= 0.1, f"{r:.2f}×")
+    if c("e-cp") and med("memfs", "e-cp", "wall_s"):
+        r = c("e-cp") / med("memfs", "e-cp", "wall_s")
+        chk("cp -a ≤ 1.5× the in-memory floor", r <= 1.5, f"{r:.2f}×")
+    if c("e-cp") and med("borg", "e-cp", "wall_s"):
+        r = med("borg", "e-cp", "wall_s") / c("e-cp")
+        chk("cp -a ≥ 3× faster than borg's mount", r >= 3, f"{r:.2f}× faster")
+    if c("e-cp") and med("restic", "e-cp", "wall_s"):
+        r = med("restic", "e-cp", "wall_s") / c("e-cp")
+        chk("cp -a ≥ 6× faster than restic's mount", r >= 6, f"{r:.2f}× faster")
+    v = med("coffre", "e-cp-verify", "bytes")
+    if v is not None:
+        chk("the copy is identical to the source", v == 0, f"{v:.0f} differences")
+    rss = med("coffre", "e-rss", "rss_mib")
+    if rss is not None:
+        chk("mount peak RSS ≤ 100 MiB", rss <= 100, f"{rss:.0f} MiB")
+    if many is not None:
+        chk("1000 points: ls items/X < 0.2 s after mount starts", many < 0.2, f"{many:.3f} s")
+    m.append("\nTargets (mount issue), this run:")
+    m.extend(checks)
+    print("\n".join(m))

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Try coffre on real data: back up a directory, list the point, restore one file and check it.
+# Try coffre on real data: back up a directory, list the point, mount the vault and copy a file out
+# of the mount, restore the same file with `coffre restore`, and check both copies.
 #   scripts/try.sh [DIR]        (default DIR: /usr/share/doc, or this repository if missing)
 # Everything happens in a temporary directory that is removed at the end.
 set -euo pipefail
@@ -9,7 +10,11 @@ src=${1:-/usr/share/doc}
 cargo build --release --quiet
 bin=$PWD/target/release/coffre
 work=$(mktemp -d /tmp/coffre-try.XXXXXX)
-trap 'rm -rf "$work"' EXIT
+cleanup() {
+    if mountpoint -q "$work/mnt" 2>/dev/null; then "$bin" umount "$work/mnt" || umount -l "$work/mnt"; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
 export COFFRE_VAULT=$work/vault
 
 echo "== coffre backup --item try $src"
@@ -24,6 +29,15 @@ echo "== coffre stats"
 # Pick a regular file from the source and restore just that file.
 file=$(cd "$src" && { find . -type f -size +1k -readable 2>/dev/null || true; } | sort | sed -n 1p)
 file=${file#./}
+mkdir -p "$work/mnt"
+echo "== coffre mount --daemon $work/mnt"
+"$bin" mount --daemon "$work/mnt"
+ls -l "$work/mnt/items/try/"
+echo "== cp out of the mount"
+cp -a "$work/mnt/items/try/latest/$file" "$work/from-mount"
+"$bin" umount "$work/mnt"
+cmp "$src/$file" "$work/from-mount" && echo "copied out of the mount: matches the original"
+
 echo "== coffre restore try '$file' --to $work/out"
 "$bin" restore try "$file" --to "$work/out"
 if cmp "$src/$file" "$work/out/$(basename "$file")"; then
