@@ -15,9 +15,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEntry, ReplyOpen, ReplyXattr, Request, SessionACL,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, KernelConfig,
+    LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyOpen, ReplyXattr, Request,
 };
 
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -139,32 +139,11 @@ impl MemFs {
     fn node(&self, ino: INodeNo) -> Option<&Node> {
         self.nodes.get((ino.0 as usize).checked_sub(1)?)
     }
-
-    fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(data.len() as u32);
-        } else if (size as usize) < data.len() {
-            reply.error(Errno::ERANGE);
-        } else {
-            reply.data(data);
-        }
-    }
 }
 
 impl Filesystem for MemFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_NO_OPEN_SUPPORT,
-            InitFlags::FUSE_NO_OPENDIR_SUPPORT,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_MAX_PAGES,
-            InitFlags::FUSE_ASYNC_READ,
-            InitFlags::FUSE_POSIX_ACL,
-        ] {
-            let _ = config.add_capabilities(cap);
-        }
+        coffre::mount::configure_kernel(config);
         Ok(())
     }
 
@@ -278,7 +257,7 @@ impl Filesystem for MemFs {
             .iter()
             .find(|(k, _)| k.as_slice() == name.as_bytes())
         {
-            Some((_, v)) => Self::xattr_reply(v, size, reply),
+            Some((_, v)) => coffre::mount::reply_xattr(v, size, reply),
             None if name.as_bytes().starts_with(b"security.") => {
                 reply.error(Errno::from_i32(libc::EOPNOTSUPP))
             }
@@ -295,7 +274,7 @@ impl Filesystem for MemFs {
             names.extend_from_slice(k);
             names.push(0);
         }
-        Self::xattr_reply(&names, size, reply);
+        coffre::mount::reply_xattr(&names, size, reply);
     }
 }
 
@@ -307,18 +286,8 @@ fn main() {
     }
     let fs = MemFs::load(Path::new(&args[1]));
     eprintln!("memfs: {} inodes loaded", fs.nodes.len());
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::RO,
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::FSName("memfs".into()),
-    ];
-    config.acl = SessionACL::Owner;
-    config.n_threads = Some(std::thread::available_parallelism().map_or(2, |n| n.get()) * 2);
-    config.clone_fd = true;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
+    let config = coffre::mount::session_config("memfs", false, threads);
     let session = fuser::Session::new(fs, Path::new(&args[2]), &config).expect("mount");
     session.run().expect("session");
 }

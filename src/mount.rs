@@ -11,6 +11,8 @@
 mod fuse;
 pub mod view;
 
+pub use fuse::{configure_kernel, reply_xattr};
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -89,6 +91,29 @@ pub fn check_mount_point(p: &Path) -> Result<PathBuf, MountError> {
     Ok(p)
 }
 
+/// The mount options and threading of a coffre mount. `examples/memfs.rs` (the benchmark's FUSE
+/// floor) uses the same, so the two differ only in what answers the requests.
+pub fn session_config(fsname: &str, allow_other: bool, threads: usize) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::FSName(fsname.to_string()),
+        MountOption::Subtype("coffre".into()),
+    ];
+    config.acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    config
+}
+
 /// Mounts `vault` on `mountpoint` and serves it until unmounted (SIGINT, SIGTERM, `umount`).
 /// `ready` is called once the mount answers.
 pub fn mount(
@@ -108,23 +133,11 @@ pub fn mount(
     } else {
         opts.threads
     };
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::RO,
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::FSName(format!("coffre:{}", vault.root().display())),
-        MountOption::Subtype("coffre".into()),
-    ];
-    config.acl = if opts.allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(threads);
-    config.clone_fd = true;
+    let config = session_config(
+        &format!("coffre:{}", vault.root().display()),
+        opts.allow_other,
+        threads,
+    );
 
     // Signals are taken by one thread with sigwait: block them before any thread starts.
     let signals = block_signals();

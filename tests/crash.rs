@@ -6,7 +6,7 @@
 mod common;
 
 use std::os::unix::process::ExitStatusExt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -59,17 +59,11 @@ fn check_recovers(
     assert_same(&want, &snapshot(&dst2, false));
 }
 
+/// A fresh name for each check directory within one test process.
 fn rand_suffix() -> String {
-    format!(
-        "{}",
-        Instant::now().elapsed().as_nanos() ^ std::process::id() as u128 ^ rand_counter()
-    )
-}
-
-fn rand_counter() -> u128 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed) as u128 * 7919
+    N.fetch_add(1, Ordering::Relaxed).to_string()
 }
 
 #[test]
@@ -181,16 +175,9 @@ fn a_second_writer_waits_or_fails_with_no_wait() {
     // Readers are not blocked by the writer lock.
     assert_eq!(t.points("c").len(), 1);
     drop(lock);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = waiting.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = waiting.kill();
-            panic!("the waiting backup did not finish after the lock was released");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = wait_within(&mut waiting, Duration::from_secs(30)) else {
+        let _ = waiting.kill();
+        panic!("the waiting backup did not finish after the lock was released");
     };
     assert!(status.success());
     assert_eq!(t.points("c").len(), 2);

@@ -22,37 +22,41 @@ pub struct CoffreFs {
 
 const GEN: Generation = Generation(0);
 
-impl CoffreFs {
-    fn xattr_reply(data: &[u8], size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(data.len() as u32);
-        } else if (size as usize) < data.len() {
-            reply.error(Errno::ERANGE);
-        } else {
-            reply.data(data);
+/// Answers a getxattr/listxattr: the size when asked for it, ERANGE when the buffer is short.
+pub fn reply_xattr(data: &[u8], size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if (size as usize) < data.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(data);
+    }
+}
+
+/// The kernel capabilities a coffre mount asks for (each on its own: an old kernel refuses the
+/// ones it lacks) and the read-ahead it offers.
+pub fn configure_kernel(config: &mut KernelConfig) {
+    for cap in [
+        InitFlags::FUSE_DO_READDIRPLUS,
+        InitFlags::FUSE_NO_OPEN_SUPPORT,
+        InitFlags::FUSE_NO_OPENDIR_SUPPORT,
+        InitFlags::FUSE_CACHE_SYMLINKS,
+        InitFlags::FUSE_PARALLEL_DIROPS,
+        InitFlags::FUSE_MAX_PAGES,
+        InitFlags::FUSE_ASYNC_READ,
+        // The kernel then caches each inode's ACL and enforces ACLs with the mode bits.
+        InitFlags::FUSE_POSIX_ACL,
+    ] {
+        if config.add_capabilities(cap).is_err() {
+            log::info!("kernel lacks FUSE capability {cap:?}");
         }
     }
+    let _ = config.set_max_readahead(1 << 20);
 }
 
 impl Filesystem for CoffreFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Ask for each capability on its own: an old kernel refuses the ones it lacks.
-        for cap in [
-            InitFlags::FUSE_DO_READDIRPLUS,
-            InitFlags::FUSE_NO_OPEN_SUPPORT,
-            InitFlags::FUSE_NO_OPENDIR_SUPPORT,
-            InitFlags::FUSE_CACHE_SYMLINKS,
-            InitFlags::FUSE_PARALLEL_DIROPS,
-            InitFlags::FUSE_MAX_PAGES,
-            InitFlags::FUSE_ASYNC_READ,
-            // The kernel then caches each inode's ACL and enforces ACLs with the mode bits.
-            InitFlags::FUSE_POSIX_ACL,
-        ] {
-            if config.add_capabilities(cap).is_err() {
-                log::info!("kernel lacks FUSE capability {cap:?}");
-            }
-        }
-        let _ = config.set_max_readahead(1 << 20);
+        configure_kernel(config);
         Ok(())
     }
 
@@ -206,7 +210,7 @@ impl Filesystem for CoffreFs {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         match self.view.xattr(ino.0, name.as_bytes()) {
-            Some(v) => Self::xattr_reply(&v, size, reply),
+            Some(v) => reply_xattr(&v, size, reply),
             // An absent security label is "not supported", as a file system without labels says:
             // `ls -l` asks for security.selinux on every file until told so once, and each ask
             // is a FUSE round trip.
@@ -218,7 +222,7 @@ impl Filesystem for CoffreFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        Self::xattr_reply(&self.view.xattr_names(ino.0), size, reply);
+        reply_xattr(&self.view.xattr_names(ino.0), size, reply);
     }
 
     fn lseek(

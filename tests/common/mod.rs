@@ -80,6 +80,23 @@ impl TestVault {
     }
 }
 
+/// Waits for a child to exit, for at most `within`.
+pub fn wait_within(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Ok(Some(s)) = child.try_wait() {
+            return Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// Runs a command, killing it if it outlives `limit`.
 pub fn run_with_deadline(cmd: &mut Command, limit: std::time::Duration) -> Output {
     use std::io::Read;
@@ -99,17 +116,10 @@ pub fn run_with_deadline(cmd: &mut Command, limit: std::time::Duration) -> Outpu
         let _ = se.read_to_end(&mut b);
         b
     });
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait") {
-            break s;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{cmd:?} did not finish within {limit:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
+    let Some(status) = wait_within(&mut child, limit) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} did not finish within {limit:?}");
     };
     Output {
         status,
@@ -223,21 +233,9 @@ pub fn acl_blob(entries: &[(u16, u16, u32)]) -> Vec<u8> {
 
 /// Data extents of a file as (offset, len) from SEEK_DATA/SEEK_HOLE.
 pub fn data_map(p: &Path) -> Vec<(u64, u64)> {
-    use std::os::fd::AsRawFd;
     let f = std::fs::File::open(p).unwrap();
-    let size = f.metadata().unwrap().len() as i64;
-    let mut out = Vec::new();
-    let mut pos = 0i64;
-    while pos < size {
-        let d = unsafe { libc::lseek(f.as_raw_fd(), pos, libc::SEEK_DATA) };
-        if d < 0 {
-            break;
-        }
-        let h = unsafe { libc::lseek(f.as_raw_fd(), d, libc::SEEK_HOLE) };
-        out.push((d as u64, (h - d) as u64));
-        pos = h;
-    }
-    out
+    let size = f.metadata().unwrap().len();
+    data_map_fd(&f, size)
 }
 
 /// Everything the comparison looks at for one entry.
@@ -635,18 +633,9 @@ impl MountGuard {
 
     /// Waits for the mount process to exit by itself (after umount or a signal).
     pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + within;
-        let c = self.child.as_mut()?;
-        loop {
-            if let Ok(Some(s)) = c.try_wait() {
-                self.child = None;
-                return Some(s);
-            }
-            if std::time::Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let status = wait_within(self.child.as_mut()?, within)?;
+        self.child = None;
+        Some(status)
     }
 }
 
@@ -658,19 +647,11 @@ impl Drop for MountGuard {
         if is_fuse_mounted(&self.dir) && unsafe { libc::umount2(p.as_ptr(), 0) } != 0 {
             unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
         }
-        if let Some(mut c) = self.child.take() {
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            loop {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                if std::time::Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+        if let Some(mut c) = self.child.take()
+            && wait_within(&mut c, std::time::Duration::from_secs(10)).is_none()
+        {
+            let _ = c.kill();
+            let _ = c.wait();
         }
         if is_fuse_mounted(&self.dir) {
             unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
