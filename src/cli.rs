@@ -52,6 +52,8 @@ enum Command {
     /// `coffre backup --item NAME PATH` backs up PATH as item NAME (registering it on first use and
     /// remembering PATH and the options); `coffre backup NAME...` backs up stored items again.
     Backup(backup::BackupArgs),
+    /// Back up raw disk images or block devices as one recovery point (a `disk` item)
+    BackupDisk(backup::BackupDiskArgs),
     /// List protected items
     Items {
         #[arg(long)]
@@ -141,6 +143,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Backup(args) => backup::run(cli, args),
+        Command::BackupDisk(args) => backup::run_disk(cli, args),
         Command::Items { json } => list::items(&cli.open_vault()?, *json),
         Command::Points { item, json } => list::points(&cli.open_vault()?, item.as_deref(), *json),
         Command::Stats { json } => list::stats(&cli.open_vault()?, *json),

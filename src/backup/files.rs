@@ -13,14 +13,14 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
 use super::sink::{self, Dedup, Grouper, SealedPack};
-use super::{BackupError, Warning};
+use super::{Abort, BackupError, Warning, data_regions, entry_from_stat, ts};
 use crate::chunking;
 use crate::fsmeta;
 use crate::progress::Progress;
@@ -82,78 +82,6 @@ struct FileData {
 struct FileDone {
     seq: u64,
     result: Result<FileData, Warning>,
-}
-
-/// Shared abort state: the first fatal error wins, everyone else stops early.
-#[derive(Default)]
-struct Abort {
-    flag: AtomicBool,
-    error: Mutex<Option<BackupError>>,
-}
-
-impl Abort {
-    fn fail(&self, e: BackupError) {
-        let mut slot = self.error.lock().expect("abort lock");
-        // `Aborted` is what a thread reports when another one stopped first: keep the cause.
-        let secondary = |e: &Option<BackupError>| matches!(e, None | Some(BackupError::Aborted(_)));
-        if secondary(&slot) {
-            *slot = Some(e);
-        }
-        self.flag.store(true, Ordering::SeqCst);
-    }
-    fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Relaxed)
-    }
-    fn take(&self, fallback: &str) -> BackupError {
-        self.error
-            .lock()
-            .expect("abort lock")
-            .take()
-            .unwrap_or_else(|| BackupError::Aborted(fallback.into()))
-    }
-}
-
-fn ts(sec: i64, nsec: i64) -> Timestamp {
-    Timestamp {
-        sec,
-        nsec: nsec.clamp(0, 999_999_999) as u32,
-    }
-}
-
-/// Builds an entry's metadata from `lstat`.
-fn entry_from_stat(name: Vec<u8>, st: &libc::stat, kind: Kind) -> Entry {
-    let nlink = st.st_nlink;
-    Entry {
-        name,
-        kind: Some(kind),
-        mode: st.st_mode & 0o7777,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        mtime: ts(st.st_mtime, st.st_mtime_nsec),
-        ctime: ts(st.st_ctime, st.st_ctime_nsec),
-        size: if matches!(kind, Kind::File | Kind::Dir) {
-            st.st_size as u64
-        } else {
-            0
-        },
-        ino: if kind == Kind::File { st.st_ino } else { 0 },
-        nlink: if matches!(kind, Kind::File | Kind::Dir) {
-            nlink
-        } else {
-            0
-        },
-        dev: if kind == Kind::File && nlink > 1 {
-            st.st_dev
-        } else {
-            0
-        },
-        rdev: if matches!(kind, Kind::CharDev | Kind::BlockDev) {
-            st.st_rdev
-        } else {
-            0
-        },
-        ..Default::default()
-    }
 }
 
 fn show(path: &[u8]) -> String {
@@ -388,37 +316,6 @@ impl std::io::Read for RangeReader<'_> {
         self.pos += n as u64;
         Ok(n)
     }
-}
-
-/// Data regions of a possibly sparse file (holes excluded); the whole file where the file system
-/// cannot tell.
-fn data_regions(file: &std::fs::File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        // SAFETY: lseek on an fd we own; no memory involved.
-        let d = unsafe { libc::lseek(fd, pos as i64, libc::SEEK_DATA) };
-        if d < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::ENXIO) => Ok(out), // only a hole remains
-                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(vec![(0, size)]),
-                _ => Err(e),
-            };
-        }
-        let d = d as u64;
-        if d >= size {
-            break;
-        }
-        // SAFETY: as above.
-        let h = unsafe { libc::lseek(fd, d as i64, libc::SEEK_HOLE) };
-        let h = if h < 0 { size } else { (h as u64).min(size) };
-        out.push((d, h - d));
-        pos = h;
-    }
-    Ok(out)
 }
 
 struct WorkerCtx<'a> {

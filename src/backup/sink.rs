@@ -63,6 +63,9 @@ impl Dedup {
 /// Per-worker builder of records.
 pub struct Grouper {
     level: i32,
+    /// Group small chunks into one frame (files). Disk blocks go alone, so a random read
+    /// through the mount decompresses one block, not four.
+    group: bool,
     compressor: zstd::bulk::Compressor<'static>,
     buf: Vec<u8>,
     chunks: Vec<(ChunkId, u32)>,
@@ -71,8 +74,13 @@ pub struct Grouper {
 
 impl Grouper {
     pub fn new(level: i32, out: Sender<Record>) -> std::io::Result<Grouper> {
+        Self::with_grouping(level, true, out)
+    }
+
+    pub fn with_grouping(level: i32, group: bool, out: Sender<Record>) -> std::io::Result<Grouper> {
         Ok(Grouper {
             level,
+            group,
             compressor: zstd::bulk::Compressor::new(level)?,
             buf: Vec::with_capacity(GROUP_TARGET + ALONE),
             chunks: Vec::new(),
@@ -82,7 +90,7 @@ impl Grouper {
 
     /// Adds a new chunk; may emit a record. Fails only if the pack writer has stopped.
     pub fn add(&mut self, id: ChunkId, data: &[u8]) -> Result<(), BackupError> {
-        if data.len() >= ALONE {
+        if !self.group || data.len() >= ALONE {
             return self.emit(data, vec![(id, data.len() as u32)]);
         }
         self.buf.extend_from_slice(data);

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 
 use super::{Cli, EXIT_PARTIAL};
+use crate::backup::disk::{DiskOptions, backup_disks};
 use crate::backup::files::{FilesOptions, backup_files};
 use crate::progress::human_bytes;
 use crate::vault::{Item, ItemKind, Vault, human_time, now_ns};
@@ -36,6 +37,53 @@ pub struct BackupArgs {
     json: bool,
 }
 
+/// Arguments of `coffre backup-disk`.
+#[derive(clap::Args)]
+pub struct BackupDiskArgs {
+    /// Item name (registered on first use; the images are remembered)
+    #[arg(long, value_name = "NAME")]
+    item: String,
+    /// Raw image files or block devices; each shows as <name>.img in the point
+    #[arg(value_name = "IMAGE", required = true)]
+    images: Vec<PathBuf>,
+    /// Fail at once if another backup holds the vault, instead of waiting
+    #[arg(long)]
+    no_wait: bool,
+    /// Compression threads [default: one per core]
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// The stored definition of a disk item.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DiskSource {
+    images: Vec<PathBuf>,
+}
+
+/// One backup to run.
+enum Job {
+    Files(FilesSource),
+    Disk(DiskSource),
+}
+
+impl Job {
+    fn kind(&self) -> ItemKind {
+        match self {
+            Job::Files(_) => ItemKind::Files,
+            Job::Disk(_) => ItemKind::Disk,
+        }
+    }
+    fn source(&self) -> Result<serde_json::Value> {
+        Ok(match self {
+            Job::Files(s) => serde_json::to_value(s)?,
+            Job::Disk(s) => serde_json::to_value(s)?,
+        })
+    }
+}
+
 /// The stored definition of a files item.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct FilesSource {
@@ -61,8 +109,21 @@ fn valid_item_name(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// `coffre backup-disk --item NAME IMAGE...`
+pub fn run_disk(cli: &Cli, args: &BackupDiskArgs) -> Result<ExitCode> {
+    valid_item_name(&args.item)?;
+    let mut images = Vec::new();
+    for p in &args.images {
+        images.push(
+            std::fs::canonicalize(p).with_context(|| format!("cannot back up {}", p.display()))?,
+        );
+    }
+    let todo = vec![(args.item.clone(), Job::Disk(DiskSource { images }))];
+    execute(cli, todo, args.no_wait, args.threads, args.json)
+}
+
 pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
-    let mut todo: Vec<(String, FilesSource)> = Vec::new();
+    let mut todo: Vec<(String, Job)> = Vec::new();
     if let Some(name) = &args.item {
         valid_item_name(name)?;
         let [path] = args.args.as_slice() else {
@@ -78,11 +139,11 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
         }
         todo.push((
             name.clone(),
-            FilesSource {
+            Job::Files(FilesSource {
                 path,
                 excludes: args.exclude.clone(),
                 one_file_system: args.one_file_system,
-            },
+            }),
         ));
     } else {
         if args.args.is_empty() {
@@ -96,32 +157,54 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
                 .to_str()
                 .with_context(|| format!("no item is named {name:?} (item names are UTF-8)"))?;
             let item = vault.item(name)?;
-            if item.kind != ItemKind::Files {
-                bail!(
-                    "item {name:?} is a {} item; this version backs up files items only",
-                    item.kind.as_str()
-                );
-            }
-            let src: FilesSource = serde_json::from_value(item.source.clone())
-                .with_context(|| format!("item {name:?} has no usable stored definition"))?;
-            todo.push((name.to_string(), src));
+            let bad = || format!("item {name:?} has no usable stored definition");
+            let job = match item.kind {
+                ItemKind::Files => {
+                    Job::Files(serde_json::from_value(item.source.clone()).with_context(bad)?)
+                }
+                ItemKind::Disk => {
+                    Job::Disk(serde_json::from_value(item.source.clone()).with_context(bad)?)
+                }
+                ItemKind::Vm => {
+                    bail!("item {name:?} is a vm item; vm backups are not available yet")
+                }
+            };
+            todo.push((name.to_string(), job));
         }
     }
+    execute(cli, todo, args.no_wait, args.threads, args.json)
+}
 
+fn execute(
+    cli: &Cli,
+    todo: Vec<(String, Job)>,
+    no_wait: bool,
+    threads: usize,
+    json: bool,
+) -> Result<ExitCode> {
     let vault = cli.open_or_init_vault()?;
-    let lock = vault.lock(!args.no_wait)?;
+    let lock = vault.lock(!no_wait)?;
     let mut code = ExitCode::SUCCESS;
     let mut json_out = Vec::new();
-    for (name, src) in todo {
-        let item = register(&vault, &name, &src)?;
-        let opts = FilesOptions {
-            excludes: src.excludes.clone(),
-            one_file_system: src.one_file_system,
-            threads: args.threads,
-            progress: !cli.quiet && !args.json,
-        };
-        let report = backup_files(&vault, &lock, &item, &src.path, &opts)
-            .with_context(|| format!("backup of item {name:?} failed"))?;
+    let progress = !cli.quiet && !json;
+    for (name, job) in todo {
+        let item = register(&vault, &name, &job)?;
+        let report = match &job {
+            Job::Files(src) => {
+                let opts = FilesOptions {
+                    excludes: src.excludes.clone(),
+                    one_file_system: src.one_file_system,
+                    threads,
+                    progress,
+                };
+                backup_files(&vault, &lock, &item, &src.path, &opts)
+            }
+            Job::Disk(src) => {
+                let opts = DiskOptions { threads, progress };
+                backup_disks(&vault, &lock, &item, &src.images, &opts)
+            }
+        }
+        .with_context(|| format!("backup of item {name:?} failed"))?;
         for w in &report.warnings {
             eprintln!("warning: {}: {}", w.path, w.message);
         }
@@ -129,7 +212,7 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
             code = ExitCode::from(EXIT_PARTIAL);
         }
         let p = &report.point;
-        if args.json {
+        if json {
             json_out.push(serde_json::json!({
                 "point": p,
                 "catalog_bytes": report.catalog_bytes,
@@ -161,18 +244,18 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
             }
         }
     }
-    if args.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&json_out)?);
     }
     Ok(code)
 }
 
 /// Finds the item, creating it or updating its stored definition.
-fn register(vault: &Vault, name: &str, src: &FilesSource) -> Result<Item> {
-    let value = serde_json::to_value(src)?;
+fn register(vault: &Vault, name: &str, job: &Job) -> Result<Item> {
+    let value = job.source()?;
     let catalog = vault.catalog();
     match catalog.item(name)? {
-        Some(item) if item.kind != ItemKind::Files => {
+        Some(item) if item.kind != job.kind() => {
             bail!(
                 "item {name:?} already exists as a {} item",
                 item.kind.as_str()
@@ -184,6 +267,6 @@ fn register(vault: &Vault, name: &str, src: &FilesSource) -> Result<Item> {
             }
             Ok(item)
         }
-        None => Ok(catalog.create_item(name, ItemKind::Files, &value, now_ns())?),
+        None => Ok(catalog.create_item(name, job.kind(), &value, now_ns())?),
     }
 }

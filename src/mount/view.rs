@@ -110,29 +110,60 @@ enum Node {
     Entry(Arc<PointInfo>, Arc<Entry>, u64, u32),
 }
 
-/// Where a file's bytes are, resolved lazily chunk by chunk.
+/// One extent of a layout, with what is resolved lazily: a chunk's location, a segment's layout.
+struct Piece {
+    start: u64,
+    x: Extent,
+    loc: OnceLock<ChunkLoc>,
+    sub: OnceLock<Arc<Layout>>,
+}
+
+/// Where a file's bytes are. Chunk locations and segments (`Extent::Sub`, used by disk images)
+/// are looked up on first use, so opening a 1 TiB image costs one list, not a million rows.
 pub struct Layout {
     size: u64,
-    /// (offset in file, extent, location once looked up)
-    extents: Vec<(u64, Extent, OnceLock<ChunkLoc>)>,
+    pieces: Vec<Piece>,
 }
 
 impl Layout {
+    fn new(size: u64, extents: Vec<Extent>) -> Layout {
+        let mut pos = 0;
+        let pieces = extents
+            .into_iter()
+            .map(|x| {
+                let p = Piece {
+                    start: pos,
+                    x,
+                    loc: OnceLock::new(),
+                    sub: OnceLock::new(),
+                };
+                pos += x.len();
+                p
+            })
+            .collect();
+        Layout { size, pieces }
+    }
+
+    /// Bytes that hold data, rounded up to 4 KiB per extent (what `st_blocks` reports).
     fn data_bytes(&self) -> u64 {
-        self.extents
+        self.pieces
             .iter()
-            .filter_map(|(_, x, _)| match x {
-                Extent::Data { len, .. } => Some(len.div_ceil(4096) * 4096),
-                Extent::Hole { .. } => None,
+            .map(|p| match p.x {
+                Extent::Data { len, .. } => len.div_ceil(4096) * 4096,
+                Extent::Hole { .. } => 0,
+                Extent::Sub { data, .. } => data,
             })
             .sum()
     }
 
     fn index_at(&self, offset: u64) -> usize {
-        self.extents
-            .partition_point(|(start, x, _)| start + x.len() <= offset)
+        self.pieces
+            .partition_point(|p| p.start + p.x.len() <= offset)
     }
 }
+
+/// Nesting limit for segments: a tampered catalog cannot send a read into a loop.
+const MAX_DEPTH: u32 = 4;
 
 #[derive(Default)]
 struct Inodes {
@@ -631,22 +662,31 @@ impl View {
             Content::Chunk(id) => vec![Extent::Data { id, len: e.size }],
             Content::List(id) => self.with_catalog(|c| c.list(&id)).map_err(eio)?,
         };
-        let mut pos = 0;
-        let mut out = Vec::with_capacity(extents.len());
-        for x in extents {
-            out.push((pos, x, OnceLock::new()));
-            pos += x.len();
-        }
-        let l = Arc::new(Layout {
-            size: e.size,
-            extents: out,
-        });
+        let l = Arc::new(Layout::new(e.size, extents));
         let mut cache = self.layouts.lock().expect("layouts lock");
         if cache.len() > 4096 {
             cache.clear();
         }
         cache.insert(ino, l.clone());
         Ok(l)
+    }
+
+    /// The layout of a segment, loaded on first use.
+    fn sub_layout(&self, p: &Piece) -> Result<Arc<Layout>, Errno> {
+        let Extent::Sub { id, len, .. } = p.x else {
+            return Err(Errno::EIO);
+        };
+        if let Some(l) = p.sub.get() {
+            return Ok(l.clone());
+        }
+        let extents = self.with_catalog(|c| c.list(&id)).map_err(eio)?;
+        if extents.iter().map(|x| x.len()).sum::<u64>() != len {
+            log::error!("segment {id} does not have the length its parent says");
+            return Err(Errno::EIO);
+        }
+        Ok(p.sub
+            .get_or_init(|| Arc::new(Layout::new(len, extents)))
+            .clone())
     }
 
     /// Reads up to `size` bytes at `offset`. A damaged chunk is EIO, never wrong bytes.
@@ -657,29 +697,47 @@ impl View {
         }
         let end = l.size.min(offset + size as u64);
         let mut out = Vec::with_capacity((end - offset) as usize);
+        self.read_into(&l, offset, end, &mut out, 0)?;
+        Ok(out)
+    }
+
+    fn read_into(
+        &self,
+        l: &Layout,
+        offset: u64,
+        end: u64,
+        out: &mut Vec<u8>,
+        depth: u32,
+    ) -> Result<(), Errno> {
+        if depth > MAX_DEPTH {
+            return Err(Errno::EIO);
+        }
         let mut i = l.index_at(offset);
         let mut pos = offset;
         while pos < end {
-            let Some((start, x, loc)) = l.extents.get(i) else {
-                // The content list is shorter than the size: a damaged entry.
-                return Err(Errno::EIO);
-            };
-            let skip = (pos - start) as usize;
-            let take = ((start + x.len()).min(end) - pos) as usize;
-            match x {
-                Extent::Hole { .. } => out.resize(out.len() + take, 0),
+            // A content list shorter than the size it claims is damage.
+            let p = l.pieces.get(i).ok_or(Errno::EIO)?;
+            let skip = pos - p.start;
+            let take = (p.start + p.x.len()).min(end) - pos;
+            match p.x {
+                Extent::Hole { .. } => out.resize(out.len() + take as usize, 0),
                 Extent::Data { id, .. } => {
-                    let bytes = self.chunk_bytes(id, loc)?;
-                    let (rec, range) = bytes;
+                    let (rec, range) = self.chunk_bytes(&id, &p.loc)?;
                     let data = &rec.bytes()[range];
-                    let piece = data.get(skip..skip + take).ok_or(Errno::EIO)?;
+                    let piece = data
+                        .get(skip as usize..(skip + take) as usize)
+                        .ok_or(Errno::EIO)?;
                     out.extend_from_slice(piece);
                 }
+                Extent::Sub { .. } => {
+                    let sub = self.sub_layout(p)?;
+                    self.read_into(&sub, skip, skip + take, out, depth + 1)?;
+                }
             }
-            pos += take as u64;
+            pos += take;
             i += 1;
         }
-        Ok(out)
+        Ok(())
     }
 
     fn chunk_bytes(
@@ -716,36 +774,59 @@ impl View {
     /// `SEEK_DATA` / `SEEK_HOLE` over the file's extents.
     pub fn seek(&self, ino: u64, offset: i64, whence: i32) -> Result<i64, Errno> {
         let l = self.layout(ino)?;
-        let size = l.size as i64;
         if offset < 0 {
             return Err(Errno::EINVAL);
         }
-        if offset >= size {
+        if offset as u64 >= l.size {
             return Err(Errno::ENXIO);
         }
-        let off = offset as u64;
-        let mut i = l.index_at(off);
-        match whence {
-            libc::SEEK_DATA => {
-                while let Some((start, x, _)) = l.extents.get(i) {
-                    if matches!(x, Extent::Data { .. }) {
-                        return Ok(off.max(*start) as i64);
-                    }
-                    i += 1;
-                }
-                Err(Errno::ENXIO)
-            }
-            libc::SEEK_HOLE => {
-                while let Some((start, x, _)) = l.extents.get(i) {
-                    if matches!(x, Extent::Hole { .. }) {
-                        return Ok(off.max(*start) as i64);
-                    }
-                    i += 1;
-                }
-                Ok(size)
-            }
-            _ => Err(Errno::EINVAL),
+        let want_data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return Err(Errno::EINVAL),
+        };
+        match self.seek_in(&l, offset as u64, want_data, 0)? {
+            Some(o) => Ok(o as i64),
+            None if want_data => Err(Errno::ENXIO),
+            None => Ok(l.size as i64), // the end of a file counts as a hole
         }
+    }
+
+    /// The first offset at or after `offset` that is data (or a hole), if any.
+    fn seek_in(
+        &self,
+        l: &Layout,
+        offset: u64,
+        want_data: bool,
+        depth: u32,
+    ) -> Result<Option<u64>, Errno> {
+        if depth > MAX_DEPTH {
+            return Err(Errno::EIO);
+        }
+        let mut i = l.index_at(offset);
+        while let Some(p) = l.pieces.get(i) {
+            let from = offset.max(p.start);
+            let found = match p.x {
+                Extent::Data { .. } => want_data.then_some(from),
+                Extent::Hole { .. } => (!want_data).then_some(from),
+                Extent::Sub { len, data, .. } => {
+                    if (want_data && data == 0) || (!want_data && data == len) {
+                        None // all hole, or all data: nothing to find inside
+                    } else if (want_data && data == len) || (!want_data && data == 0) {
+                        Some(from)
+                    } else {
+                        let sub = self.sub_layout(p)?;
+                        self.seek_in(&sub, from - p.start, want_data, depth + 1)?
+                            .map(|o| o + p.start)
+                    }
+                }
+            };
+            if found.is_some() {
+                return Ok(found);
+            }
+            i += 1;
+        }
+        Ok(None)
     }
 
     /// The files that follow `ino` in its directory and were not read or prefetched yet, up to

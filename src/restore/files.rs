@@ -134,27 +134,18 @@ fn write_file(vault: &VaultRef, catalog: &Catalog, job: &FileJob, chown: bool) -
         }],
         Content::List(id) => catalog.list(&id)?,
     };
-    let reader = vault.chunk_reader();
-    let mut pos = 0u64;
-    let mut written = 0u64;
-    let mut data_end = 0u64;
-    for x in extents {
-        if let Extent::Data { id, .. } = x {
-            let loc = catalog
-                .chunk(&id)?
-                .ok_or(VaultError::Missing { what: "chunk", id })?;
-            let (rec, range) = reader.record(&id, &loc, &|p| {
-                catalog
-                    .pack_name(p)?
-                    .ok_or(VaultError::Missing { what: "pack", id })
-            })?;
-            let data = &rec.bytes()[range];
-            file.write_all_at(data, pos).map_err(io)?;
-            written += data.len() as u64;
-            data_end = pos + data.len() as u64;
-        }
-        pos += x.len();
-    }
+    let mut w = ExtentWriter {
+        catalog,
+        reader: vault.chunk_reader(),
+        file: &file,
+        written: 0,
+        data_end: 0,
+    };
+    w.write(&extents, 0, 0).map_err(|e| match e {
+        WriteError::Vault(v) => v,
+        WriteError::Io(e) => io(e),
+    })?;
+    let (written, data_end) = (w.written, w.data_end);
     if data_end != job.entry.size {
         // The file ends in a hole: extend it without writing (the hole stays a hole).
         file.set_len(job.entry.size).map_err(io)?;
@@ -169,6 +160,69 @@ fn write_file(vault: &VaultRef, catalog: &Catalog, job: &FileJob, chown: bool) -
     fsmeta::fchmod(file.as_fd(), e.mode).map_err(io)?;
     fsmeta::set_times(file.as_fd(), ts(e.mtime), ts(e.mtime)).map_err(io)?;
     Ok(written)
+}
+
+enum WriteError {
+    Vault(VaultError),
+    Io(std::io::Error),
+}
+
+impl From<VaultError> for WriteError {
+    fn from(e: VaultError) -> Self {
+        WriteError::Vault(e)
+    }
+}
+
+/// Writes extents at their offsets (holes are skipped, so they stay holes), descending into
+/// segments (`Extent::Sub`) up to a small depth.
+struct ExtentWriter<'a> {
+    catalog: &'a Catalog,
+    reader: &'a crate::vault::ChunkReader,
+    file: &'a std::fs::File,
+    written: u64,
+    data_end: u64,
+}
+
+impl ExtentWriter<'_> {
+    fn write(&mut self, extents: &[Extent], base: u64, depth: u32) -> Result<(), WriteError> {
+        if depth > 4 {
+            return Err(VaultError::Damaged {
+                path: "vault.db".into(),
+                detail: "content lists nested too deep".into(),
+            }
+            .into());
+        }
+        let mut pos = base;
+        for x in extents {
+            match *x {
+                Extent::Data { id, .. } => {
+                    let loc = self
+                        .catalog
+                        .chunk(&id)?
+                        .ok_or(VaultError::Missing { what: "chunk", id })?;
+                    let catalog = self.catalog;
+                    let (rec, range) = self.reader.record(&id, &loc, &|p| {
+                        catalog
+                            .pack_name(p)?
+                            .ok_or(VaultError::Missing { what: "pack", id })
+                    })?;
+                    let data = &rec.bytes()[range];
+                    self.file.write_all_at(data, pos).map_err(WriteError::Io)?;
+                    self.written += data.len() as u64;
+                    self.data_end = pos + data.len() as u64;
+                }
+                Extent::Hole { .. } => {}
+                Extent::Sub { id, data, .. } => {
+                    if data > 0 {
+                        let sub = self.catalog.list(&id)?;
+                        self.write(&sub, pos, depth + 1)?;
+                    }
+                }
+            }
+            pos += x.len();
+        }
+        Ok(())
+    }
 }
 
 struct Walk<'a> {

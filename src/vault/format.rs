@@ -138,17 +138,38 @@ pub enum Content {
     List(ListId),
 }
 
-/// One piece of a file: stored bytes or a hole that reads as zeros.
+/// One piece of a file: stored bytes, a hole that reads as zeros, or a whole content list
+/// (a segment) stored under its own id, so a big image's list is shared segment by segment
+/// between points that changed only a few blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Extent {
-    Data { id: ChunkId, len: u64 },
-    Hole { len: u64 },
+    Data {
+        id: ChunkId,
+        len: u64,
+    },
+    Hole {
+        len: u64,
+    },
+    /// `len` bytes described by content list `id`, of which `data` bytes are stored (not holes).
+    Sub {
+        id: ListId,
+        len: u64,
+        data: u64,
+    },
 }
 
 impl Extent {
     pub fn len(&self) -> u64 {
         match *self {
-            Extent::Data { len, .. } | Extent::Hole { len } => len,
+            Extent::Data { len, .. } | Extent::Hole { len } | Extent::Sub { len, .. } => len,
+        }
+    }
+    /// Bytes that hold data (everything but holes).
+    pub fn data_len(&self) -> u64 {
+        match *self {
+            Extent::Data { len, .. } => len,
+            Extent::Hole { .. } => 0,
+            Extent::Sub { data, .. } => data,
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -471,6 +492,12 @@ pub fn encode_list(extents: &[Extent]) -> Vec<u8> {
                 out.push(1);
                 put_var(&mut out, len);
             }
+            Extent::Sub { id, len, data } => {
+                out.push(2);
+                out.extend_from_slice(&id.0);
+                put_var(&mut out, len);
+                put_var(&mut out, data);
+            }
         }
     }
     out
@@ -492,6 +519,15 @@ pub fn decode_list(buf: &[u8]) -> Result<Vec<Extent>> {
                 Extent::Data { id, len: r.var()? }
             }
             1 => Extent::Hole { len: r.var()? },
+            2 => {
+                let id = r.hash()?;
+                let len = r.var()?;
+                let data = r.var()?;
+                if data > len {
+                    return Err(FormatError::Malformed("segment data larger than segment"));
+                }
+                Extent::Sub { id, len, data }
+            }
             _ => return Err(FormatError::Malformed("extent tag")),
         });
     }
@@ -575,6 +611,11 @@ mod tests {
                 len: 65536,
             },
             Extent::Hole { len: 1 << 40 },
+            Extent::Sub {
+                id: Hash32::of(b"2"),
+                len: 64 << 20,
+                data: 4096,
+            },
         ];
         assert_eq!(decode_list(&encode_list(&l)).unwrap(), l);
     }
