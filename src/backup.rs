@@ -1,6 +1,7 @@
 //! Backups: turning a source into a recovery point.
 //!
-//! `files` captures a directory tree. Later issues add `disk` and `vm` beside it. The shared
+//! `files` captures a directory tree, `disk` raw images and block devices, `vm` a config file
+//! and its disks. The shared
 //! machinery here is the chunk sink: workers compress new chunks into records (small chunks are
 //! grouped so they compress together), one thread appends records to packs and seals them.
 //! Crash story: nothing becomes visible until the single catalog transaction of a backup commits,
@@ -10,6 +11,7 @@
 pub mod disk;
 pub mod files;
 pub mod sink;
+pub mod vm;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -38,6 +40,8 @@ pub enum BackupError {
     Exclude { pattern: String, detail: String },
     #[error("backup aborted: {0}")]
     Aborted(String),
+    #[error("{phase}-script failed: {detail}")]
+    Script { phase: &'static str, detail: String },
 }
 
 /// Something that could not be captured exactly; the backup goes on and exits with code 3.

@@ -54,6 +54,8 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Back up raw disk images or block devices as one recovery point (a `disk` item)
     BackupDisk(backup::BackupDiskArgs),
+    /// Back up a VM's config file and disks as one recovery point (a `vm` item)
+    BackupVm(backup::BackupVmArgs),
     /// List protected items
     Items {
         #[arg(long)]
@@ -144,6 +146,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         }
         Command::Backup(args) => backup::run(cli, args),
         Command::BackupDisk(args) => backup::run_disk(cli, args),
+        Command::BackupVm(args) => backup::run_vm(cli, args),
         Command::Items { json } => list::items(&cli.open_vault()?, *json),
         Command::Points { item, json } => list::points(&cli.open_vault()?, item.as_deref(), *json),
         Command::Stats { json } => list::stats(&cli.open_vault()?, *json),

@@ -188,3 +188,108 @@ fn a_guest_file_system_loop_mounts_from_the_image_in_the_mount() {
         .output_within();
     assert_eq!(read.unwrap(), b"inside the guest");
 }
+
+#[test]
+fn a_vm_point_holds_its_config_and_disks_and_scripts_make_it_application_consistent() {
+    let t = TestVault::new();
+    let config = t.path("vm1.conf");
+    std::fs::write(&config, b"name: vm1\nmemory: 2048\n").unwrap();
+    let (d1, d2) = (t.path("root.raw"), t.path("data.img"));
+    make_image(&d1);
+    std::fs::write(&d2, noise(300_000, 8)).unwrap();
+    let log = t.path("scripts.log");
+    let pre = format!("echo pre $COFFRE_ITEM >> {}", log.display());
+    let post = format!("echo post $COFFRE_PHASE >> {}", log.display());
+    let out = t.ok(&[
+        "backup-vm",
+        "--json",
+        "--item",
+        "vm1",
+        "--config",
+        config.to_str().unwrap(),
+        "--disk",
+        d1.to_str().unwrap(),
+        "--disk",
+        d2.to_str().unwrap(),
+        "--pre-script",
+        &pre,
+        "--post-script",
+        &post,
+    ]);
+    let p: serde_json::Value = serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone();
+    assert_eq!(p["point"]["consistency"], "application", "{p}");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "pre vm1\npost post\n"
+    );
+    {
+        let m = MountGuard::start(&t, &[]);
+        let top = m.latest("vm1");
+        assert_eq!(
+            std::fs::read(top.join("vm1.conf")).unwrap(),
+            std::fs::read(&config).unwrap()
+        );
+        assert!(
+            std::fs::read(top.join("disks/root.raw.img")).unwrap() == std::fs::read(&d1).unwrap()
+        );
+        assert_eq!(
+            std::fs::read(top.join("disks/data.img")).unwrap(),
+            noise(300_000, 8)
+        );
+    }
+    // Without scripts, disks that did not change while read make a file-consistent point, and
+    // `coffre backup NAME` reuses the stored definition (scripts included).
+    let out = t.ok(&[
+        "backup-vm",
+        "--json",
+        "--item",
+        "vm2",
+        "--config",
+        config.to_str().unwrap(),
+        "--disk",
+        d2.to_str().unwrap(),
+    ]);
+    let p: serde_json::Value = serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone();
+    assert_eq!(p["point"]["consistency"], "file", "{p}");
+    assert!(
+        p["point"]["new_bytes"].as_u64().unwrap() < 1000,
+        "dedup against vm1: {p}"
+    );
+    t.ok(&["backup", "vm1"]);
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 4);
+}
+
+#[test]
+fn a_failing_pre_script_makes_no_point_and_the_post_script_still_runs() {
+    let t = TestVault::new();
+    let config = t.path("vm.conf");
+    std::fs::write(&config, b"x").unwrap();
+    let disk = t.path("d.img");
+    std::fs::write(&disk, noise(70_000, 1)).unwrap();
+    let marker = t.path("post-ran");
+    let out = t.run(&[
+        "backup-vm",
+        "--item",
+        "vm",
+        "--config",
+        config.to_str().unwrap(),
+        "--disk",
+        disk.to_str().unwrap(),
+        "--pre-script",
+        "echo freezing failed >&2; exit 7",
+        "--post-script",
+        &format!("touch {}", marker.display()),
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("pre-script failed") && err.contains("exit status: 7"),
+        "{err}"
+    );
+    assert!(marker.exists(), "the post-script did not run");
+    assert_eq!(
+        t.points("vm").len(),
+        0,
+        "a point was made despite the failed pre-script"
+    );
+}

@@ -208,14 +208,110 @@ fn compress_worker(
     }
 }
 
+/// What a point of images holds besides the images.
+pub enum Capture<'a> {
+    /// A disk item: the images at the top of the point.
+    Disk,
+    /// A VM: its config file at the top, the images under `disks/`.
+    Vm { config: &'a Path },
+}
+
+/// Identity and change markers of an image file, to tell whether it changed while being read.
+fn stamp(p: &Path) -> Option<(u64, i64, i64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).ok()?;
+    m.is_file().then(|| {
+        (
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec(),
+        )
+    })
+}
+
 /// Backs up the images of a disk item as one new recovery point.
 pub fn backup_disks(
     vault: &Vault,
-    _lock: &WriteLock,
+    lock: &WriteLock,
     item: &Item,
     images: &[PathBuf],
     opts: &DiskOptions,
 ) -> Result<BackupReport, BackupError> {
+    backup_images(vault, lock, item, images, Capture::Disk, false, opts)
+}
+
+/// Reads a small file (a VM config) as chunks; new ones go to the compression workers.
+fn capture_file(
+    path: &Path,
+    vault: &VaultRef,
+    dedup: &Dedup,
+    blocks: &Sender<(Hash32, Vec<u8>)>,
+    lists: &Sender<ListBlob>,
+) -> Result<Entry, BackupError> {
+    let src = |e| BackupError::Source {
+        path: path.to_path_buf(),
+        source: e,
+    };
+    let file = std::fs::File::open(path).map_err(src)?;
+    let st = crate::fsmeta::fstat(std::os::fd::AsFd::as_fd(&file)).map_err(src)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size > 64 << 20 {
+        return Err(src(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a VM config must be a regular file of at most 64 MiB",
+        )));
+    }
+    let data = std::fs::read(path).map_err(src)?;
+    let catalog = vault.connect()?;
+    let mut extents = Vec::new();
+    for chunk in crate::chunking::cut_slice(&data) {
+        let id = Hash32::of(chunk);
+        if dedup.claim(&catalog, &id, chunk.len())? {
+            blocks
+                .send((id, chunk.to_vec()))
+                .map_err(|_| BackupError::Aborted("compression workers stopped".into()))?;
+        }
+        extents.push(Extent::Data {
+            id,
+            len: chunk.len() as u64,
+        });
+    }
+    let name = path
+        .file_name()
+        .map(|n| std::os::unix::ffi::OsStrExt::as_bytes(n).to_vec())
+        .unwrap_or_else(|| b"config".to_vec());
+    let mut e = entry_from_stat(name, &st, Kind::File);
+    e.size = data.len() as u64;
+    e.ino = 0;
+    e.content = match extents.as_slice() {
+        [] => Content::None,
+        [Extent::Data { id, .. }] => Content::Chunk(*id),
+        _ => {
+            let encoded = encode_list(&extents);
+            let id = Hash32::of(&encoded);
+            lists
+                .send(ListBlob { id, encoded })
+                .map_err(|_| BackupError::Aborted("catalog thread stopped".into()))?;
+            Content::List(id)
+        }
+    };
+    Ok(e)
+}
+
+/// Backs up images (and, for a VM, its config) as one new recovery point. The point records its
+/// consistency: `application` if `quiesced` (a pre-script succeeded), else `file` if no image
+/// file changed while it was read (the machine was off), else `crash`.
+pub fn backup_images(
+    vault: &Vault,
+    _lock: &WriteLock,
+    item: &Item,
+    images: &[PathBuf],
+    capture: Capture,
+    quiesced: bool,
+    opts: &DiskOptions,
+) -> Result<BackupReport, BackupError> {
+    let stamps_before: Vec<_> = images.iter().map(|p| stamp(p)).collect();
     let started = Instant::now();
     let start_ns = now_ns();
     let mut names = Vec::new();
@@ -249,7 +345,7 @@ pub fn backup_disks(
     let mut catalog_bytes = 0u64;
     let mut packs_written = Vec::new();
 
-    let result: Result<Vec<Entry>, BackupError> = std::thread::scope(|s| {
+    let result: Result<(Vec<Entry>, Option<Entry>), BackupError> = std::thread::scope(|s| {
         let packs_dir = vault.packs_dir();
         let (abort_ref, stored_ref, shared_ref) = (&abort, &stored, &shared);
         s.spawn(move || {
@@ -279,9 +375,22 @@ pub fn backup_disks(
                 })
             })
             .collect();
+        let mut fail = None;
+        let config = match capture {
+            Capture::Vm { config } => {
+                match capture_file(config, shared_ref, &dedup, &block_tx, &list_tx) {
+                    Ok(e) => Some(e),
+                    Err(e) => {
+                        abort.fail(BackupError::Aborted(e.to_string()));
+                        fail = Some(e);
+                        None
+                    }
+                }
+            }
+            Capture::Disk => None,
+        };
         drop((list_tx, block_tx));
         // The catalog side: segments as they come, sealed packs in between.
-        let mut fail = None;
         for blob in list_rx {
             match catalog.put_list(&blob.id, &blob.encoded) {
                 Ok(n) => catalog_bytes += n,
@@ -315,11 +424,11 @@ pub fn backup_disks(
             // A reader that only saw another thread stop reports the cause that thread left.
             Some(BackupError::Aborted(_)) if abort.is_set() => Err(abort.take("a worker stopped")),
             Some(e) => Err(e),
-            None => Ok(entries),
+            None => Ok((entries, config)),
         }
     });
     // Every thread has ended: packs are sealed (or the backup failed).
-    let fin = result.and_then(|mut entries| {
+    let fin = result.and_then(|(mut entries, config)| {
         if abort.is_set() {
             return Err(abort.take("a worker stopped"));
         }
@@ -327,12 +436,48 @@ pub fn backup_disks(
             packs_written.push(p.name.clone());
             sink::register_pack(catalog, &p, start_ns)?;
         }
+        let files = entries.len() as u64 + config.is_some() as u64;
+        let logical = entries.iter().chain(config.iter()).map(|e| e.size).sum();
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let enc = encode_tree(&entries);
-        let tree = Hash32::of(&enc);
+        let mut tree = Hash32::of(&enc);
         catalog_bytes += catalog.put_tree(&tree, &enc)?;
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        if let Some(config) = config {
+            // A VM: <config> and disks/ at the top.
+            let disks = Entry {
+                name: b"disks".to_vec(),
+                kind: Some(Kind::Dir),
+                mode: 0o700,
+                uid,
+                gid,
+                subtree: Some(tree),
+                nlink: 2,
+                ..Default::default()
+            };
+            let mut top = vec![config, disks];
+            top.sort_by(|a, b| a.name.cmp(&b.name));
+            if top[0].name == top[1].name {
+                return Err(BackupError::Aborted(
+                    "the VM config file cannot be called \"disks\"".into(),
+                ));
+            }
+            let enc = encode_tree(&top);
+            tree = Hash32::of(&enc);
+            catalog_bytes += catalog.put_tree(&tree, &enc)?;
+        }
+        let unchanged = images
+            .iter()
+            .zip(&stamps_before)
+            .all(|(p, before)| before.is_some() && stamp(p) == *before);
+        let consistency = if quiesced {
+            "application"
+        } else if unchanged {
+            "file"
+        } else {
+            "crash"
+        };
         let root = Entry {
             kind: Some(Kind::Dir),
             mode: 0o700,
@@ -356,14 +501,15 @@ pub fn backup_disks(
             item: item.name.clone(),
             time: start_ns,
             root: format::encode_root(&root),
-            files: entries.len() as u64,
+            files,
             dirs: 0,
-            logical_bytes: entries.iter().map(|e| e.size).sum(),
+            logical_bytes: logical,
             new_chunks: dedup.new_chunks.load(Ordering::Relaxed),
             new_bytes: dedup.new_bytes.load(Ordering::Relaxed),
             stored_bytes: stored.load(Ordering::Relaxed),
             warnings: 0,
             duration_ms: started.elapsed().as_millis() as u64,
+            consistency: Some(consistency.to_string()),
         };
         catalog.insert_point(item.id, &point)?;
         crate::testing::crash_point("before-commit");

@@ -763,6 +763,7 @@ pub fn backup_files(
             stored_bytes: stored.load(Ordering::Relaxed),
             warnings: builder.warnings.len() as u64,
             duration_ms: started.elapsed().as_millis() as u64,
+            consistency: None,
         };
         catalog.insert_point(item.id, &point)?;
         crate::testing::crash_point("before-commit");

@@ -16,7 +16,13 @@ use super::packs::{Codec, RecordPos};
 use super::{VaultError, VaultResult};
 
 /// The schema version this build writes. Older catalogs are migrated; newer ones are refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Migrations from version N-1 to N, in order (index 0 migrates 1 -> 2).
+const MIGRATIONS: &[&str] = &[
+    // 2: how consistent a point is (crash / file / application), for disk and VM points.
+    "ALTER TABLE points ADD COLUMN consistency TEXT;",
+];
 /// The value of `meta.format` that marks a coffre vault.
 pub const FORMAT_NAME: &str = "coffre-vault";
 
@@ -68,6 +74,7 @@ CREATE TABLE chunks(
 CREATE TABLE trees(id BLOB NOT NULL UNIQUE, data BLOB NOT NULL);
 CREATE TABLE lists(id BLOB NOT NULL UNIQUE, data BLOB NOT NULL);
 "#;
+// New catalogs are created at version 1 and migrated like old ones, so every step is exercised.
 
 /// What kind of thing an item protects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -128,6 +135,8 @@ pub struct PointRow {
     pub stored_bytes: u64,
     pub warnings: u64,
     pub duration_ms: u64,
+    /// `crash`, `file` or `application` for disk and VM points; none for files points.
+    pub consistency: Option<String>,
 }
 
 /// Where a chunk's bytes are.
@@ -186,7 +195,29 @@ impl Catalog {
             .map_err(|e| sql_err(path, e))?;
         c.check(path)?;
         c.configure().map_err(|e| sql_err(path, e))?;
+        c.migrate().map_err(|e| sql_err(path, e))?;
         Ok(c)
+    }
+
+    /// Brings an older catalog up to `SCHEMA_VERSION`, one transaction per step (a crash leaves
+    /// it at a consistent version; the next open continues).
+    fn migrate(&self) -> rusqlite::Result<()> {
+        loop {
+            let v: i64 = self
+                .conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if v >= SCHEMA_VERSION {
+                return Ok(());
+            }
+            let tx = self.conn.unchecked_transaction()?;
+            // Another process may have migrated meanwhile: check again inside the transaction.
+            let now: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+            if now == v {
+                tx.execute_batch(MIGRATIONS[(v - 1) as usize])?;
+                tx.pragma_update(None, "user_version", v + 1)?;
+            }
+            tx.commit()?;
+        }
     }
 
     /// Creates a new catalog at `path` (which must not exist) with the given metadata.
@@ -212,8 +243,9 @@ impl Catalog {
                 params![k, v],
             )?;
         }
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.pragma_update(None, "user_version", 1)?;
         tx.commit()?;
+        c.migrate()?;
         Ok(c)
     }
 
@@ -358,7 +390,8 @@ impl Catalog {
     // ---- points ----
 
     const POINT_COLS: &'static str = "p.id, p.pid, i.name, p.time, p.root, p.files, p.dirs, \
-        p.logical_bytes, p.new_chunks, p.new_bytes, p.stored_bytes, p.warnings, p.duration_ms";
+        p.logical_bytes, p.new_chunks, p.new_bytes, p.stored_bytes, p.warnings, p.duration_ms, \
+        p.consistency";
 
     fn row_point(r: &rusqlite::Row) -> rusqlite::Result<PointRow> {
         Ok(PointRow {
@@ -375,6 +408,7 @@ impl Catalog {
             stored_bytes: r.get(10)?,
             warnings: r.get(11)?,
             duration_ms: r.get(12)?,
+            consistency: r.get(13)?,
         })
     }
 
@@ -403,8 +437,8 @@ impl Catalog {
     pub fn insert_point(&self, item: i64, p: &PointRow) -> VaultResult<()> {
         self.conn.execute(
             "INSERT INTO points(pid, item, time, root, files, dirs, logical_bytes, new_chunks,
-                new_bytes, stored_bytes, warnings, duration_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                new_bytes, stored_bytes, warnings, duration_ms, consistency)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             params![
                 p.id,
                 item,
@@ -417,7 +451,8 @@ impl Catalog {
                 p.new_bytes,
                 p.stored_bytes,
                 p.warnings,
-                p.duration_ms
+                p.duration_ms,
+                p.consistency
             ],
         )?;
         Ok(())
