@@ -8,6 +8,7 @@ mod backup;
 mod list;
 mod mount;
 mod restore;
+pub mod sidecar;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -77,6 +78,16 @@ enum Command {
     Restore(restore::RestoreArgs),
     /// Show every recovery point as a read-only file system (foreground; Ctrl-C or umount ends it)
     Mount(mount::MountArgs),
+    /// Stop protecting an item: no new backups; its points are kept (or soft-deleted with
+    /// --delete-data)
+    StopProtection {
+        name: String,
+        /// Also soft-delete the item's points (their data is reclaimed by a later gc)
+        #[arg(long)]
+        delete_data: bool,
+    },
+    /// Resume backups of a stopped item
+    ResumeProtection { name: String },
     /// Unmount a coffre mount
     Umount {
         /// The mount point
@@ -152,6 +163,38 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Stats { json } => list::stats(&cli.open_vault()?, *json),
         Command::Restore(args) => restore::run(cli, args),
         Command::Mount(args) => mount::run(cli, args),
+        Command::StopProtection { name, delete_data } => {
+            let vault = cli.open_vault()?;
+            let _lock = vault.lock(true)?;
+            let item = vault.item(name)?;
+            vault
+                .catalog()
+                .set_item_state(item.id, crate::vault::STOPPED)?;
+            if *delete_data {
+                let n = vault
+                    .catalog()
+                    .delete_points_of(item.id, crate::vault::now_ns())?;
+                println!("protection of {name:?} stopped; {n} points deleted (soft)");
+            } else {
+                println!("protection of {name:?} stopped; its points are kept");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ResumeProtection { name } => {
+            let vault = cli.open_vault()?;
+            let _lock = vault.lock(true)?;
+            let item = vault.item(name)?;
+            if item.state == crate::vault::NEEDS_REPROTECT {
+                anyhow::bail!(
+                    "item {name:?} was restored in place: run `coffre-restore reprotect {name}`"
+                );
+            }
+            vault
+                .catalog()
+                .set_item_state(item.id, crate::vault::PROTECTED)?;
+            println!("protection of {name:?} resumed");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Umount { mountpoint } => {
             crate::mount::umount(mountpoint)?;
             Ok(ExitCode::SUCCESS)

@@ -1,10 +1,11 @@
 //! Restores out of recovery points, without FUSE.
 //!
-//! `files` writes a point's tree (or chosen paths of it) into a directory. Later issues add the
-//! disk and VM restores of the sidecar beside it. A restore only reads the vault: it takes no
-//! lock and never changes protection state.
+//! `files` writes a point's tree (or chosen paths of it) into a directory; `image` writes whole
+//! disk images and VMs for the sidecar. A restore only reads the vault; the one exception is an
+//! in-place VM or disk restore, whose caller marks the item `needs-reprotect`.
 
 pub mod files;
+pub mod image;
 
 use std::path::PathBuf;
 

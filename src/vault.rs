@@ -21,6 +21,13 @@ pub use catalog::{Catalog, ChunkLoc, Item, ItemKind, PointRow};
 pub use chunks::ChunkReader;
 pub use format::{ChunkId, Content, Entry, Extent, Hash32, Kind, Timestamp, TreeId};
 
+/// Protection states of an item.
+pub const PROTECTED: &str = "protected";
+/// Data kept, no new backups until `coffre resume-protection`.
+pub const STOPPED: &str = "stopped";
+/// Restored in place: backups wait for `coffre-restore reprotect`.
+pub const NEEDS_REPROTECT: &str = "needs-reprotect";
+
 /// Errors of the storage layer, each carrying what the user needs to act.
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {

@@ -293,3 +293,212 @@ fn a_failing_pre_script_makes_no_point_and_the_post_script_still_runs() {
         "a point was made despite the failed pre-script"
     );
 }
+
+fn sidecar(t: &TestVault, args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_coffre-restore"));
+    c.env("COFFRE_VAULT", t.vault()).args(args);
+    c.output_within()
+}
+
+fn state(t: &TestVault, item: &str) -> String {
+    let items: Vec<serde_json::Value> = serde_json::from_str(&t.ok(&["items", "--json"])).unwrap();
+    items
+        .iter()
+        .find(|i| i["name"] == item)
+        .map(|i| i["state"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+#[test]
+fn the_full_reprotection_cycle() {
+    let t = TestVault::new();
+    let img = t.path("disk.img");
+    make_image(&img);
+    let original = std::fs::read(&img).unwrap();
+    backup_disk(&t, "d", &[&img]);
+    assert_eq!(state(&t, "d"), "protected");
+    // The disk changes, then is restored in place.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .write_all_at(&noise(1 << 20, 42), 30 << 20)
+        .unwrap();
+    let out = sidecar(&t, &["disk", "d", "--in-place"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        std::fs::read(&img).unwrap() == original,
+        "in-place restore did not bring the disk back"
+    );
+    assert_eq!(state(&t, "d"), "needs-reprotect");
+    // Restoring files changes nothing about protection; backups are refused meanwhile.
+    let out = t.run(&["backup", "d"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("coffre-restore reprotect d"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(t.points("d").len(), 1);
+    // Re-protect: checks the disk matches the restored point.
+    let out = sidecar(&t, &["reprotect", "d"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(state(&t, "d"), "protected");
+    // A few blocks change; the next backup stores only about those.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .write_all_at(&noise(8192, 43), 120 << 20)
+        .unwrap();
+    let out = t.ok(&["backup", "--json", "d"]);
+    let b: serde_json::Value = serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone();
+    assert_eq!(b["point"]["new_chunks"], 1, "{b}");
+    // Reprotect refuses a disk that changed after the restore (unless forced).
+    sidecar(&t, &["disk", "d", "--in-place"]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .write_all_at(b"drift", 5)
+        .unwrap();
+    let out = sidecar(&t, &["reprotect", "d"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no longer matches"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(sidecar(&t, &["reprotect", "d", "--force"]).status.success());
+    // stop/resume protection.
+    t.ok(&["stop-protection", "d"]);
+    assert_eq!(state(&t, "d"), "stopped");
+    assert_eq!(t.run(&["backup", "d"]).status.code(), Some(1));
+    t.ok(&["resume-protection", "d"]);
+    t.ok(&["backup", "d"]);
+}
+
+#[test]
+fn disk_restore_refuses_existing_and_mounted_targets_and_dry_run_writes_nothing() {
+    let t = TestVault::new();
+    let img = t.path("disk.img");
+    make_image(&img);
+    backup_disk(&t, "d", &[&img]);
+    let to = t.path("out.img");
+    let out = sidecar(
+        &t,
+        &["disk", "d", "--to", to.to_str().unwrap(), "--dry-run"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would restore"));
+    assert!(!to.exists(), "--dry-run wrote the target");
+    let out = sidecar(&t, &["disk", "d", "--to", to.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(&to).unwrap() == std::fs::read(&img).unwrap());
+    let (a, b) = (
+        std::fs::metadata(&img).unwrap(),
+        std::fs::metadata(&to).unwrap(),
+    );
+    assert!(
+        b.blocks() <= a.blocks() + 8,
+        "not sparse: {} vs {}",
+        b.blocks(),
+        a.blocks()
+    );
+    let out = sidecar(&t, &["disk", "d", "--to", to.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert!(
+        sidecar(&t, &["disk", "d", "--to", to.to_str().unwrap(), "--force"])
+            .status
+            .success()
+    );
+    // A target in use by a mount (here: a loop-mounted ext4 image) is refused even with --force.
+    let have = std::process::Command::new("mkfs.ext4")
+        .arg("-V")
+        .output()
+        .is_ok();
+    if is_root() && have && Path::new("/dev/loop-control").exists() {
+        let busy = t.path("busy.img");
+        std::fs::File::create(&busy)
+            .unwrap()
+            .set_len(32 << 20)
+            .unwrap();
+        assert!(
+            std::process::Command::new("mkfs.ext4")
+                .args(["-q", "-F"])
+                .arg(&busy)
+                .output_within()
+                .status
+                .success()
+        );
+        let mnt = t.path("busy-mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        assert!(
+            std::process::Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(&busy)
+                .arg(&mnt)
+                .output_within()
+                .status
+                .success()
+        );
+        let out = sidecar(
+            &t,
+            &["disk", "d", "--to", busy.to_str().unwrap(), "--force"],
+        );
+        let _ = std::process::Command::new("umount")
+            .arg(&mnt)
+            .output_within();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("mounted or in use"),
+            "{}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn a_vm_restored_elsewhere_can_be_protected_as_a_new_item_that_dedups() {
+    let t = TestVault::new();
+    let config = t.path("vm.conf");
+    std::fs::write(&config, b"cpus: 2\n").unwrap();
+    let disk = t.path("root.img");
+    make_image(&disk);
+    t.ok(&[
+        "backup-vm",
+        "--item",
+        "vm",
+        "--config",
+        config.to_str().unwrap(),
+        "--disk",
+        disk.to_str().unwrap(),
+    ]);
+    let dir = t.path("copy");
+    let out = sidecar(
+        &t,
+        &[
+            "vm",
+            "vm",
+            "--to",
+            dir.to_str().unwrap(),
+            "--protect-as",
+            "vm-copy",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(dir.join("vm.conf")).unwrap(), b"cpus: 2\n");
+    assert!(std::fs::read(dir.join("disks/root.img")).unwrap() == std::fs::read(&disk).unwrap());
+    assert_eq!(
+        state(&t, "vm"),
+        "protected",
+        "a restore elsewhere changed the original item"
+    );
+    let out = t.ok(&["backup", "--json", "vm-copy"]);
+    let b: serde_json::Value = serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone();
+    assert_eq!(
+        b["point"]["new_chunks"], 0,
+        "the copy's first backup stored new data: {b}"
+    );
+}

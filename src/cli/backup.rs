@@ -254,6 +254,18 @@ fn execute(
     let mut json_out = Vec::new();
     let progress = !cli.quiet && !json;
     for (name, job) in todo {
+        if let Some(item) = vault.catalog().item(&name)?
+            && item.state != crate::vault::PROTECTED
+        {
+            let why = if item.state == crate::vault::NEEDS_REPROTECT {
+                format!("it was restored in place; run `coffre-restore reprotect {name}` first")
+            } else {
+                format!("its protection is stopped; `coffre resume-protection {name}` resumes it")
+            };
+            eprintln!("skipping item {name:?}: {why}");
+            code = ExitCode::FAILURE;
+            continue;
+        }
         let item = register(&vault, &name, &job)?;
         let report = match &job {
             Job::Files(src) => {

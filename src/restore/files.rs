@@ -140,6 +140,8 @@ fn write_file(vault: &VaultRef, catalog: &Catalog, job: &FileJob, chown: bool) -
         file: &file,
         written: 0,
         data_end: 0,
+        zero_holes: false,
+        on_progress: None,
     };
     w.write(&extents, 0, 0).map_err(|e| match e {
         WriteError::Vault(v) => v,
@@ -162,7 +164,7 @@ fn write_file(vault: &VaultRef, catalog: &Catalog, job: &FileJob, chown: bool) -
     Ok(written)
 }
 
-enum WriteError {
+pub(crate) enum WriteError {
     Vault(VaultError),
     Io(std::io::Error),
 }
@@ -173,18 +175,42 @@ impl From<VaultError> for WriteError {
     }
 }
 
-/// Writes extents at their offsets (holes are skipped, so they stay holes), descending into
-/// segments (`Extent::Sub`) up to a small depth.
-struct ExtentWriter<'a> {
-    catalog: &'a Catalog,
-    reader: &'a crate::vault::ChunkReader,
-    file: &'a std::fs::File,
-    written: u64,
-    data_end: u64,
+/// Writes extents at their offsets, descending into segments (`Extent::Sub`) up to a small depth.
+/// Holes are skipped (they stay holes in a new file) unless `zero_holes` is set (a device or an
+/// existing file must be overwritten with zeros there). Every chunk is checked against its id
+/// before it is written.
+pub(crate) struct ExtentWriter<'a> {
+    pub catalog: &'a Catalog,
+    pub reader: &'a crate::vault::ChunkReader,
+    pub file: &'a std::fs::File,
+    pub written: u64,
+    pub data_end: u64,
+    pub zero_holes: bool,
+    /// Called with the bytes written so far, after each extent (progress).
+    pub on_progress: Option<&'a dyn Fn(u64)>,
 }
 
 impl ExtentWriter<'_> {
-    fn write(&mut self, extents: &[Extent], base: u64, depth: u32) -> Result<(), WriteError> {
+    fn zeros(&mut self, at: u64, len: u64) -> Result<(), WriteError> {
+        static Z: [u8; 1 << 16] = [0; 1 << 16];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(Z.len() as u64) as usize;
+            self.file
+                .write_all_at(&Z[..n], at + done)
+                .map_err(WriteError::Io)?;
+            done += n as u64;
+        }
+        self.written += len;
+        Ok(())
+    }
+
+    pub(crate) fn write(
+        &mut self,
+        extents: &[Extent],
+        base: u64,
+        depth: u32,
+    ) -> Result<(), WriteError> {
         if depth > 4 {
             return Err(VaultError::Damaged {
                 path: "vault.db".into(),
@@ -211,15 +237,24 @@ impl ExtentWriter<'_> {
                     self.written += data.len() as u64;
                     self.data_end = pos + data.len() as u64;
                 }
-                Extent::Hole { .. } => {}
-                Extent::Sub { id, data, .. } => {
+                Extent::Hole { len } => {
+                    if self.zero_holes {
+                        self.zeros(pos, len)?;
+                    }
+                }
+                Extent::Sub { id, data, len } => {
                     if data > 0 {
                         let sub = self.catalog.list(&id)?;
                         self.write(&sub, pos, depth + 1)?;
+                    } else if self.zero_holes {
+                        self.zeros(pos, len)?;
                     }
                 }
             }
             pos += x.len();
+            if let Some(f) = self.on_progress {
+                f(self.written);
+            }
         }
         Ok(())
     }
@@ -405,7 +440,11 @@ impl Walk<'_> {
 }
 
 /// Finds the entry at `path` (slash-separated, relative to the point's root) in the point.
-fn lookup(vault: &Vault, root: &Entry, path: &std::ffi::OsStr) -> Result<Entry, RestoreError> {
+pub(crate) fn lookup(
+    vault: &Vault,
+    root: &Entry,
+    path: &std::ffi::OsStr,
+) -> Result<Entry, RestoreError> {
     use std::os::unix::ffi::OsStrExt;
     let missing = || RestoreError::NoSuchPath(path.to_string_lossy().into_owned());
     let mut cur = root.clone();

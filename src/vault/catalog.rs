@@ -379,6 +379,23 @@ impl Catalog {
             .ok_or_else(|| VaultError::ItemNotFound(name.to_string()))
     }
 
+    /// Sets an item's protection state: `protected`, `stopped` or `needs-reprotect`.
+    pub fn set_item_state(&self, item: i64, state: &str) -> VaultResult<()> {
+        self.conn.execute(
+            "UPDATE items SET state=?2 WHERE id=?1",
+            params![item, state],
+        )?;
+        Ok(())
+    }
+
+    /// Soft-deletes every live point of an item (their data stays until garbage collection).
+    pub fn delete_points_of(&self, item: i64, now: i64) -> VaultResult<usize> {
+        Ok(self.conn.execute(
+            "UPDATE points SET deleted_at=?2 WHERE item=?1 AND deleted_at IS NULL",
+            params![item, now],
+        )?)
+    }
+
     pub fn set_item_source(&self, item: i64, source: &serde_json::Value) -> VaultResult<()> {
         self.conn.execute(
             "UPDATE items SET source=?2 WHERE id=?1",
