@@ -166,3 +166,55 @@ if mtools:
     m.append("\nTargets (mount issue), this run:")
     m.extend(checks)
     print("\n".join(m))
+
+# ---- disk images (issue 4) ----
+if any(r["step"].startswith("d") for r in rows):
+    dt = [t for t in ("coffre", "restic", "borg", "memfs") if any(r["tool"] == t and r["step"].startswith("d") for r in rows)]
+    def v(t, step, key="wall_s"):
+        return med(t, step, key)
+    def f(x, fmt="{:.2f}"):
+        return "–" if x is None else fmt.format(x)
+    out = ["", "Disk image (issue 4): 4 GiB sparse ext4 image of the tree, then a changed copy:", "",
+           "| step | " + " | ".join(dt) + " |", "|---|" + "---|" * len(dt)]
+    cat_mbs = {t: (4294.967296 / v(t, "d-cat")) if v(t, "d-cat") else None for t in dt}
+    for label, fn in [
+        ("d1 initial image backup: wall s", lambda t: f(v(t, "d1"))),
+        ("d1 repo MB after", lambda t: f(v(t, "d1", "bytes") and v(t, "d1", "bytes") / 1e6, "{:.1f}")),
+        ("d2 incremental image backup: wall s", lambda t: f(v(t, "d2"))),
+        ("d2 repo MB added", lambda t: f(v(t, "d2", "bytes") and v(t, "d2", "bytes") / 1e6, "{:.1f}")),
+        ("random 4 KiB reads from the mount, cold: p50 µs", lambda t: f(v(t, "d-rand50"), "{:.0f}")),
+        ("random 4 KiB reads, cold: p99 µs", lambda t: f(v(t, "d-rand99"), "{:.0f}")),
+        ("random reads: mismatches", lambda t: f(v(t, "d-rand50", "bytes"), "{:.0f}")),
+        ("cat of the image from the mount: MB/s", lambda t: f(cat_mbs[t], "{:.0f}")),
+    ]:
+        out.append(f"| {label} | " + " | ".join(fn(t) for t in dt) + " |")
+    rs, cp = v("coffre", "d-restore"), v("cp", "d-cp-sparse")
+    if rs is not None:
+        out.append(f"\n`coffre-restore disk` to tmpfs: {rs:.2f} s; `cp --sparse=always` of the same image: "
+                   f"{f(cp)} s; identical: {'yes' if v('coffre', 'd-restore-same', 'bytes') == 1 else 'NO'}; "
+                   f"allocated blocks {f(v('coffre', 'd-restore-blocks', 'bytes'), '{:.0f}')} vs source "
+                   f"{f(v('coffre', 'd-source-blocks', 'bytes'), '{:.0f}')}.")
+    checks = []
+    def chk(name, ok, detail):
+        checks.append(f"- [{'x' if ok else ' '}] {name}: {detail}")
+    if v("coffre", "d1") and v("restic", "d1"):
+        r = v("coffre", "d1") / v("restic", "d1")
+        chk("initial image backup ≤ 0.3× restic", r <= 0.3, f"{r:.2f}×")
+    if v("coffre", "d2") and v("restic", "d2"):
+        r = v("coffre", "d2") / v("restic", "d2")
+        chk("incremental ≤ 0.25× restic's wall", r <= 0.25, f"{r:.2f}×")
+        nb = v("coffre", "d2", "bytes") / max(1, v("restic", "d2", "bytes"))
+        chk("incremental new bytes ≤ 0.5× restic's", nb <= 0.5, f"{nb:.2f}×")
+    if cat_mbs.get("coffre") and cat_mbs.get("memfs"):
+        r = cat_mbs["coffre"] / cat_mbs["memfs"]
+        chk("cat from the mount ≥ 0.7× the floor", r >= 0.7, f"{r:.2f}×")
+    if cat_mbs.get("coffre") and cat_mbs.get("borg"):
+        r = cat_mbs["coffre"] / cat_mbs["borg"]
+        chk("cat from the mount ≥ 2.5× borg's", r >= 2.5, f"{r:.2f}×")
+    if v("coffre", "d-rand50"):
+        chk("random 4 KiB read p50 ≤ 150 µs", v("coffre", "d-rand50") <= 150, f"{v('coffre', 'd-rand50'):.0f} µs")
+    if rs is not None and cp:
+        chk("coffre-restore disk ≤ 3× cp --sparse=always", rs / cp <= 3, f"{rs / cp:.2f}×")
+    out.append("\nTargets (disk issue), this run:")
+    out.extend(checks)
+    print("\n".join(out))
