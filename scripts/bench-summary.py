@@ -87,7 +87,7 @@ cat = vals("coffre", "b-catalog", "bytes")
 if cat:
     p(f"| b. coffre catalog growth per no-change backup, bytes | {', '.join(str(int(c)) for c in cat)} | | | |")
 
-if "coffre" in tools and "restic" in tools:
+if "coffre" in tools and "restic" in tools and med("coffre", "a", "wall_s") is not None:
     p("")
     p("Targets (foundation issue), this run:")
     checks = []

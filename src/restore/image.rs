@@ -171,25 +171,65 @@ pub fn apply(vault: &Vault, plan: &ImagePlan, progress: bool) -> Result<u64, Res
         Content::List(id) => vault.catalog().list(&id)?,
     };
     let bar = Progress::new("restore", progress);
-    let tick = |n: u64| {
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let tick = |_: u64| {
+        let n = done.load(std::sync::atomic::Ordering::Relaxed);
         bar.bytes.store(n, std::sync::atomic::Ordering::Relaxed);
         bar.tick();
     };
-    let reader = vault.chunk_reader();
-    let mut w = ExtentWriter {
-        catalog: vault.catalog(),
-        reader: &reader,
-        file: &file,
-        written: 0,
-        data_end: 0,
-        zero_holes: plan.device,
-        on_progress: Some(&tick),
-    };
-    w.write(&extents, 0, 0).map_err(|e| match e {
-        WriteError::Vault(v) => RestoreError::Vault(v),
-        WriteError::Io(e) => terr(e),
-    })?;
-    let written = w.written;
+    // Top-level extents (segments of a disk image) are shared out among threads, each with its
+    // own catalog connection; they write disjoint ranges of the target.
+    let mut starts = Vec::with_capacity(extents.len());
+    let mut pos = 0;
+    for x in &extents {
+        starts.push(pos);
+        pos += x.len();
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(extents.len().max(1));
+    let shared = vault.shared();
+    let results: Vec<Result<u64, RestoreError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (extents, starts, file, shared, tick, done) =
+                    (&extents, &starts, &file, &shared, &tick, &done);
+                s.spawn(move || -> Result<u64, RestoreError> {
+                    let catalog = shared.connect()?;
+                    let mut w = ExtentWriter {
+                        catalog: &catalog,
+                        reader: shared.chunk_reader(),
+                        file,
+                        written: 0,
+                        data_end: 0,
+                        zero_holes: plan.device,
+                        on_progress: if t == 0 { Some(tick) } else { None },
+                    };
+                    for i in (t..extents.len()).step_by(threads) {
+                        let before = w.written;
+                        w.write(&extents[i..i + 1], starts[i], 0)
+                            .map_err(|e| match e {
+                                WriteError::Vault(v) => RestoreError::Vault(v),
+                                WriteError::Io(e) => terr(e),
+                            })?;
+                        done.fetch_add(w.written - before, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Ok(w.written)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(target_err(&plan.target, "a restore thread panicked")))
+            })
+            .collect()
+    });
+    let mut written = 0;
+    for r in results {
+        written += r?;
+    }
     file.sync_all().map_err(terr)?;
     bar.finish();
     Ok(written)
