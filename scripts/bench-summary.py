@@ -38,51 +38,53 @@ def mb(x):
 
 out = []
 p = out.append
-p(f"data: Linux tree (Debian linux-source), change: {change}")
+have_tree = any(r["step"] == "a" for r in rows)
+p(f"data: Linux tree (Debian linux-source), change: {change}" if have_tree else "(tree steps not run)")
 p("")
-p("| step | " + " | ".join(tools) + " | coffre / restic |")
-p("|---|" + "---|" * len(tools) + "---|")
+if have_tree:
+    p("| step | " + " | ".join(tools) + " | coffre / restic |")
+    p("|---|" + "---|" * len(tools) + "---|")
 
 
-def line(label, step, key, fmt=span, ratio=True):
-    cells = [fmt(t, step, key) for t in tools]
-    r = ""
-    c = med("coffre", step, key) if key else None
-    rs = med("restic", step, key) if key else None
-    if ratio and c is not None and rs:
-        r = f"{c / rs:.2f}×"
-    p(f"| {label} | " + " | ".join(cells) + f" | {r} |")
+    def line(label, step, key, fmt=span, ratio=True):
+        cells = [fmt(t, step, key) for t in tools]
+        r = ""
+        c = med("coffre", step, key) if key else None
+        rs = med("restic", step, key) if key else None
+        if ratio and c is not None and rs:
+            r = f"{c / rs:.2f}×"
+        p(f"| {label} | " + " | ".join(cells) + f" | {r} |")
 
 
-def mbcell(t, step, key):
-    return mb(med(t, step, key))
+    def mbcell(t, step, key):
+        return mb(med(t, step, key))
 
 
-def cpu(t, step, _):
-    u, s = med(t, step, "user_s"), med(t, step, "sys_s")
-    return "–" if u is None else f"{u + s:.2f}"
+    def cpu(t, step, _):
+        u, s = med(t, step, "user_s"), med(t, step, "sys_s")
+        return "–" if u is None else f"{u + s:.2f}"
 
 
-def rss(t, step, _):
-    v = vals(t, step, "rss_mib")
-    return "–" if not v else f"{max(v):.0f}"
+    def rss(t, step, _):
+        v = vals(t, step, "rss_mib")
+        return "–" if not v else f"{max(v):.0f}"
 
 
-line("a. initial backup: wall s (median [min–max])", "a", "wall_s")
-line("a. initial backup: CPU s (user+sys)", "a", "", cpu)
-line("a. repo MB after initial backup", "a", "bytes", mbcell)
-line("b. no-change re-backup: wall s", "b", "wall_s")
-line("b. repo MB added", "b", "bytes", mbcell, ratio=False)
-line("c. 1 %-changed incremental: wall s", "c", "wall_s")
-line("c. repo MB added", "c", "bytes", mbcell)
-line("f. restore to tmpfs: wall s", "f", "wall_s")
-line("f. restore: CPU s (user+sys)", "f", "", cpu)
-line("peak RSS MiB (a)", "a", "", rss, ratio=False)
-line("peak RSS MiB (b)", "b", "", rss, ratio=False)
-line("peak RSS MiB (c)", "c", "", rss, ratio=False)
-line("peak RSS MiB (f)", "f", "", rss, ratio=False)
-line("f. differences after restore (rsync, content + metadata)", "f-verify", "bytes",
-     lambda t, s, k: "–" if med(t, s, k) is None else f"{med(t, s, k):.0f}", ratio=False)
+    line("a. initial backup: wall s (median [min–max])", "a", "wall_s")
+    line("a. initial backup: CPU s (user+sys)", "a", "", cpu)
+    line("a. repo MB after initial backup", "a", "bytes", mbcell)
+    line("b. no-change re-backup: wall s", "b", "wall_s")
+    line("b. repo MB added", "b", "bytes", mbcell, ratio=False)
+    line("c. 1 %-changed incremental: wall s", "c", "wall_s")
+    line("c. repo MB added", "c", "bytes", mbcell)
+    line("f. restore to tmpfs: wall s", "f", "wall_s")
+    line("f. restore: CPU s (user+sys)", "f", "", cpu)
+    line("peak RSS MiB (a)", "a", "", rss, ratio=False)
+    line("peak RSS MiB (b)", "b", "", rss, ratio=False)
+    line("peak RSS MiB (c)", "c", "", rss, ratio=False)
+    line("peak RSS MiB (f)", "f", "", rss, ratio=False)
+    line("f. differences after restore (rsync, content + metadata)", "f-verify", "bytes",
+         lambda t, s, k: "–" if med(t, s, k) is None else f"{med(t, s, k):.0f}", ratio=False)
 cat = vals("coffre", "b-catalog", "bytes")
 if cat:
     p(f"| b. coffre catalog growth per no-change backup, bytes | {', '.join(str(int(c)) for c in cat)} | | | |")
