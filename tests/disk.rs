@@ -86,7 +86,7 @@ fn an_incremental_disk_backup_stores_only_changed_blocks() {
     let img = t.path("disk.img");
     make_image(&img);
     backup_disk(&t, "d", &[&img]);
-    // Change three 4 KiB pieces in two 64 KiB blocks.
+    // Change three 4 KiB pieces in two disk blocks.
     let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
     f.write_all_at(&noise(4096, 9), 50 << 20).unwrap();
     f.write_all_at(&noise(4096, 10), (50 << 20) + 8192).unwrap();
