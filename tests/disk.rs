@@ -502,3 +502,43 @@ fn a_vm_restored_elsewhere_can_be_protected_as_a_new_item_that_dedups() {
         "the copy's first backup stored new data: {b}"
     );
 }
+
+#[test]
+fn a_vm_restored_in_place_needs_reprotection_and_stop_protection_can_delete_points() {
+    let t = TestVault::new();
+    let config = t.path("vm.conf");
+    std::fs::write(&config, b"memory: 1024\n").unwrap();
+    let disk = t.path("root.img");
+    make_image(&disk);
+    let original = std::fs::read(&disk).unwrap();
+    t.ok(&[
+        "backup-vm",
+        "--item",
+        "vm",
+        "--config",
+        config.to_str().unwrap(),
+        "--disk",
+        disk.to_str().unwrap(),
+    ]);
+    std::fs::write(&config, b"memory: 999999\n").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&disk)
+        .unwrap()
+        .write_all_at(b"broken", 4096)
+        .unwrap();
+    let out = sidecar(&t, &["vm", "vm", "--in-place"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(&config).unwrap(), b"memory: 1024\n");
+    assert!(std::fs::read(&disk).unwrap() == original);
+    assert_eq!(state(&t, "vm"), "needs-reprotect");
+    assert_eq!(t.run(&["backup", "vm"]).status.code(), Some(1));
+    assert!(sidecar(&t, &["reprotect", "vm"]).status.success());
+    assert_eq!(state(&t, "vm"), "protected");
+    t.ok(&["backup", "vm"]);
+    assert_eq!(t.points("vm").len(), 2);
+    // Stopping protection with --delete-data soft-deletes the points.
+    t.ok(&["stop-protection", "vm", "--delete-data"]);
+    assert_eq!(state(&t, "vm"), "stopped");
+    assert_eq!(t.points("vm").len(), 0);
+}
