@@ -47,11 +47,23 @@ pub fn in_use(path: &Path) -> bool {
         return false;
     };
     let c = canon.to_string_lossy().into_owned();
+    // A block device may be mounted under another name (/dev/mapper/x for /dev/dm-0): compare
+    // device numbers too.
+    let rdev = std::fs::metadata(&canon)
+        .ok()
+        .filter(|m| m.file_type().is_block_device())
+        .map(|m| std::os::unix::fs::MetadataExt::rdev(&m));
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     if mounts.lines().any(|l| {
         let mut f = l.split(' ');
         let (src, dst) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
-        src == c || dst == c
+        src == c
+            || dst == c
+            || rdev.is_some_and(|r| {
+                src.starts_with("/dev/")
+                    && std::fs::metadata(src)
+                        .is_ok_and(|m| std::os::unix::fs::MetadataExt::rdev(&m) == r)
+            })
     }) {
         return true;
     }
