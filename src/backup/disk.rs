@@ -27,7 +27,6 @@ use crate::progress::Progress;
 use crate::vault::format::{self, encode_list, encode_tree};
 use crate::vault::{
     Content, Entry, Extent, Hash32, Item, Kind, PointRow, Vault, VaultRef, WriteLock, now_ns,
-    random_hex,
 };
 
 /// Fixed block size of disk images (see the module header for why 32 KiB).
@@ -494,13 +493,9 @@ pub fn backup_images(
             nlink: 2,
             ..Default::default()
         };
-        let mut pid = random_hex(4);
-        while catalog.point_id_taken(&pid)? {
-            pid = random_hex(4);
-        }
         let point = PointRow {
             rowid: 0,
-            id: pid,
+            id: sink::new_point_id(catalog)?,
             item: item.name.clone(),
             time: start_ns,
             root: format::encode_root(&root),
@@ -529,9 +524,7 @@ pub fn backup_images(
         Err(e) => {
             catalog.rollback();
             packs_written.extend(sealed_rx.try_iter().map(|p| p.name));
-            for name in &packs_written {
-                let _ = std::fs::remove_file(vault.packs_dir().join(format!("{name}.pack")));
-            }
+            sink::discard_packs(&vault.packs_dir(), &packs_written);
             Err(e)
         }
     }

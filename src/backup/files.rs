@@ -28,7 +28,7 @@ use crate::vault::catalog::Catalog;
 use crate::vault::format::{self, encode_list, encode_tree};
 use crate::vault::{
     Content, Entry, Extent, Hash32, Item, Kind, PointRow, Timestamp, TreeId, Vault, VaultRef,
-    WriteLock, now_ns, random_hex,
+    WriteLock, now_ns,
 };
 
 /// How to run a files backup.
@@ -745,13 +745,9 @@ pub fn backup_files(
         builder.drain_sealed(true)?;
         let mut root = root.ok_or_else(|| BackupError::Aborted("no root directory".into()))?;
         root.name = Vec::new();
-        let mut pid = random_hex(4);
-        while catalog.point_id_taken(&pid)? {
-            pid = random_hex(4);
-        }
         let point = PointRow {
             rowid: 0,
-            id: pid,
+            id: sink::new_point_id(catalog)?,
             item: item.name.clone(),
             time: start_ns,
             root: format::encode_root(&root),
@@ -783,9 +779,7 @@ pub fn backup_files(
             while let Ok(p) = builder.sealed.try_recv() {
                 builder.packs_written.push(p.name);
             }
-            for name in &builder.packs_written {
-                let _ = std::fs::remove_file(vault.packs_dir().join(format!("{name}.pack")));
-            }
+            sink::discard_packs(&vault.packs_dir(), &builder.packs_written);
             Err(e)
         }
     }

@@ -225,6 +225,24 @@ fn seal(
         .map_err(|_| BackupError::Aborted("catalog thread stopped".into()))
 }
 
+/// A fresh point id (8 hex digits) not used in this vault yet.
+pub fn new_point_id(catalog: &Catalog) -> VaultResult<String> {
+    loop {
+        let pid = random_hex(4);
+        if !catalog.point_id_taken(&pid)? {
+            return Ok(pid);
+        }
+    }
+}
+
+/// Removes the packs a failed backup wrote: after its rollback nothing names them (the next
+/// writer's recovery would remove them too).
+pub fn discard_packs(packs_dir: &Path, names: &[String]) {
+    for name in names {
+        let _ = std::fs::remove_file(packs_dir.join(format!("{name}.pack")));
+    }
+}
+
 /// Records a sealed pack and its chunks in the catalog (inside the caller's transaction).
 pub fn register_pack(catalog: &Catalog, p: &SealedPack, now: i64) -> VaultResult<()> {
     let pack = catalog.insert_pack(&p.name, p.size, now)?;

@@ -27,6 +27,13 @@ pub struct BackupArgs {
     /// Do not descend into other file systems (mount points are kept as empty directories)
     #[arg(long, short = 'x')]
     one_file_system: bool,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Options every backup command takes.
+#[derive(clap::Args)]
+pub struct RunArgs {
     /// Fail at once if another backup holds the vault, instead of waiting
     #[arg(long)]
     no_wait: bool,
@@ -47,15 +54,8 @@ pub struct BackupDiskArgs {
     /// Raw image files or block devices; each shows as <name>.img in the point
     #[arg(value_name = "IMAGE", required = true)]
     images: Vec<PathBuf>,
-    /// Fail at once if another backup holds the vault, instead of waiting
-    #[arg(long)]
-    no_wait: bool,
-    /// Compression threads [default: one per core]
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Print the result as JSON
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 /// Arguments of `coffre backup-vm`.
@@ -76,15 +76,8 @@ pub struct BackupVmArgs {
     /// Run after the capture, even when it or the pre-script failed (sh -c)
     #[arg(long, value_name = "CMD")]
     post_script: Option<String>,
-    /// Fail at once if another backup holds the vault, instead of waiting
-    #[arg(long)]
-    no_wait: bool,
-    /// Compression threads [default: one per core]
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Print the result as JSON
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 /// The stored definition of a VM item.
@@ -163,7 +156,7 @@ pub fn run_disk(cli: &Cli, args: &BackupDiskArgs) -> Result<ExitCode> {
         );
     }
     let todo = vec![(args.item.clone(), Job::Disk(DiskSource { images }))];
-    execute(cli, todo, args.no_wait, args.threads, args.json)
+    execute(cli, todo, &args.run)
 }
 
 fn canonical(p: &std::path::Path) -> Result<PathBuf> {
@@ -185,7 +178,7 @@ pub fn run_vm(cli: &Cli, args: &BackupVmArgs) -> Result<ExitCode> {
         post_script: args.post_script.clone(),
     };
     let todo = vec![(args.item.clone(), Job::Vm(src))];
-    execute(cli, todo, args.no_wait, args.threads, args.json)
+    execute(cli, todo, &args.run)
 }
 
 pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
@@ -238,16 +231,11 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
             todo.push((name.to_string(), job));
         }
     }
-    execute(cli, todo, args.no_wait, args.threads, args.json)
+    execute(cli, todo, &args.run)
 }
 
-fn execute(
-    cli: &Cli,
-    todo: Vec<(String, Job)>,
-    no_wait: bool,
-    threads: usize,
-    json: bool,
-) -> Result<ExitCode> {
+fn execute(cli: &Cli, todo: Vec<(String, Job)>, run: &RunArgs) -> Result<ExitCode> {
+    let (no_wait, threads, json) = (run.no_wait, run.threads, run.json);
     let vault = cli.open_or_init_vault()?;
     let lock = vault.lock(!no_wait)?;
     let mut code = ExitCode::SUCCESS;
