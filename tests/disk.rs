@@ -19,6 +19,12 @@ fn make_image(p: &Path) {
     f.write_all_at(&noise(5000, 3), (256 << 20) - 5000).unwrap(); // unaligned tail
 }
 
+/// Overwrites `data` at `offset` of an existing file, in place.
+fn patch(p: &Path, offset: u64, data: &[u8]) {
+    let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.write_all_at(data, offset).unwrap();
+}
+
 fn backup_disk(t: &TestVault, item: &str, images: &[&Path]) -> serde_json::Value {
     let mut args = vec!["backup-disk", "--json", "--item", item];
     args.extend(images.iter().map(|p| p.to_str().unwrap()));
@@ -87,11 +93,9 @@ fn an_incremental_disk_backup_stores_only_changed_blocks() {
     make_image(&img);
     backup_disk(&t, "d", &[&img]);
     // Change three 4 KiB pieces in two disk blocks.
-    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
-    f.write_all_at(&noise(4096, 9), 50 << 20).unwrap();
-    f.write_all_at(&noise(4096, 10), (50 << 20) + 8192).unwrap();
-    f.write_all_at(&noise(4096, 11), 200 << 20).unwrap();
-    drop(f);
+    patch(&img, 50 << 20, &noise(4096, 9));
+    patch(&img, (50 << 20) + 8192, &noise(4096, 10));
+    patch(&img, 200 << 20, &noise(4096, 11));
     // `backup NAME` reuses the stored images.
     let out = t.ok(&["backup", "--json", "d"]);
     let b: serde_json::Value = serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone();
@@ -318,12 +322,7 @@ fn the_full_reprotection_cycle() {
     backup_disk(&t, "d", &[&img]);
     assert_eq!(state(&t, "d"), "protected");
     // The disk changes, then is restored in place.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .write_all_at(&noise(1 << 20, 42), 30 << 20)
-        .unwrap();
+    patch(&img, 30 << 20, &noise(1 << 20, 42));
     let out = sidecar(&t, &["disk", "d", "--in-place"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -345,23 +344,13 @@ fn the_full_reprotection_cycle() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(state(&t, "d"), "protected");
     // A few blocks change; the next backup stores only about those.
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .write_all_at(&noise(8192, 43), 120 << 20)
-        .unwrap();
+    patch(&img, 120 << 20, &noise(8192, 43));
     let out = t.ok(&["backup", "--json", "d"]);
     let b: serde_json::Value = serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone();
     assert_eq!(b["point"]["new_chunks"], 1, "{b}");
     // Reprotect refuses a disk that changed after the restore (unless forced).
     sidecar(&t, &["disk", "d", "--in-place"]);
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .write_all_at(b"drift", 5)
-        .unwrap();
+    patch(&img, 5, b"drift");
     let out = sidecar(&t, &["reprotect", "d"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -521,12 +510,7 @@ fn a_vm_restored_in_place_needs_reprotection_and_stop_protection_can_delete_poin
         disk.to_str().unwrap(),
     ]);
     std::fs::write(&config, b"memory: 999999\n").unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&disk)
-        .unwrap()
-        .write_all_at(b"broken", 4096)
-        .unwrap();
+    patch(&disk, 4096, b"broken");
     let out = sidecar(&t, &["vm", "vm", "--in-place"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read(&config).unwrap(), b"memory: 1024\n");
