@@ -21,8 +21,8 @@ use crate::vault::{InitOptions, Vault};
 /// Exit code: some entries could not be captured (the point was still made).
 pub const EXIT_PARTIAL: u8 = 3;
 
-/// coffre keeps recovery points of directories in a deduplicated, compressed vault that you can
-/// browse and restore from.
+/// coffre keeps recovery points of directories, disk images and VMs in a deduplicated,
+/// compressed vault that you can browse (coffre mount) and restore from.
 #[derive(Parser)]
 #[command(name = "coffre", version, propagate_version = true)]
 pub struct Cli {
