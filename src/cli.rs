@@ -119,6 +119,23 @@ impl Cli {
     }
 }
 
+/// One line for an error and its causes, leaving out a cause whose text the line already holds
+/// (library errors often name their source in their own message).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Entry point of the `coffre` binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -135,7 +152,7 @@ pub fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -320,11 +320,30 @@ pub fn umount(mountpoint: &Path) -> Result<(), MountError> {
     };
     let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
         .map_err(|_| err(std::io::Error::from_raw_os_error(libc::EINVAL)))?;
-    // SAFETY: valid C string.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
+    // A request in flight (or a process passing through) makes the kernel answer EBUSY for a
+    // moment: retry for a second before reporting it.
+    let mut tries = 0;
+    let e = loop {
+        // SAFETY: valid C string.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) || tries == 20 {
+            break e;
+        }
+        tries += 1;
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if e.raw_os_error() == Some(libc::EBUSY) {
+        return Err(MountError::Unmount {
+            path: mountpoint.to_path_buf(),
+            source: std::io::Error::other(
+                "busy: a process still uses it (its working directory or an open file); \
+                 close it, or detach with umount -l",
+            ),
+        });
     }
-    let e = std::io::Error::last_os_error();
     if e.raw_os_error() == Some(libc::EPERM) {
         // Not root: the setuid helper can unmount a FUSE mount we own.
         let st = std::process::Command::new("fusermount3")

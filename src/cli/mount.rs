@@ -66,7 +66,7 @@ pub fn run(cli: &Cli, args: &MountArgs) -> Result<ExitCode> {
             match result {
                 Ok(()) => std::process::exit(0),
                 Err(e) => {
-                    let _ = writeln!(wr, "{e:#}");
+                    let _ = writeln!(wr, "{}", super::error_line(&e));
                     std::process::exit(1)
                 }
             }

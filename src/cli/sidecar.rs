@@ -96,7 +96,7 @@ pub fn main() -> ExitCode {
     match run(&cli) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", super::error_line(&e));
             ExitCode::FAILURE
         }
     }
@@ -115,15 +115,12 @@ fn resolve(vault: &Vault, spec: &str, kind: ItemKind) -> Result<(Item, PointRow)
     let (name, point) = spec.split_once('@').unwrap_or((spec, "latest"));
     let item = vault.item(name)?;
     if item.kind != kind {
-        bail!(
-            "item {name:?} is a {} item; use `coffre-restore {}` or `coffre restore` for files",
-            item.kind.as_str(),
-            if item.kind == ItemKind::Vm {
-                "vm"
-            } else {
-                "disk"
-            }
-        );
+        let hint = match item.kind {
+            ItemKind::Files => "restore its files with `coffre restore` or from `coffre mount`",
+            ItemKind::Disk => "use `coffre-restore disk`",
+            ItemKind::Vm => "use `coffre-restore vm`",
+        };
+        bail!("item {name:?} is a {} item; {hint}", item.kind.as_str());
     }
     let point = vault.resolve_point(&item, point)?;
     Ok((item, point))
