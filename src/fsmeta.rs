@@ -240,10 +240,6 @@ pub fn raise_fd_limit() {
     }
 }
 
-pub fn name_bytes(name: &std::ffi::OsStr) -> &[u8] {
-    name.as_bytes()
-}
-
 /// `mkdirat(dir, name, mode)`.
 pub fn mkdir_at(dir: BorrowedFd, name: &[u8], mode: u32) -> io::Result<()> {
     let c = cstr(name)?;

@@ -331,24 +331,6 @@ impl Vault {
         Ok(())
     }
 
-    /// Reads a chunk through the shared cache, verified against its id.
-    pub fn read_chunk(&self, id: &ChunkId) -> VaultResult<Vec<u8>> {
-        let loc = self.catalog.chunk(id)?.ok_or(VaultError::Missing {
-            what: "chunk",
-            id: *id,
-        })?;
-        self.reader.read(id, &loc, &|p| self.pack_name(p))
-    }
-
-    pub fn pack_name(&self, id: i64) -> VaultResult<String> {
-        self.catalog
-            .pack_name(id)?
-            .ok_or_else(|| VaultError::Damaged {
-                path: self.root.join("vault.db"),
-                detail: format!("chunk names unknown pack {id}"),
-            })
-    }
-
     /// Finds an item by name.
     pub fn item(&self, name: &str) -> VaultResult<Item> {
         self.catalog

@@ -154,12 +154,7 @@ fn a_second_writer_waits_or_fails_with_no_wait() {
     assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
 
     let out = t.run(&["backup", "--no-wait", "c"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("locked by another writer"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, "locked by another writer");
 
     let mut waiting = t
         .cmd()
@@ -223,8 +218,7 @@ fn a_damaged_pack_gives_a_clear_error_and_other_files_still_restore() {
     // A truncated pack too.
     std::fs::write(big, &data[..1000]).unwrap();
     let out = t.run(&["restore", "c", "--to", t.path("dst2").to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("damaged"), "{}", stderr(&out));
+    assert_fails(&out, "damaged");
 }
 
 #[test]
@@ -267,8 +261,7 @@ fn damaged_foreign_or_newer_catalogs_are_refused_unchanged() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     let out = t.run(&["points"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("newer coffre"), "{}", stderr(&out));
+    assert_fails(&out, "newer coffre");
 
     // A directory that holds something else.
     let other = t.path("other");
@@ -278,12 +271,7 @@ fn damaged_foreign_or_newer_catalogs_are_refused_unchanged() {
         .env("COFFRE_VAULT", &other)
         .args(["points"])
         .output_within();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("not a coffre vault"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, "not a coffre vault");
     let out = t
         .cmd()
         .env("COFFRE_VAULT", &other)

@@ -139,20 +139,14 @@ fn several_images_make_one_point_and_name_clashes_are_refused() {
         a.to_str().unwrap(),
         t.path("x/a").to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("both be called"), "{}", stderr(&out));
+    assert_fails(&out, "both be called");
     let out = t.run(&[
         "backup-disk",
         "--item",
         "dir",
         t.path("x").to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("not a regular file or block device"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, "not a regular file or block device");
 }
 
 #[test]
@@ -332,12 +326,7 @@ fn the_full_reprotection_cycle() {
     assert_eq!(state(&t, "d"), "needs-reprotect");
     // Restoring files changes nothing about protection; backups are refused meanwhile.
     let out = t.run(&["backup", "d"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("coffre-restore reprotect d"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, "coffre-restore reprotect d");
     assert_eq!(t.points("d").len(), 1);
     // Re-protect: checks the disk matches the restored point.
     let out = sidecar(&t, &["reprotect", "d"]);
@@ -352,12 +341,7 @@ fn the_full_reprotection_cycle() {
     sidecar(&t, &["disk", "d", "--in-place"]);
     patch(&img, 5, b"drift");
     let out = sidecar(&t, &["reprotect", "d"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no longer matches"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, "no longer matches");
     assert!(sidecar(&t, &["reprotect", "d", "--force"]).status.success());
     // stop/resume protection.
     t.ok(&["stop-protection", "d"]);
@@ -395,8 +379,7 @@ fn disk_restore_refuses_existing_and_mounted_targets_and_dry_run_writes_nothing(
         a.blocks()
     );
     let out = sidecar(&t, &["disk", "d", "--to", to.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+    assert_fails(&out, "--force");
     assert!(
         sidecar(&t, &["disk", "d", "--to", to.to_str().unwrap(), "--force"])
             .status
@@ -439,12 +422,7 @@ fn disk_restore_refuses_existing_and_mounted_targets_and_dry_run_writes_nothing(
         let _ = std::process::Command::new("umount")
             .arg(&mnt)
             .output_within();
-        assert_eq!(out.status.code(), Some(1));
-        assert!(
-            stderr(&out).contains("mounted or in use"),
-            "{}",
-            stderr(&out)
-        );
+        assert_fails(&out, "mounted or in use");
     }
 }
 

@@ -118,12 +118,7 @@ fn restoring_chosen_paths_and_older_points() {
         "--to",
         dst.to_str().unwrap(),
     ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("not in this recovery point"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails(&out, "not in this recovery point");
 }
 
 #[test]

@@ -761,9 +761,7 @@ pub fn backup_files(
             duration_ms: started.elapsed().as_millis() as u64,
             consistency: None,
         };
-        catalog.insert_point(item.id, &point)?;
-        crate::testing::crash_point("before-commit");
-        catalog.commit()?;
+        sink::commit_point(catalog, item.id, &point)?;
         Ok(point)
     });
     progress.finish();

@@ -225,6 +225,18 @@ fn seal(
         .map_err(|_| BackupError::Aborted("catalog thread stopped".into()))
 }
 
+/// Inserts the point row and commits the backup's transaction: the point exists from here on.
+/// The caller has registered every pack (each fsync'd by the pack writer) in the same transaction.
+pub fn commit_point(
+    catalog: &Catalog,
+    item: i64,
+    point: &crate::vault::PointRow,
+) -> VaultResult<()> {
+    catalog.insert_point(item, point)?;
+    crate::testing::crash_point("before-commit");
+    catalog.commit()
+}
+
 /// A fresh point id (8 hex digits) not used in this vault yet.
 pub fn new_point_id(catalog: &Catalog) -> VaultResult<String> {
     loop {

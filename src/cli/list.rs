@@ -103,6 +103,5 @@ pub fn stats(vault: &Vault, json: bool) -> Result<ExitCode> {
         "dedup        {dedup:.2}x   compression {compression:.2}x   total {:.2}x",
         ratio(t.logical_bytes, t.pack_bytes + catalog_bytes)
     );
-    let _ = human_time;
     Ok(ExitCode::SUCCESS)
 }

@@ -758,16 +758,7 @@ impl View {
                 *loc.get_or_init(|| l)
             }
         };
-        self.vault
-            .chunk_reader()
-            .record(id, &loc, &|p| {
-                self.with_catalog(|c| {
-                    c.pack_name(p)?.ok_or(VaultError::Missing {
-                        what: "pack",
-                        id: *id,
-                    })
-                })
-            })
+        self.with_catalog(|c| self.vault.chunk_reader().record(id, &loc, c))
             .map_err(eio)
     }
 

@@ -226,12 +226,7 @@ impl ExtentWriter<'_> {
                         .catalog
                         .chunk(&id)?
                         .ok_or(VaultError::Missing { what: "chunk", id })?;
-                    let catalog = self.catalog;
-                    let (rec, range) = self.reader.record(&id, &loc, &|p| {
-                        catalog
-                            .pack_name(p)?
-                            .ok_or(VaultError::Missing { what: "pack", id })
-                    })?;
+                    let (rec, range) = self.reader.record(&id, &loc, self.catalog)?;
                     let data = &rec.bytes()[range];
                     self.file.write_all_at(data, pos).map_err(WriteError::Io)?;
                     self.written += data.len() as u64;

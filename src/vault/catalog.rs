@@ -306,15 +306,6 @@ impl Catalog {
             .optional()?)
     }
 
-    pub fn set_meta(&self, key: &str, value: &str) -> VaultResult<()> {
-        self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES (?1, ?2)
-             ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-            params![key, value],
-        )?;
-        Ok(())
-    }
-
     /// Starts a write transaction (the caller holds the vault's writer lock).
     pub fn begin(&self) -> VaultResult<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;

@@ -13,7 +13,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use super::catalog::ChunkLoc;
+use super::catalog::{Catalog, ChunkLoc};
 use super::format::ChunkId;
 use super::packs::{self, Codec};
 use super::{VaultError, VaultResult};
@@ -110,11 +110,16 @@ impl ChunkReader {
         }
     }
 
-    fn file(&self, pack: i64, name: &dyn Fn(i64) -> VaultResult<String>) -> VaultResult<Arc<File>> {
+    fn file(&self, pack: i64, catalog: &Catalog) -> VaultResult<Arc<File>> {
         if let Some(f) = self.files.lock().expect("pack files lock").get(&pack) {
             return Ok(f.clone());
         }
-        let name = name(pack)?;
+        let name = catalog
+            .pack_name(pack)?
+            .ok_or_else(|| VaultError::Damaged {
+                path: self.packs_dir.with_file_name("vault.db"),
+                detail: format!("a chunk names unknown pack {pack}"),
+            })?;
         let path = self.packs_dir.join(format!("{name}.pack"));
         let io = |e| VaultError::Io {
             path: path.clone(),
@@ -136,16 +141,15 @@ impl ChunkReader {
     }
 
     /// Returns the decompressed record that holds chunk `id` at `loc`, and the chunk's range in
-    /// it, checked against `id`. `name` maps a pack id to its file name (a catalog lookup, done
-    /// only on first use of a pack).
+    /// it, checked against `id`. `catalog` names the pack (looked up on first use of a pack).
     pub fn record(
         &self,
         id: &ChunkId,
         loc: &ChunkLoc,
-        name: &dyn Fn(i64) -> VaultResult<String>,
+        catalog: &Catalog,
     ) -> VaultResult<(Arc<Record>, std::ops::Range<usize>)> {
         let range = loc.offset as usize..loc.offset as usize + loc.len as usize;
-        let rec = self.load(id, loc, name)?;
+        let rec = self.load(id, loc, catalog)?;
         let mut verified = rec.verified.lock().expect("verified lock");
         if !verified.contains(&loc.offset) {
             let data = rec.data.get(range.clone()).unwrap_or_default();
@@ -161,18 +165,13 @@ impl ChunkReader {
         Ok((rec, range))
     }
 
-    fn load(
-        &self,
-        id: &ChunkId,
-        loc: &ChunkLoc,
-        name: &dyn Fn(i64) -> VaultResult<String>,
-    ) -> VaultResult<Arc<Record>> {
+    fn load(&self, id: &ChunkId, loc: &ChunkLoc, catalog: &Catalog) -> VaultResult<Arc<Record>> {
         let key = (loc.pack, loc.record.offset);
         if let Some(rec) = self.cache.lock().expect("cache lock").get(key) {
             return Ok(rec);
         }
         let bad = |detail: String| VaultError::BadChunk { id: *id, detail };
-        let file = self.file(loc.pack, name)?;
+        let file = self.file(loc.pack, catalog)?;
         let mut stored = vec![0u8; loc.record.stored_len as usize];
         file.read_exact_at(&mut stored, loc.record.offset)
             .map_err(|e| match e.kind() {
@@ -202,16 +201,5 @@ impl ChunkReader {
         });
         self.cache.lock().expect("cache lock").put(key, rec.clone());
         Ok(rec)
-    }
-
-    /// Reads one chunk and checks it against its id.
-    pub fn read(
-        &self,
-        id: &ChunkId,
-        loc: &ChunkLoc,
-        name: &dyn Fn(i64) -> VaultResult<String>,
-    ) -> VaultResult<Vec<u8>> {
-        let (rec, range) = self.record(id, loc, name)?;
-        Ok(rec.bytes()[range].to_vec())
     }
 }

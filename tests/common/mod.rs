@@ -139,6 +139,13 @@ impl OutputWithin for Command {
     }
 }
 
+/// Asserts a command failed with exit code 1 and said `needle` on stderr.
+pub fn assert_fails(out: &Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
+
 /// The stderr of an output as text.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
