@@ -1,23 +1,24 @@
 //! Backups: turning a source into a recovery point.
 //!
 //! `files` captures a directory tree, `disk` raw images and block devices, `vm` a config file
-//! and its disks. The shared
-//! machinery here is the chunk sink: workers compress new chunks into records (small chunks are
-//! grouped so they compress together), one thread appends records to packs and seals them.
-//! Crash story: nothing becomes visible until the single catalog transaction of a backup commits,
-//! and that happens only after every pack it names is fsync'd; a killed backup leaves only pack
-//! files the catalog does not know, which the next writer deletes.
+//! and its disks; `backup_item` runs whichever an item needs. Every backup writes through one
+//! `vault::WriteSession` (dedup, compression, packs, one transaction).
+//! Crash story: nothing becomes visible until the session commits, and that happens only after
+//! every pack it names is durable; a killed backup leaves only packs the catalog does not name,
+//! which the next writer quarantines. An item is created or redefined in the same transaction,
+//! so a failed backup changes no definition.
 
 pub mod disk;
 pub mod files;
-pub mod sink;
 pub mod vm;
+
+pub use files::{BackupReport, RunOptions};
 
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::vault::{Entry, Kind, Timestamp, VaultError};
+use crate::vault::{Entry, ItemSource, ItemState, Kind, Timestamp, Vault, VaultError, WriteLock};
 
 /// Why a backup failed as a whole (per-file problems are `Warning`s instead).
 #[derive(Debug, thiserror::Error)]
@@ -30,18 +31,45 @@ pub enum BackupError {
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write pack {path}: {source} (is the vault's disk full?)")]
-    PackWrite {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("bad --exclude pattern {pattern:?}: {detail}")]
     Exclude { pattern: String, detail: String },
     #[error("backup aborted: {0}")]
     Aborted(String),
     #[error("{phase}-script failed: {detail}")]
     Script { phase: &'static str, detail: String },
+    #[error("{0}")]
+    NotProtected(String),
+}
+
+/// Backs up item `name` as `def` describes it (a new item is registered by its first successful
+/// backup). Items that are stopped or wait for re-protection are refused with what to run.
+pub fn backup_item(
+    vault: &Vault,
+    lock: &WriteLock,
+    name: &str,
+    def: &ItemSource,
+    opts: &RunOptions,
+) -> Result<BackupReport, BackupError> {
+    if let Some(item) = vault.find_item(name)? {
+        match item.state {
+            ItemState::Protected => {}
+            ItemState::NeedsReprotect => {
+                return Err(BackupError::NotProtected(format!(
+                    "item {name:?} was restored in place; run `coffre-restore reprotect {name}` first"
+                )));
+            }
+            ItemState::Stopped => {
+                return Err(BackupError::NotProtected(format!(
+                    "protection of item {name:?} is stopped; `coffre resume-protection {name}` resumes it"
+                )));
+            }
+        }
+    }
+    match def {
+        ItemSource::Files(f) => files::backup_files(vault, lock, name, f, opts),
+        ItemSource::Disk(_) => disk::backup_images(vault, lock, name, def, false, opts),
+        ItemSource::Vm(v) => vm::backup_vm(vault, lock, name, v, opts),
+    }
 }
 
 /// Something that could not be captured exactly; the backup goes on and exits with code 3.

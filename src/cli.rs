@@ -182,15 +182,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Mount(args) => mount::run(cli, args),
         Command::StopProtection { name, delete_data } => {
             let vault = cli.open_vault()?;
-            let _lock = vault.lock(true)?;
-            let item = vault.item(name)?;
-            vault
-                .catalog()
-                .set_item_state(item.id, crate::vault::STOPPED)?;
+            let lock = vault.lock(true)?;
+            let n = crate::protection::stop(&vault, &lock, name, *delete_data)?;
             if *delete_data {
-                let n = vault
-                    .catalog()
-                    .delete_points_of(item.id, crate::vault::now_ns())?;
                 println!("protection of {name:?} stopped; {n} points deleted (soft)");
             } else {
                 println!("protection of {name:?} stopped; its points are kept");
@@ -199,16 +193,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         }
         Command::ResumeProtection { name } => {
             let vault = cli.open_vault()?;
-            let _lock = vault.lock(true)?;
-            let item = vault.item(name)?;
-            if item.state == crate::vault::NEEDS_REPROTECT {
-                anyhow::bail!(
-                    "item {name:?} was restored in place: run `coffre-restore reprotect {name}`"
-                );
-            }
-            vault
-                .catalog()
-                .set_item_state(item.id, crate::vault::PROTECTED)?;
+            let lock = vault.lock(true)?;
+            crate::protection::resume(&vault, &lock, name)?;
             println!("protection of {name:?} resumed");
             Ok(ExitCode::SUCCESS)
         }

@@ -29,6 +29,7 @@ pub mod cli;
 pub mod fsmeta;
 pub mod mount;
 pub mod progress;
+pub mod protection;
 pub mod restore;
 pub mod testing;
 pub mod vault;

@@ -127,7 +127,9 @@ pub fn mount(
     // malloc arena per thread that memory stays mapped. Two arenas keep RSS close to live data.
     // SAFETY: mallopt only tunes the allocator; called before any request thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
-    let view = Arc::new(View::new(vault.shared())?);
+    // While mounted, a garbage collection must not delete a pack this mount may still read.
+    let _lease = vault.lease()?;
+    let view = Arc::new(View::new(vault.reader())?);
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
     } else {

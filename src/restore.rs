@@ -2,7 +2,7 @@
 //!
 //! `files` writes a point's tree (or chosen paths of it) into a directory; `image` writes whole
 //! disk images and VMs for the sidecar. A restore only reads the vault; the one exception is an
-//! in-place VM or disk restore, whose caller marks the item `needs-reprotect`.
+//! in-place VM or disk restore, which marks the item `needs-reprotect` before it writes.
 
 pub mod files;
 pub mod image;
@@ -24,4 +24,6 @@ pub enum RestoreError {
     },
     #[error("{0:?} is not in this recovery point")]
     NoSuchPath(String),
+    #[error("{0}")]
+    Plan(String),
 }

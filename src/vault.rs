@@ -1,32 +1,43 @@
 //! The vault: the only door to `vault.db` and `packs/`.
 //!
-//! Layout of a vault directory: `vault.db` (+ `-wal`, `-shm`), `packs/<name>.pack`, `lock`.
-//! `Vault` opens and checks a vault (refusing foreign, newer or damaged ones before changing
-//! anything), hands out catalog connections and reads chunks. Writers take `WriteLock` (an
-//! advisory `flock` on `lock`); taking it also runs recovery: pack files the catalog does not
-//! name are leftovers of a killed writer and are deleted. Readers never take the lock and never
-//! block a writer (SQLite WAL readers see the last committed state).
+//! Layout of a vault directory: `vault.db` (+ `-wal`, `-shm`), `packs/<name>.pack`,
+//! `packs/orphaned/` (quarantined packs), `leases/`, `lock`. `Vault` opens and checks a vault
+//! (refusing foreign, newer or damaged ones before changing anything) and offers operations, not
+//! parts: `begin_write` (the write session: the only way to add data), `reader()` (the read side:
+//! trees, lists, verified chunks, content readers), item and point operations, `lock` (one
+//! writer) and `lease` (readers a garbage collection must wait for). Taking the writer lock runs
+//! recovery: pack files the catalog does not name are leftovers of a killed writer, or of a
+//! catalog put back from an older copy, and are moved to `packs/orphaned/`, never deleted.
 
-pub mod catalog;
-pub mod chunks;
+mod catalog;
+mod chunks;
+pub mod content;
 pub mod format;
+mod lock;
+pub mod model;
 pub mod packs;
+mod reader;
+pub mod store;
+pub mod write;
 
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use catalog::{Catalog, ChunkLoc, Item, ItemKind, PointRow};
-pub use chunks::ChunkReader;
-pub use format::{ChunkId, Content, Entry, Extent, Hash32, Kind, Timestamp, TreeId};
+pub use catalog::{CatalogTotals, PointRow};
+pub use chunks::ChunkBytes;
+pub use content::{ContentError, ContentReader};
+pub use format::{ChunkId, Content, Entry, Extent, Kind, ListId, Timestamp, TreeId};
+pub use lock::{Lease, WriteLock};
+pub use model::{
+    BadItemName, DiskSource, FilesSource, Item, ItemKind, ItemSource, ItemState, VmSource,
+    check_item_name,
+};
+pub use reader::VaultReader;
+pub use write::{ChunkSink, Committed, NewPoint, SessionOptions, SinkMode, WriteSession};
 
-/// Protection states of an item.
-pub const PROTECTED: &str = "protected";
-/// Data kept, no new backups until `coffre resume-protection`.
-pub const STOPPED: &str = "stopped";
-/// Restored in place: backups wait for `coffre-restore reprotect`.
-pub const NEEDS_REPROTECT: &str = "needs-reprotect";
+use catalog::{Catalog, CatalogPool};
+use store::{LocalStore, PackStore};
 
 /// Errors of the storage layer, each carrying what the user needs to act.
 #[derive(Debug, thiserror::Error)]
@@ -57,10 +68,18 @@ pub enum VaultError {
     Sql(#[from] rusqlite::Error),
     #[error("catalog: {0}")]
     Format(#[from] format::FormatError),
-    #[error("{what} {id} is missing from the catalog; run `coffre verify`")]
-    Missing { what: &'static str, id: Hash32 },
-    #[error("chunk {id} is damaged: {detail}; run `coffre verify`")]
+    #[error("{what} {id} is missing from the catalog")]
+    Missing { what: &'static str, id: String },
+    #[error("chunk {id} is damaged: {detail}")]
     BadChunk { id: ChunkId, detail: String },
+    #[error("item {name:?} already exists as a {kind} item")]
+    ItemKind { name: String, kind: &'static str },
+    #[error("cannot start threads: {0} (lower --threads)")]
+    Threads(String),
+    #[error("{0}")]
+    WriteFailed(String),
+    #[error(transparent)]
+    BadName(#[from] BadItemName),
     #[error("vault {0} is locked by another writer; wait for it or drop --no-wait")]
     Locked(PathBuf),
     #[error("no item named {0:?} (see `coffre items`)")]
@@ -117,35 +136,18 @@ pub fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What worker threads need of a vault: `Send + Sync`, cheap to clone.
-#[derive(Clone)]
-pub struct VaultRef {
-    root: PathBuf,
-    reader: Arc<ChunkReader>,
-    zstd_level: i32,
-}
-
-impl VaultRef {
-    /// A new catalog connection for the calling thread.
-    pub fn connect(&self) -> VaultResult<Catalog> {
-        Catalog::open(&self.root.join("vault.db"))
-    }
-    pub fn chunk_reader(&self) -> &ChunkReader {
-        &self.reader
-    }
-    pub fn zstd_level(&self) -> i32 {
-        self.zstd_level
-    }
-}
-
 /// An open vault.
 pub struct Vault {
     root: PathBuf,
     catalog: Catalog,
-    reader: Arc<ChunkReader>,
+    store: Arc<dyn PackStore>,
+    reader: Arc<VaultReader>,
     zstd_level: i32,
     id: String,
 }
+
+/// Decompressed records a process keeps in memory, by default.
+pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
 
 impl Vault {
     /// The directory used when neither `--vault` nor `$COFFRE_VAULT` is given.
@@ -224,13 +226,19 @@ impl Vault {
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_ZSTD_LEVEL);
         let id = catalog.meta("vault_id")?.unwrap_or_default();
+        let store: Arc<dyn PackStore> = Arc::new(LocalStore::new(path.join("packs")));
+        let pool = Arc::new(CatalogPool::new(db, None));
+        let reader = Arc::new(VaultReader::new(
+            path.to_path_buf(),
+            pool,
+            store.clone(),
+            DEFAULT_CACHE_BYTES,
+        ));
         Ok(Vault {
             root: path.to_path_buf(),
             catalog,
-            reader: Arc::new(ChunkReader::new(
-                path.join("packs"),
-                chunks::DEFAULT_CACHE_BYTES,
-            )),
+            store,
+            reader,
             zstd_level,
             id,
         })
@@ -244,89 +252,68 @@ impl Vault {
         &self.id
     }
 
-    pub fn packs_dir(&self) -> PathBuf {
-        self.root.join("packs")
-    }
-
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
-    }
-
     pub fn zstd_level(&self) -> i32 {
         self.zstd_level
     }
 
-    /// A new catalog connection for another thread (readers and workers).
-    pub fn connect(&self) -> VaultResult<Catalog> {
-        Catalog::open(&self.root.join("vault.db"))
+    fn db_path(&self) -> PathBuf {
+        self.root.join("vault.db")
     }
 
-    pub fn chunk_reader(&self) -> Arc<ChunkReader> {
+    pub(crate) fn store(&self) -> Arc<dyn PackStore> {
+        self.store.clone()
+    }
+
+    /// The read side, shareable by any number of threads.
+    pub fn reader(&self) -> Arc<VaultReader> {
         self.reader.clone()
-    }
-
-    /// The thread-shareable part of this vault.
-    pub fn shared(&self) -> VaultRef {
-        VaultRef {
-            root: self.root.clone(),
-            reader: self.reader.clone(),
-            zstd_level: self.zstd_level,
-        }
     }
 
     /// Takes the writer lock (waiting for it unless `wait` is false) and recovers from a killed
     /// writer.
     pub fn lock(&self, wait: bool) -> VaultResult<WriteLock> {
-        let path = self.root.join("lock");
-        let f = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let op = if wait {
-            libc::LOCK_EX
-        } else {
-            libc::LOCK_EX | libc::LOCK_NB
-        };
-        loop {
-            // SAFETY: flock on an fd we own; no memory is passed.
-            let r = unsafe { libc::flock(f.as_raw_fd(), op) };
-            if r == 0 {
-                break;
-            }
-            let e = std::io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                Some(libc::EWOULDBLOCK) => return Err(VaultError::Locked(self.root.clone())),
-                _ => return Err(io_err(&path)(e)),
-            }
-        }
-        let lock = WriteLock { _file: f };
+        let lock = lock::write_lock(&self.root, wait)?;
         self.recover()?;
         Ok(lock)
     }
 
-    /// Deletes pack files the catalog does not name: leftovers of a writer killed before its
-    /// commit. Runs only under the writer lock, so no live writer can own them.
+    /// A reader's lease (see `lock`): hold it while reading points, so a garbage collection
+    /// never deletes a pack this process may still ask for.
+    pub fn lease(&self) -> VaultResult<Lease> {
+        Lease::take(&self.root, || self.epoch())
+    }
+
+    /// The oldest epoch a live reader started at, if any reader is live.
+    pub fn oldest_lease(&self) -> VaultResult<Option<u64>> {
+        lock::oldest_lease(&self.root)
+    }
+
+    /// The vault's epoch: raised by every commit that stops naming packs.
+    pub fn epoch(&self) -> VaultResult<u64> {
+        Ok(self
+            .catalog
+            .meta("epoch")?
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Quarantines pack files the catalog does not name (leftovers of a killed writer, or of a
+    /// catalog put back from an older copy) into `packs/orphaned/`. Runs only under the writer
+    /// lock, so no live writer can own them; never deletes: the records are self-describing,
+    /// and the chunk table can be rebuilt from them.
     fn recover(&self) -> VaultResult<()> {
         let known: std::collections::HashSet<String> =
             self.catalog.pack_names()?.into_iter().collect();
-        let dir = self.packs_dir();
-        let mut removed = 0;
-        for ent in fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let ent = ent.map_err(io_err(&dir))?;
-            let name = ent.file_name();
-            let name = name.to_string_lossy();
-            let stem = name.strip_suffix(".pack").unwrap_or(&name);
-            if !known.contains(stem) {
-                log::info!("recovery: removing unreferenced pack file {name}");
-                fs::remove_file(ent.path()).map_err(io_err(&ent.path()))?;
-                removed += 1;
-            }
-        }
-        if removed > 0 {
-            sync_dir(&dir)?;
+        let dir = self.root.join("packs");
+        let listed = self.store.list().map_err(io_err(&dir))?;
+        for p in listed.into_iter().filter(|p| !known.contains(&p.name)) {
+            log::warn!(
+                "pack {} is not named by the catalog; moved to {}/{}",
+                p.name,
+                dir.display(),
+                store::ORPHANED_DIR
+            );
+            self.store.quarantine(&p.name).map_err(io_err(&dir))?;
         }
         Ok(())
     }
@@ -336,6 +323,68 @@ impl Vault {
         self.catalog
             .item(name)?
             .ok_or_else(|| VaultError::ItemNotFound(name.to_string()))
+    }
+
+    /// Finds an item by name, if it exists.
+    pub fn find_item(&self, name: &str) -> VaultResult<Option<Item>> {
+        self.catalog.item(name)
+    }
+
+    pub fn items(&self) -> VaultResult<Vec<Item>> {
+        self.catalog.items()
+    }
+
+    /// Live points, oldest first; of one item if given.
+    pub fn points(&self, item: Option<&Item>) -> VaultResult<Vec<PointRow>> {
+        self.catalog.points(item.map(|i| i.id))
+    }
+
+    pub fn totals(&self) -> VaultResult<CatalogTotals> {
+        self.catalog.totals()
+    }
+
+    /// Changes an item under the writer lock, in one transaction: `change` edits a copy of the
+    /// item as stored now (name and kind stay).
+    pub fn update_item(
+        &self,
+        _lock: &WriteLock,
+        name: &str,
+        change: impl FnOnce(&mut Item) -> VaultResult<()>,
+    ) -> VaultResult<Item> {
+        self.catalog.begin()?;
+        let r = (|| {
+            let mut item = self.item(name)?;
+            change(&mut item)?;
+            self.catalog.update_item(&item)?;
+            Ok(item)
+        })();
+        match r {
+            Ok(item) => {
+                self.catalog.commit()?;
+                Ok(item)
+            }
+            Err(e) => {
+                self.catalog.rollback();
+                Err(e)
+            }
+        }
+    }
+
+    /// Registers a new item with no point yet (a VM restored to a new place, protected anew).
+    pub fn create_item(
+        &self,
+        _lock: &WriteLock,
+        name: &str,
+        source: &ItemSource,
+    ) -> VaultResult<Item> {
+        check_item_name(name)?;
+        self.catalog
+            .create_item(name, source.kind(), &source.to_json(), now_ns())
+    }
+
+    /// Soft-deletes every live point of an item (their data stays until garbage collection).
+    pub fn delete_points_of(&self, _lock: &WriteLock, item: &Item) -> VaultResult<usize> {
+        self.catalog.delete_points_of(item.id, now_ns())
     }
 
     /// Resolves `POINT` of an item: `latest` (or empty), a point id (or unique prefix), or a
@@ -358,16 +407,9 @@ impl Vault {
     }
 }
 
-/// Held while writing; dropping it releases the lock (so does the process dying).
-pub struct WriteLock {
-    _file: File,
-}
-
 /// fsyncs a directory so renames and new files in it survive a crash.
 pub fn sync_dir(path: &Path) -> VaultResult<()> {
-    File::open(path)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(path))
+    store::sync_dir(path).map_err(io_err(path))
 }
 
 /// The UTC name of a point directory in the mount: `2026-11-23T140005Z`.

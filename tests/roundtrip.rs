@@ -147,7 +147,7 @@ fn restore_never_follows_a_symlink_inside_the_target() {
 
 #[test]
 fn a_tampered_catalog_cannot_steer_a_restore_out_of_its_target() {
-    use coffre::vault::format::{Entry, Hash32, Kind, encode_root, encode_tree};
+    use coffre::vault::format::{Entry, Kind, TreeId, encode_root, encode_tree};
     let t = TestVault::new();
     let src = t.path("src");
     write(&src.join("a"), b"a");
@@ -166,7 +166,7 @@ fn a_tampered_catalog_cannot_steer_a_restore_out_of_its_target() {
             ..Default::default()
         };
         let tree = encode_tree(&[evil]);
-        let id = Hash32::of(&tree);
+        let id = TreeId::of(&tree);
         conn.execute(
             "INSERT OR IGNORE INTO trees(id, data) VALUES (?1, ?2)",
             rusqlite::params![&id.0[..], zstd::bulk::compress(&tree, 3).unwrap()],

@@ -1,48 +1,49 @@
 //! Backup of a directory tree (`files` items).
 //!
-//! Three kinds of threads: the walker (readdir, lstat, xattrs, the files cache), N workers
-//! (read, chunk, hash, dedup, compress) and the pack writer; the calling thread builds trees and
-//! owns the catalog transaction. The walker emits events in depth-first order and the builder
+//! Stages: the walker (readdir, lstat, xattrs, the files cache), N workers (read, chunk, hash,
+//! hand chunks to the write session's sinks, which dedup, compress and pack them), and the
+//! calling thread, which builds trees into the session and commits the point. The walker emits events in depth-first order and the builder
 //! consumes them in that order, waiting for a worker's result where an entry needs one; bounded
 //! channels keep memory flat whatever the tree size.
 //! Files cache: a file whose size, mtime, ctime and inode equal the previous point's entry is not
-//! read; its content reference is reused. Unreadable entries become warnings and are left out.
-//! Crash story: see `backup` — one transaction, committed after every pack is fsync'd.
+//! read; its content reference is reused — unless the entry is *racy*: its mtime or ctime is not
+//! older than the start of the backup that recorded it minus `RACY_WINDOW` (a file rewritten in
+//! the same timestamp tick as that backup looks unchanged; git has the same rule for its index).
+//! Unreadable entries become warnings and are left out.
+//! Crash story: see `vault::write` — one transaction, committed after every pack is durable.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
-use super::sink::{self, Dedup, Grouper, SealedPack};
 use super::{Abort, BackupError, Warning, data_regions, entry_from_stat, ts};
 use crate::chunking;
 use crate::fsmeta;
 use crate::progress::Progress;
-use crate::vault::catalog::Catalog;
-use crate::vault::format::{self, encode_list, encode_tree};
 use crate::vault::{
-    Content, Entry, Extent, Hash32, Item, Kind, PointRow, Timestamp, TreeId, Vault, VaultRef,
-    WriteLock, now_ns,
+    ChunkId, ChunkSink, Content, Entry, Extent, FilesSource, ItemSource, Kind, NewPoint, PointRow,
+    SessionOptions, SinkMode, Timestamp, TreeId, Vault, VaultReader, WriteLock, WriteSession,
 };
 
-/// How to run a files backup.
+/// How close to the start of the previous backup a file may have changed and still be trusted
+/// unread: 2 s covers the coarsest timestamps in use (FAT's 2 s mtime, ext4 with 128-byte
+/// inodes and network file systems' 1 s).
+const RACY_WINDOW_NS: i64 = 2_000_000_000;
+
+/// How to run a backup (files, disks or VMs).
 #[derive(Clone, Debug, Default)]
-pub struct FilesOptions {
-    /// Glob patterns; a pattern with `/` matches the path relative to the source, one without
-    /// matches any entry's name.
-    pub excludes: Vec<String>,
-    /// Do not descend into directories on another file system (the mount point itself is kept).
-    pub one_file_system: bool,
+pub struct RunOptions {
     /// Worker threads (0 = one per core).
     pub threads: usize,
     /// Show a progress line on a terminal.
     pub progress: bool,
+    /// Record the point as taken at this time (ns since the epoch) instead of now.
+    pub time: Option<i64>,
 }
 
 /// What a finished backup produced.
@@ -74,7 +75,8 @@ struct Job {
 
 struct FileData {
     content: Content,
-    list: Option<(Hash32, Vec<u8>)>,
+    /// The content list to store, when the file has more than one extent.
+    list: Option<Vec<Extent>>,
     size: u64,
     changed: Option<Warning>,
 }
@@ -147,7 +149,9 @@ impl Excludes {
 }
 
 struct Walker<'a> {
-    catalog: Catalog,
+    reader: &'a VaultReader,
+    /// Cache entries changed at or after this time (ns) are not trusted (see the module header).
+    racy_after: i64,
     excludes: Excludes,
     one_fs: bool,
     root_dev: u64,
@@ -179,7 +183,7 @@ impl Walker<'_> {
 
     fn prev_tree(&self, id: Option<TreeId>) -> Vec<Entry> {
         let Some(id) = id else { return Vec::new() };
-        match self.catalog.tree(&id) {
+        match self.reader.tree(&id) {
             Ok(t) => t,
             Err(e) => {
                 // The files cache is an optimisation: a damaged previous tree only costs re-reading.
@@ -187,6 +191,12 @@ impl Walker<'_> {
                 Vec::new()
             }
         }
+    }
+
+    /// A cache entry that may hide a change made in the same timestamp tick as its backup.
+    fn racy(&self, p: &Entry) -> bool {
+        let ns = |t: Timestamp| t.sec.saturating_mul(1_000_000_000) + t.nsec as i64;
+        ns(p.mtime) >= self.racy_after || ns(p.ctime) >= self.racy_after
     }
 
     fn walk_dir(
@@ -240,6 +250,7 @@ impl Walker<'_> {
                             && p.mtime == entry.mtime
                             && p.ctime == entry.ctime
                             && p.ino == entry.ino
+                            && !self.racy(p)
                     }) {
                         entry.content = p.content;
                         self.emit(Event::Entry(entry, None))?;
@@ -319,7 +330,6 @@ impl std::io::Read for RangeReader<'_> {
 }
 
 struct WorkerCtx<'a> {
-    dedup: &'a Dedup,
     abort: &'a Abort,
     progress: &'a Progress,
 }
@@ -327,8 +337,7 @@ struct WorkerCtx<'a> {
 /// Reads one file into chunks. Outer error: fatal for the backup; inner: a warning for this file.
 fn read_file(
     ctx: &WorkerCtx,
-    catalog: &Catalog,
-    grouper: &mut Grouper,
+    sink: &mut ChunkSink,
     chunker: &mut chunking::Chunker,
     job: &Job,
 ) -> Result<Result<FileData, Warning>, BackupError> {
@@ -379,20 +388,9 @@ fn read_file(
             if ctx.abort.is_set() {
                 return Err(std::io::Error::other("backup aborted"));
             }
-            let id = Hash32::of(chunk);
-            let stored = ctx
-                .dedup
-                .claim(catalog, &id, chunk.len())
-                .map_err(BackupError::from)
-                .and_then(|fresh| {
-                    if fresh {
-                        grouper.add(id, chunk)
-                    } else {
-                        Ok(())
-                    }
-                });
-            if let Err(e) = stored {
-                fatal = Some(e);
+            let id = ChunkId::of(chunk);
+            if let Err(e) = sink.put(id, chunk) {
+                fatal = Some(e.into());
                 return Err(std::io::Error::other("backup aborted"));
             }
             ctx.progress.add(0, chunk.len() as u64);
@@ -436,11 +434,7 @@ fn read_file(
     let (content, list) = match extents.as_slice() {
         [] => (Content::None, None),
         [Extent::Data { id, .. }] => (Content::Chunk(*id), None),
-        _ => {
-            let enc = encode_list(&extents);
-            let id = Hash32::of(&enc);
-            (Content::List(id), Some((id, enc)))
-        }
+        _ => (Content::None, Some(extents)), // the builder stores the list and names it
     };
     Ok(Ok(FileData {
         content,
@@ -452,26 +446,16 @@ fn read_file(
 
 fn run_worker(
     ctx: &WorkerCtx,
-    vault: &VaultRef,
+    mut sink: ChunkSink,
     jobs: Receiver<Job>,
     results: Sender<FileDone>,
-    records: Sender<crate::vault::packs::Record>,
 ) {
-    let setup = || -> Result<(Catalog, Grouper), BackupError> {
-        let grouper = Grouper::new(vault.zstd_level(), records)
-            .map_err(|e| BackupError::Aborted(format!("zstd level {}: {e}", vault.zstd_level())))?;
-        Ok((vault.connect()?, grouper))
-    };
-    let (catalog, mut grouper) = match setup() {
-        Ok(x) => x,
-        Err(e) => return ctx.abort.fail(e),
-    };
     let mut chunker = chunking::Chunker::default();
     for job in jobs {
         if ctx.abort.is_set() {
             continue; // drain so the walker is never stuck on a full queue
         }
-        match read_file(ctx, &catalog, &mut grouper, &mut chunker, &job) {
+        match read_file(ctx, &mut sink, &mut chunker, &job) {
             Ok(result) => {
                 ctx.progress.add(1, 0);
                 if results
@@ -490,8 +474,8 @@ fn run_worker(
             }
         }
     }
-    if let Err(e) = grouper.flush() {
-        ctx.abort.fail(e);
+    if let Err(e) = sink.flush() {
+        ctx.abort.fail(e.into());
     }
 }
 
@@ -501,18 +485,14 @@ struct Tally {
     files: u64,
     dirs: u64,
     logical: u64,
-    catalog_bytes: u64,
 }
 
 struct Builder<'a> {
-    catalog: &'a Catalog,
+    session: &'a WriteSession<'a>,
     results: Receiver<FileDone>,
-    sealed: Receiver<SealedPack>,
     pending: HashMap<u64, FileDone>,
     warnings: Vec<Warning>,
     tally: Tally,
-    packs_written: Vec<String>,
-    now: i64,
 }
 
 impl Builder<'_> {
@@ -523,24 +503,6 @@ impl Builder<'_> {
             }
             let d = self.results.recv().ok()?;
             self.pending.insert(d.seq, d);
-        }
-    }
-
-    fn drain_sealed(&mut self, block: bool) -> Result<(), BackupError> {
-        loop {
-            let p = if block {
-                match self.sealed.recv() {
-                    Ok(p) => p,
-                    Err(_) => return Ok(()),
-                }
-            } else {
-                match self.sealed.try_recv() {
-                    Ok(p) => p,
-                    Err(_) => return Ok(()),
-                }
-            };
-            self.packs_written.push(p.name.clone());
-            sink::register_pack(self.catalog, &p, self.now)?;
         }
     }
 
@@ -563,10 +525,10 @@ impl Builder<'_> {
                         };
                         match done.result {
                             Ok(data) => {
-                                if let Some((id, enc)) = &data.list {
-                                    self.tally.catalog_bytes += self.catalog.put_list(id, enc)?;
-                                }
-                                e.content = data.content;
+                                e.content = match &data.list {
+                                    Some(list) => Content::List(self.session.put_list(list)?),
+                                    None => data.content,
+                                };
                                 e.size = data.size;
                                 self.warnings.extend(data.changed);
                             }
@@ -588,10 +550,7 @@ impl Builder<'_> {
                     let Some((mut dir, children)) = frames.pop() else {
                         return Err(BackupError::Aborted("walker sent unbalanced events".into()));
                     };
-                    let enc = encode_tree(&children);
-                    let id = Hash32::of(&enc);
-                    self.tally.catalog_bytes += self.catalog.put_tree(&id, &enc)?;
-                    dir.subtree = Some(id);
+                    dir.subtree = Some(self.session.put_tree(&children)?);
                     self.tally.dirs += 1;
                     match frames.last_mut() {
                         Some(parent) => parent.1.push(dir),
@@ -602,7 +561,6 @@ impl Builder<'_> {
             }
             n += 1;
             if n.is_multiple_of(256) {
-                self.drain_sealed(false)?;
                 progress.tick();
             }
         }
@@ -610,175 +568,202 @@ impl Builder<'_> {
     }
 }
 
-/// Backs up the directory `source` as a new recovery point of `item`.
+/// The opened source directory and what the walk needs to know about it.
+struct Source {
+    path: std::path::PathBuf,
+    fd: OwnedFd,
+    stat: libc::stat,
+    root: Entry,
+    /// The vault's own directory, never backed up into itself.
+    skip: Option<(u64, u64)>,
+}
+
+fn open_source(vault: &Vault, path: &Path) -> Result<Source, BackupError> {
+    let src_err = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| BackupError::Source { path: p, source: e }
+    };
+    let path = std::fs::canonicalize(path).map_err(src_err(path))?;
+    fsmeta::raise_fd_limit();
+    let fd = fsmeta::open_dir(&path).map_err(src_err(&path))?;
+    let stat = fsmeta::fstat(fd.as_fd()).map_err(src_err(&path))?;
+    let mut root = entry_from_stat(Vec::new(), &stat, Kind::Dir);
+    // The root's xattrs through its own fd ("/" has no parent to reach it through).
+    match fsmeta::xattrs_at(fd.as_fd(), b".") {
+        Ok(x) => root.xattrs = x,
+        Err(e) => log::warn!("cannot read extended attributes of {}: {e}", path.display()),
+    }
+    use std::os::unix::fs::MetadataExt;
+    let skip = std::fs::metadata(vault.root())
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    Ok(Source {
+        path,
+        fd,
+        stat,
+        root,
+        skip,
+    })
+}
+
+/// The previous point's tree (for the files cache) and the time after which its entries are
+/// racy.
+fn previous(vault: &Vault, name: &str) -> Result<(Option<TreeId>, i64), BackupError> {
+    let Some(item) = vault.find_item(name)? else {
+        return Ok((None, 0));
+    };
+    let last: Option<PointRow> = vault.points(Some(&item))?.pop();
+    Ok(match last {
+        Some(p) => {
+            let tree = vault.reader().root_entry(&p).ok().and_then(|e| e.subtree);
+            (tree, p.started.unwrap_or(p.time) - RACY_WINDOW_NS)
+        }
+        None => (None, 0),
+    })
+}
+
+/// Backs up the directory `def.path` as a new recovery point of item `name`. The item is created,
+/// or its definition updated, only if the backup succeeds.
 pub fn backup_files(
     vault: &Vault,
-    _lock: &WriteLock,
-    item: &Item,
-    source: &Path,
-    opts: &FilesOptions,
+    lock: &WriteLock,
+    name: &str,
+    def: &FilesSource,
+    opts: &RunOptions,
 ) -> Result<BackupReport, BackupError> {
-    let started = Instant::now();
-    let start_ns = now_ns();
-    let src_err = |e| BackupError::Source {
-        path: source.to_path_buf(),
-        source: e,
+    let started = crate::vault::now_ns();
+    let excludes = Excludes::new(&def.excludes)?;
+    let src = open_source(vault, &def.path)?;
+    let (prev_root, racy_after) = previous(vault, name)?;
+    let session = vault.begin_write(
+        lock,
+        &SessionOptions {
+            threads: opts.threads,
+        },
+    )?;
+    let item = session.define_item(name, &ItemSource::Files(def.clone()))?;
+    let walk = WalkSetup {
+        excludes,
+        one_fs: def.one_file_system,
+        prev_root,
+        racy_after,
     };
-    let source = std::fs::canonicalize(source).map_err(src_err)?;
-    let src_err = |e| BackupError::Source {
-        path: source.clone(),
-        source: e,
-    };
-    fsmeta::raise_fd_limit();
-    let root_fd = fsmeta::open_dir(&source).map_err(src_err)?;
-    let root_st = fsmeta::fstat(root_fd.as_fd()).map_err(src_err)?;
-    let mut root_entry = entry_from_stat(Vec::new(), &root_st, Kind::Dir);
-    {
-        // xattrs of the root: reach it through its parent is not possible for "/", so use the fd.
-        let dot = fsmeta::xattrs_at(root_fd.as_fd(), b".");
-        match dot {
-            Ok(x) => root_entry.xattrs = x,
-            Err(e) => log::warn!(
-                "cannot read extended attributes of {}: {e}",
-                source.display()
-            ),
-        }
-    }
-    let vault_st = std::fs::metadata(vault.root()).ok();
-    use std::os::unix::fs::MetadataExt;
-    let skip = vault_st.map(|m| (m.dev(), m.ino()));
+    let progress = Progress::new("backup", opts.progress);
+    let built = run_pipeline(vault, &session, src, walk, opts, &progress);
+    progress.finish();
+    let (root, warnings, tally) = built?;
+    let committed = session.commit(NewPoint {
+        item,
+        time: opts.time.unwrap_or(started),
+        root,
+        files: tally.files,
+        dirs: tally.dirs,
+        logical_bytes: tally.logical,
+        warnings: warnings.len() as u64,
+        consistency: None,
+    })?;
+    Ok(BackupReport {
+        point: committed.point,
+        warnings,
+        catalog_bytes: committed.catalog_bytes,
+    })
+}
 
-    let excludes = Excludes::new(&opts.excludes)?;
-    let catalog = vault.catalog();
-    let prev_root = catalog
-        .points(Some(item.id))?
-        .last()
-        .and_then(|p| format::decode_root(&p.root).ok())
-        .and_then(|e| e.subtree);
+/// What the walker needs besides the source.
+struct WalkSetup {
+    excludes: Excludes,
+    one_fs: bool,
+    prev_root: Option<TreeId>,
+    racy_after: i64,
+}
 
-    let threads = if opts.threads == 0 {
+fn worker_count(threads: usize) -> usize {
+    if threads == 0 {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     } else {
-        opts.threads
-    };
+        threads
+    }
+}
+
+/// Runs walker, workers and builder; returns the root entry, the warnings and the totals.
+fn run_pipeline(
+    vault: &Vault,
+    session: &WriteSession,
+    src: Source,
+    walk: WalkSetup,
+    opts: &RunOptions,
+    progress: &Progress,
+) -> Result<(Entry, Vec<Warning>, Tally), BackupError> {
     let abort = Abort::default();
-    let dedup = Dedup::default();
-    let stored = AtomicU64::new(0);
-    let progress = Progress::new("backup", opts.progress);
     let (ev_tx, ev_rx) = bounded::<Event>(16 * 1024);
     let (job_tx, job_rx) = bounded::<Job>(512);
     let (res_tx, res_rx) = unbounded::<FileDone>();
-    let (rec_tx, rec_rx) = bounded(2 * threads);
-    let (sealed_tx, sealed_rx) = unbounded::<SealedPack>();
-
-    catalog.begin()?;
     let mut builder = Builder {
-        catalog,
+        session,
         results: res_rx,
-        sealed: sealed_rx,
         pending: HashMap::new(),
         warnings: Vec::new(),
         tally: Tally::default(),
-        packs_written: Vec::new(),
-        now: start_ns,
     };
-    let walker_catalog = vault.connect()?;
-    let source_bytes = source.as_os_str().as_encoded_bytes().to_vec();
+    let reader = vault.reader();
     let ctx = WorkerCtx {
-        dedup: &dedup,
         abort: &abort,
-        progress: &progress,
+        progress,
     };
-
-    let shared_vault = vault.shared();
-    let outcome: Result<Option<Entry>, BackupError> = std::thread::scope(|s| {
-        let packs_dir = vault.packs_dir();
-        let (abort_ref, stored_ref) = (&abort, &stored);
-        s.spawn(move || {
-            if let Err(e) = sink::run_pack_writer(&packs_dir, rec_rx, sealed_tx, stored_ref) {
-                abort_ref.fail(e);
+    let root = std::thread::scope(|s| {
+        let sink = session.sink(SinkMode::Group);
+        let mut started = 0;
+        for _ in 0..worker_count(opts.threads) {
+            let (jobs, results, ctx, sink) = (job_rx.clone(), res_tx.clone(), &ctx, sink.clone());
+            let spawned = std::thread::Builder::new()
+                .name("backup-worker".into())
+                .spawn_scoped(s, move || run_worker(ctx, sink, jobs, results));
+            if spawned.is_ok() {
+                started += 1;
             }
-        });
-        for _ in 0..threads {
-            let (jobs, results, records, ctx) =
-                (job_rx.clone(), res_tx.clone(), rec_tx.clone(), &ctx);
-            let v = &shared_vault;
-            s.spawn(move || run_worker(ctx, v, jobs, results, records));
         }
-        drop((job_rx, res_tx, rec_tx));
-        let root_fd = Arc::new(root_fd);
-        let one_fs = opts.one_file_system;
+        drop((job_rx, res_tx, sink));
+        if started == 0 {
+            return Err(BackupError::Aborted("cannot start worker threads".into()));
+        }
+        let mut w = Walker {
+            reader: &reader,
+            racy_after: walk.racy_after,
+            excludes: walk.excludes,
+            one_fs: walk.one_fs,
+            root_dev: src.stat.st_dev,
+            skip: src.skip,
+            source: src.path.as_os_str().as_encoded_bytes().to_vec(),
+            events: ev_tx,
+            jobs: job_tx,
+            seq: 0,
+            abort: &abort,
+        };
+        let (root_fd, root_entry, prev) = (Arc::new(src.fd), src.root, walk.prev_root);
         let walker = std::thread::Builder::new()
             .name("walker".into())
             .stack_size(256 << 20) // one frame per directory level: deep trees need room
             .spawn_scoped(s, move || {
-                let mut w = Walker {
-                    catalog: walker_catalog,
-                    excludes,
-                    one_fs,
-                    root_dev: root_st.st_dev,
-                    skip,
-                    source: source_bytes,
-                    events: ev_tx,
-                    jobs: job_tx,
-                    seq: 0,
-                    abort: abort_ref,
-                };
                 if w.emit(Event::Enter(root_entry)).is_ok()
-                    && w.walk_dir(root_fd, b"", prev_root).is_ok()
+                    && w.walk_dir(root_fd, b"", prev).is_ok()
                 {
                     let _ = w.emit(Event::Leave);
                 }
             })
-            .map_err(|e| BackupError::Aborted(format!("cannot start walker: {e}")));
-        let built = walker.and_then(|_| builder.build(ev_rx, &progress));
+            .map_err(|e| BackupError::Aborted(format!("cannot start the walker: {e}")));
+        let built = walker.and_then(|_| builder.build(ev_rx, progress));
         if built.is_err() {
             abort.flag.store(true, Ordering::SeqCst);
         }
         built
-    });
-    // All threads have ended: every pack is sealed (or the backup failed).
-    let fin = outcome.and_then(|root| {
-        if abort.is_set() {
-            return Err(abort.take("a worker stopped"));
-        }
-        builder.drain_sealed(true)?;
-        let mut root = root.ok_or_else(|| BackupError::Aborted("no root directory".into()))?;
-        root.name = Vec::new();
-        let point = PointRow {
-            rowid: 0,
-            id: sink::new_point_id(catalog)?,
-            item: item.name.clone(),
-            time: start_ns,
-            root: format::encode_root(&root),
-            files: builder.tally.files,
-            dirs: builder.tally.dirs,
-            logical_bytes: builder.tally.logical,
-            new_chunks: dedup.new_chunks.load(Ordering::Relaxed),
-            new_bytes: dedup.new_bytes.load(Ordering::Relaxed),
-            stored_bytes: stored.load(Ordering::Relaxed),
-            warnings: builder.warnings.len() as u64,
-            duration_ms: started.elapsed().as_millis() as u64,
-            consistency: None,
-        };
-        sink::commit_point(catalog, item.id, &point)?;
-        Ok(point)
-    });
-    progress.finish();
-    match fin {
-        Ok(point) => Ok(BackupReport {
-            point,
-            warnings: std::mem::take(&mut builder.warnings),
-            catalog_bytes: builder.tally.catalog_bytes,
-        }),
-        Err(e) => {
-            catalog.rollback();
-            // Sealed packs of this backup are unreferenced now; remove them (recovery would too).
-            while let Ok(p) = builder.sealed.try_recv() {
-                builder.packs_written.push(p.name);
-            }
-            sink::discard_packs(&vault.packs_dir(), &builder.packs_written);
-            Err(e)
-        }
+    })?;
+    if abort.is_set() {
+        return Err(abort.take("a worker stopped"));
     }
+    if let Some(e) = session.failed() {
+        return Err(BackupError::Vault(crate::vault::VaultError::WriteFailed(e)));
+    }
+    let mut root = root.ok_or_else(|| BackupError::Aborted("no root directory".into()))?;
+    root.name = Vec::new();
+    Ok((root, builder.warnings, builder.tally))
 }

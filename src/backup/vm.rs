@@ -7,20 +7,10 @@
 //! read, `crash` otherwise). Scripts run with `sh -c`, with `COFFRE_ITEM` and `COFFRE_PHASE`
 //! (`pre`/`post`) in their environment, and inherit stdout/stderr.
 
-use std::path::{Path, PathBuf};
-
-use super::disk::{Capture, DiskOptions, backup_images};
-use super::files::BackupReport;
+use super::disk::backup_images;
+use super::files::{BackupReport, RunOptions};
 use super::{BackupError, Warning};
-use crate::vault::{Item, Vault, WriteLock};
-
-/// How to run a VM backup.
-#[derive(Clone, Debug, Default)]
-pub struct VmOptions {
-    pub pre_script: Option<String>,
-    pub post_script: Option<String>,
-    pub disk: DiskOptions,
-}
+use crate::vault::{ItemSource, Vault, VmSource, WriteLock};
 
 fn run_script(script: &str, phase: &'static str, item: &str) -> Result<(), BackupError> {
     let status = std::process::Command::new("sh")
@@ -43,42 +33,35 @@ fn run_script(script: &str, phase: &'static str, item: &str) -> Result<(), Backu
     }
 }
 
-/// Backs up a VM's config file and disks as one new recovery point.
+/// Backs up a VM's config file and disks as one new recovery point of item `name`, running its
+/// pre- and post-scripts around the capture.
 pub fn backup_vm(
     vault: &Vault,
     lock: &WriteLock,
-    item: &Item,
-    config: &Path,
-    disks: &[PathBuf],
-    opts: &VmOptions,
+    name: &str,
+    def: &VmSource,
+    opts: &RunOptions,
 ) -> Result<BackupReport, BackupError> {
     let post = || {
-        opts.post_script
+        def.post_script
             .as_deref()
-            .map(|s| run_script(s, "post", &item.name))
+            .map(|s| run_script(s, "post", name))
     };
-    if let Some(pre) = &opts.pre_script
-        && let Err(e) = run_script(pre, "pre", &item.name)
+    if let Some(pre) = &def.pre_script
+        && let Err(e) = run_script(pre, "pre", name)
     {
         if let Some(Err(p)) = post() {
             log::error!("{p}");
         }
         return Err(e);
     }
-    let captured = backup_images(
-        vault,
-        lock,
-        item,
-        disks,
-        Capture::Vm { config },
-        opts.pre_script.is_some(),
-        &opts.disk,
-    );
+    let source = ItemSource::Vm(def.clone());
+    let captured = backup_images(vault, lock, name, &source, def.pre_script.is_some(), opts);
     match (captured, post()) {
         (Ok(mut report), Some(Err(e))) => {
             // The point is made (the guest was quiesced while it was read); say the thaw failed.
             report.warnings.push(Warning {
-                path: item.name.clone(),
+                path: name.to_string(),
                 message: e.to_string(),
             });
             Ok(report)

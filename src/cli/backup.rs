@@ -6,11 +6,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 
 use super::{Cli, EXIT_PARTIAL};
-use crate::backup::disk::{DiskOptions, backup_disks};
-use crate::backup::files::{FilesOptions, backup_files};
-use crate::backup::vm::{VmOptions, backup_vm};
+use crate::backup::{RunOptions, backup_item};
 use crate::progress::human_bytes;
-use crate::vault::{Item, ItemKind, Vault, human_time, now_ns};
+use crate::vault::{DiskSource, FilesSource, ItemSource, VmSource, check_item_name, human_time};
 
 #[derive(clap::Args)]
 pub struct BackupArgs {
@@ -80,70 +78,8 @@ pub struct BackupVmArgs {
     run: RunArgs,
 }
 
-/// The stored definition of a VM item.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct VmSource {
-    config: PathBuf,
-    disks: Vec<PathBuf>,
-    #[serde(default)]
-    pre_script: Option<String>,
-    #[serde(default)]
-    post_script: Option<String>,
-}
-
-/// The stored definition of a disk item.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct DiskSource {
-    images: Vec<PathBuf>,
-}
-
-/// One backup to run.
-enum Job {
-    Files(FilesSource),
-    Disk(DiskSource),
-    Vm(VmSource),
-}
-
-impl Job {
-    fn kind(&self) -> ItemKind {
-        match self {
-            Job::Files(_) => ItemKind::Files,
-            Job::Disk(_) => ItemKind::Disk,
-            Job::Vm(_) => ItemKind::Vm,
-        }
-    }
-    fn source(&self) -> Result<serde_json::Value> {
-        Ok(match self {
-            Job::Files(s) => serde_json::to_value(s)?,
-            Job::Disk(s) => serde_json::to_value(s)?,
-            Job::Vm(s) => serde_json::to_value(s)?,
-        })
-    }
-}
-
-/// The stored definition of a files item.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct FilesSource {
-    path: PathBuf,
-    #[serde(default)]
-    excludes: Vec<String>,
-    #[serde(default)]
-    one_file_system: bool,
-}
-
 fn valid_item_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 200
-        || name.starts_with('.')
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        bail!(
-            "invalid item name {name:?}: use letters, digits, '-', '_' and '.', not starting with '.'"
-        );
-    }
-    Ok(())
+    Ok(check_item_name(name)?)
 }
 
 /// `coffre backup-disk --item NAME IMAGE...`
@@ -155,7 +91,7 @@ pub fn run_disk(cli: &Cli, args: &BackupDiskArgs) -> Result<ExitCode> {
             std::fs::canonicalize(p).with_context(|| format!("cannot back up {}", p.display()))?,
         );
     }
-    let todo = vec![(args.item.clone(), Job::Disk(DiskSource { images }))];
+    let todo = vec![(args.item.clone(), ItemSource::Disk(DiskSource { images }))];
     execute(cli, todo, &args.run)
 }
 
@@ -177,12 +113,12 @@ pub fn run_vm(cli: &Cli, args: &BackupVmArgs) -> Result<ExitCode> {
         pre_script: args.pre_script.clone(),
         post_script: args.post_script.clone(),
     };
-    let todo = vec![(args.item.clone(), Job::Vm(src))];
+    let todo = vec![(args.item.clone(), ItemSource::Vm(src))];
     execute(cli, todo, &args.run)
 }
 
 pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
-    let mut todo: Vec<(String, Job)> = Vec::new();
+    let mut todo: Vec<(String, ItemSource)> = Vec::new();
     if let Some(name) = &args.item {
         valid_item_name(name)?;
         let [path] = args.args.as_slice() else {
@@ -198,7 +134,7 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
         }
         todo.push((
             name.clone(),
-            Job::Files(FilesSource {
+            ItemSource::Files(FilesSource {
                 path,
                 excludes: args.exclude.clone(),
                 one_file_system: args.one_file_system,
@@ -216,69 +152,29 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
                 .to_str()
                 .with_context(|| format!("no item is named {name:?} (item names are UTF-8)"))?;
             let item = vault.item(name)?;
-            let bad = || format!("item {name:?} has no usable stored definition");
-            let job = match item.kind {
-                ItemKind::Files => {
-                    Job::Files(serde_json::from_value(item.source.clone()).with_context(bad)?)
-                }
-                ItemKind::Disk => {
-                    Job::Disk(serde_json::from_value(item.source.clone()).with_context(bad)?)
-                }
-                ItemKind::Vm => {
-                    Job::Vm(serde_json::from_value(item.source.clone()).with_context(bad)?)
-                }
-            };
+            let job = item
+                .source
+                .with_context(|| format!("item {name:?} has no usable stored definition"))?;
             todo.push((name.to_string(), job));
         }
     }
     execute(cli, todo, &args.run)
 }
 
-fn execute(cli: &Cli, todo: Vec<(String, Job)>, run: &RunArgs) -> Result<ExitCode> {
+fn execute(cli: &Cli, todo: Vec<(String, ItemSource)>, run: &RunArgs) -> Result<ExitCode> {
     let (no_wait, threads, json) = (run.no_wait, run.threads, run.json);
     let vault = cli.open_or_init_vault()?;
     let lock = vault.lock(!no_wait)?;
     let mut code = ExitCode::SUCCESS;
     let mut json_out = Vec::new();
-    let progress = !cli.quiet && !json;
+    let opts = RunOptions {
+        threads,
+        progress: !cli.quiet && !json,
+        time: None,
+    };
     for (name, job) in todo {
-        if let Some(item) = vault.catalog().item(&name)?
-            && item.state != crate::vault::PROTECTED
-        {
-            let why = if item.state == crate::vault::NEEDS_REPROTECT {
-                format!("it was restored in place; run `coffre-restore reprotect {name}` first")
-            } else {
-                format!("its protection is stopped; `coffre resume-protection {name}` resumes it")
-            };
-            eprintln!("skipping item {name:?}: {why}");
-            code = ExitCode::FAILURE;
-            continue;
-        }
-        let item = register(&vault, &name, &job)?;
-        let report = match &job {
-            Job::Files(src) => {
-                let opts = FilesOptions {
-                    excludes: src.excludes.clone(),
-                    one_file_system: src.one_file_system,
-                    threads,
-                    progress,
-                };
-                backup_files(&vault, &lock, &item, &src.path, &opts)
-            }
-            Job::Disk(src) => {
-                let opts = DiskOptions { threads, progress };
-                backup_disks(&vault, &lock, &item, &src.images, &opts)
-            }
-            Job::Vm(src) => {
-                let opts = VmOptions {
-                    pre_script: src.pre_script.clone(),
-                    post_script: src.post_script.clone(),
-                    disk: DiskOptions { threads, progress },
-                };
-                backup_vm(&vault, &lock, &item, &src.config, &src.disks, &opts)
-            }
-        }
-        .with_context(|| format!("backup of item {name:?} failed"))?;
+        let report = backup_item(&vault, &lock, &name, &job, &opts)
+            .with_context(|| format!("backup of item {name:?} failed"))?;
         for w in &report.warnings {
             eprintln!("warning: {}: {}", w.path, w.message);
         }
@@ -322,25 +218,4 @@ fn execute(cli: &Cli, todo: Vec<(String, Job)>, run: &RunArgs) -> Result<ExitCod
         println!("{}", serde_json::to_string_pretty(&json_out)?);
     }
     Ok(code)
-}
-
-/// Finds the item, creating it or updating its stored definition.
-fn register(vault: &Vault, name: &str, job: &Job) -> Result<Item> {
-    let value = job.source()?;
-    let catalog = vault.catalog();
-    match catalog.item(name)? {
-        Some(item) if item.kind != job.kind() => {
-            bail!(
-                "item {name:?} already exists as a {} item",
-                item.kind.as_str()
-            )
-        }
-        Some(item) => {
-            if item.source != value {
-                catalog.set_item_source(item.id, &value)?;
-            }
-            Ok(item)
-        }
-        None => Ok(catalog.create_item(name, job.kind(), &value, now_ns())?),
-    }
 }

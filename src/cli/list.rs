@@ -5,27 +5,39 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::progress::human_bytes;
-use crate::vault::{Vault, human_time};
+use crate::vault::{ItemSource, Vault, human_time};
+
+fn join_paths(p: &[std::path::PathBuf]) -> String {
+    p.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
-    let items = vault.catalog().items()?;
+    let items = vault.items()?;
     if json {
         println!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let points = vault.catalog().points(None)?;
+    let points = vault.points(None)?;
     println!(
         "{:<24} {:<6} {:<16} {:>6}  source",
         "ITEM", "KIND", "STATE", "POINTS"
     );
     for i in items {
         let n = points.iter().filter(|p| p.item == i.name).count();
-        let src = i.source.get("path").and_then(|p| p.as_str()).unwrap_or("");
+        let src = match &i.source {
+            Some(ItemSource::Files(f)) => f.path.display().to_string(),
+            Some(ItemSource::Disk(d)) => join_paths(&d.images),
+            Some(ItemSource::Vm(v)) => format!("{} + {}", v.config.display(), join_paths(&v.disks)),
+            None => "(unreadable definition)".into(),
+        };
         println!(
             "{:<24} {:<6} {:<16} {:>6}  {}",
             i.name,
             i.kind.as_str(),
-            i.state,
+            i.state.as_str(),
             n,
             src
         );
@@ -34,8 +46,8 @@ pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
 }
 
 pub fn points(vault: &Vault, item: Option<&str>, json: bool) -> Result<ExitCode> {
-    let item_id = item.map(|n| vault.item(n)).transpose()?.map(|i| i.id);
-    let points = vault.catalog().points(item_id)?;
+    let item = item.map(|n| vault.item(n)).transpose()?;
+    let points = vault.points(item.as_ref())?;
     if json {
         println!("{}", serde_json::to_string_pretty(&points)?);
         return Ok(ExitCode::SUCCESS);
@@ -59,7 +71,7 @@ pub fn points(vault: &Vault, item: Option<&str>, json: bool) -> Result<ExitCode>
 }
 
 pub fn stats(vault: &Vault, json: bool) -> Result<ExitCode> {
-    let t = vault.catalog().totals()?;
+    let t = vault.totals()?;
     let catalog_bytes = ["vault.db", "vault.db-wal"]
         .iter()
         .filter_map(|f| std::fs::metadata(vault.root().join(f)).ok())

@@ -1,18 +1,20 @@
 //! `coffre-restore`: whole-disk and VM restores, and re-protection after an in-place restore.
 //!
 //! Thin: parses arguments, plans with `restore::image`, prints the plan (`--dry-run` stops there),
-//! applies it, and moves protection states (`needs-reprotect` after an in-place restore,
-//! `protected` again after `reprotect`).
+//! applies it; `reprotect` is `protection::reprotect`. No workflow lives here.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::progress::human_bytes;
-use crate::restore::image::{ImagePlan, apply, differs, plan_image};
-use crate::vault::{Item, ItemKind, PointRow, Vault, now_ns};
+use crate::protection::{Reprotected, reprotect};
+use crate::restore::image::{
+    ImagePlan, RestorePlan, RestoreTarget, apply_plan, plan_disk, plan_vm,
+};
+use crate::vault::{Item, PointRow, Vault};
 
 /// Restore whole disks and virtual machines from a coffre vault, and re-protect an item after an
 /// in-place restore so its next backup continues incrementally.
@@ -111,51 +113,11 @@ fn open(cli: &Sidecar) -> Result<Vault> {
     Ok(Vault::open(&path)?)
 }
 
-fn resolve(vault: &Vault, spec: &str, kind: ItemKind) -> Result<(Item, PointRow)> {
+fn resolve(vault: &Vault, spec: &str) -> Result<(Item, PointRow)> {
     let (name, point) = spec.split_once('@').unwrap_or((spec, "latest"));
     let item = vault.item(name)?;
-    if item.kind != kind {
-        let hint = match item.kind {
-            ItemKind::Files => "restore its files with `coffre restore` or from `coffre mount`",
-            ItemKind::Disk => "use `coffre-restore disk`",
-            ItemKind::Vm => "use `coffre-restore vm`",
-        };
-        bail!("item {name:?} is a {} item; {hint}", item.kind.as_str());
-    }
     let point = vault.resolve_point(&item, point)?;
     Ok((item, point))
-}
-
-fn paths(item: &Item, key: &str) -> Vec<PathBuf> {
-    item.source
-        .get(key)
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| p.as_str().map(PathBuf::from))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Image names inside a point directory (or its `disks/`), in order.
-fn images_in(vault: &Vault, point: &PointRow, dir: &str) -> Result<Vec<String>> {
-    let root = crate::vault::format::decode_root(&point.root)?;
-    let tree = if dir.is_empty() {
-        root
-    } else {
-        crate::restore::files::lookup(vault, &root, std::ffi::OsStr::new(dir))?
-    };
-    let Some(id) = tree.subtree else {
-        return Ok(Vec::new());
-    };
-    Ok(vault
-        .catalog()
-        .tree(&id)?
-        .into_iter()
-        .filter(|e| e.kind() == crate::vault::Kind::File)
-        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
-        .collect())
 }
 
 fn show(plans: &[ImagePlan], dry: bool) {
@@ -173,37 +135,35 @@ fn show(plans: &[ImagePlan], dry: bool) {
     }
 }
 
-fn execute(vault: &Vault, plans: &[ImagePlan], dry: bool, quiet: bool) -> Result<()> {
-    show(plans, dry);
+fn execute(vault: &Vault, plan: &RestorePlan, dry: bool, quiet: bool) -> Result<()> {
+    show(&plan.images, dry);
     if dry {
         return Ok(());
     }
-    for p in plans {
-        let n =
-            apply(vault, p, !quiet).with_context(|| format!("restore of {} failed", p.source))?;
+    let lock = if plan.in_place || plan.protect_as.is_some() {
+        Some(vault.lock(true)?)
+    } else {
+        None
+    };
+    let out = apply_plan(vault, lock.as_ref(), plan, !quiet, |p, n| {
         println!(
             "  {} written to {}, every block checked",
             human_bytes(n),
             p.target.display()
         );
+    })
+    .with_context(|| format!("restore of {}@{} failed", plan.item.name, plan.point))?;
+    let name = &plan.item.name;
+    if out.needs_reprotect {
+        println!(
+            "item {name:?} is now needs-reprotect: run `coffre-restore reprotect {name}` before its next backup"
+        );
     }
-    Ok(())
-}
-
-/// Marks an item restored in place: backups wait for `reprotect`.
-fn mark_restored(vault: &Vault, item: &Item, point: &PointRow) -> Result<()> {
-    let mut src = item.source.clone();
-    src["restored_point"] = point.id.clone().into();
-    vault.catalog().set_item_source(item.id, &src)?;
-    vault
-        .catalog()
-        .set_item_state(item.id, crate::vault::NEEDS_REPROTECT)?;
-    println!(
-        "item {:?} is now {}: run `coffre-restore reprotect {}` before its next backup",
-        item.name,
-        crate::vault::NEEDS_REPROTECT,
-        item.name
-    );
+    if let Some(new) = &out.protected_as {
+        println!(
+            "the restored copy is now protected as item {new:?}: back it up with `coffre backup {new}`"
+        );
+    }
     Ok(())
 }
 
@@ -218,43 +178,14 @@ fn run(cli: &Sidecar) -> Result<ExitCode> {
             force,
             dry_run,
         } => {
-            let (item, point) = resolve(&vault, spec, ItemKind::Disk)?;
-            let names = images_in(&vault, &point, "")?;
-            let plans = if *in_place {
-                let originals = paths(&item, "images");
-                let mut plans = Vec::new();
-                for orig in &originals {
-                    let name = String::from_utf8_lossy(&crate::backup::disk::image_name(orig)?)
-                        .into_owned();
-                    if image.as_ref().is_some_and(|i| *i != name) {
-                        continue;
-                    }
-                    plans.push(plan_image(&vault, &point, &name, orig, true)?);
-                }
-                plans
-            } else {
-                let name = match (image, names.as_slice()) {
-                    (Some(i), _) => i.clone(),
-                    (None, [one]) => one.clone(),
-                    (None, many) => bail!(
-                        "point {} has {} images ({}); choose one with --image",
-                        point.id,
-                        many.len(),
-                        many.join(", ")
-                    ),
-                };
-                let to = to.as_ref().context("give --to PATH|DEVICE or --in-place")?;
-                vec![plan_image(&vault, &point, &name, to, *force)?]
+            let (item, point) = resolve(&vault, spec)?;
+            let target = match (to, in_place) {
+                (_, true) => RestoreTarget::InPlace,
+                (Some(to), false) => RestoreTarget::To(to.clone()),
+                (None, false) => bail!("give --to PATH|DEVICE or --in-place"),
             };
-            let _lock = if *in_place && !dry_run {
-                Some(vault.lock(true)?)
-            } else {
-                None
-            };
-            execute(&vault, &plans, *dry_run, cli.quiet)?;
-            if *in_place && !dry_run {
-                mark_restored(&vault, &item, &point)?;
-            }
+            let plan = plan_disk(&vault, &item, &point, &target, image.as_deref(), *force)?;
+            execute(&vault, &plan, *dry_run, cli.quiet)?;
         }
         Cmd::Vm {
             spec,
@@ -264,149 +195,34 @@ fn run(cli: &Sidecar) -> Result<ExitCode> {
             force,
             dry_run,
         } => {
-            let (item, point) = resolve(&vault, spec, ItemKind::Vm)?;
-            let config = item
-                .source
-                .get("config")
-                .and_then(|c| c.as_str())
-                .map(PathBuf::from)
-                .context("the VM item has no stored config path")?;
-            let config_name = config
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let mut plans = Vec::new();
-            if *in_place {
-                plans.push(plan_image(&vault, &point, &config_name, &config, true)?);
-                for orig in paths(&item, "disks") {
-                    let name = String::from_utf8_lossy(&crate::backup::disk::image_name(&orig)?)
-                        .into_owned();
-                    plans.push(plan_image(
-                        &vault,
-                        &point,
-                        &format!("disks/{name}"),
-                        &orig,
-                        true,
-                    )?);
-                }
-            } else {
-                let dir = to.as_ref().context("give --to DIR or --in-place")?;
-                plans.push(plan_image(
-                    &vault,
-                    &point,
-                    &config_name,
-                    &dir.join(&config_name),
-                    *force,
-                )?);
-                for name in images_in(&vault, &point, "disks")? {
-                    let target = dir.join("disks").join(&name);
-                    plans.push(plan_image(
-                        &vault,
-                        &point,
-                        &format!("disks/{name}"),
-                        &target,
-                        *force,
-                    )?);
-                }
-            }
-            let _lock = if *in_place && !dry_run {
-                Some(vault.lock(true)?)
-            } else {
-                None
+            let (item, point) = resolve(&vault, spec)?;
+            let target = match (to, in_place) {
+                (_, true) => RestoreTarget::InPlace,
+                (Some(to), false) => RestoreTarget::To(to.clone()),
+                (None, false) => bail!("give --to DIR or --in-place"),
             };
-            execute(&vault, &plans, *dry_run, cli.quiet)?;
-            if *dry_run {
-                return Ok(ExitCode::SUCCESS);
-            }
-            if *in_place {
-                mark_restored(&vault, &item, &point)?;
-            } else if let Some(new) = protect_as {
-                protect_copy(&vault, new, &plans)?;
-            }
+            let plan = plan_vm(
+                &vault,
+                &item,
+                &point,
+                &target,
+                *force,
+                protect_as.as_deref(),
+            )?;
+            execute(&vault, &plan, *dry_run, cli.quiet)?;
         }
         Cmd::Reprotect { name, force } => {
-            let _lock = vault.lock(true)?;
-            reprotect(&vault, name, *force)?;
+            let lock = vault.lock(true)?;
+            match reprotect(&vault, &lock, name, *force)? {
+                Reprotected::NothingToDo(state) => {
+                    println!("item {name:?} is {state}; nothing to re-protect")
+                }
+                Reprotected::Baseline(point) => println!(
+                    "item {name:?} is protected again with point {point} as its baseline: the next \
+                     backup stores only blocks changed since the restore"
+                ),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Registers a VM restored to a new place as a new item (its first backup dedups against the
-/// point it came from).
-fn protect_copy(vault: &Vault, new: &str, plans: &[ImagePlan]) -> Result<()> {
-    if vault.catalog().item(new)?.is_some() {
-        bail!("an item named {new:?} already exists; choose another name for --protect-as");
-    }
-    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    let config = canon(&plans[0].target);
-    let disks: Vec<PathBuf> = plans[1..].iter().map(|p| canon(&p.target)).collect();
-    let src = serde_json::json!({ "config": config, "disks": disks });
-    vault
-        .catalog()
-        .create_item(new, ItemKind::Vm, &src, now_ns())?;
-    println!(
-        "the restored copy is now protected as item {new:?}: back it up with `coffre backup {new}`"
-    );
-    Ok(())
-}
-
-fn reprotect(vault: &Vault, name: &str, force: bool) -> Result<()> {
-    let item = vault.item(name)?;
-    if item.state != crate::vault::NEEDS_REPROTECT {
-        println!("item {name:?} is {}; nothing to re-protect", item.state);
-        return Ok(());
-    }
-    let pid = item
-        .source
-        .get("restored_point")
-        .and_then(|p| p.as_str())
-        .unwrap_or("latest")
-        .to_string();
-    let point = vault.resolve_point(&item, &pid)?;
-    let pairs: Vec<(String, PathBuf)> = match item.kind {
-        ItemKind::Disk => paths(&item, "images")
-            .into_iter()
-            .map(|p| {
-                Ok((
-                    String::from_utf8_lossy(&crate::backup::disk::image_name(&p)?).into_owned(),
-                    p,
-                ))
-            })
-            .collect::<Result<_>>()?,
-        ItemKind::Vm => paths(&item, "disks")
-            .into_iter()
-            .map(|p| {
-                let n = String::from_utf8_lossy(&crate::backup::disk::image_name(&p)?).into_owned();
-                Ok((format!("disks/{n}"), p))
-            })
-            .collect::<Result<_>>()?,
-        ItemKind::Files => bail!("files items never need re-protection"),
-    };
-    if !force {
-        for (source, path) in &pairs {
-            if let Some(off) = differs(vault, &point, source, path)? {
-                bail!(
-                    "{} no longer matches point {} (first difference at byte {off}); it changed \
-                     since the restore. Restore again, or pass --force to re-protect it as it is",
-                    path.display(),
-                    point.id
-                );
-            }
-        }
-    }
-    let mut src = item.source.clone();
-    if let Some(o) = src.as_object_mut() {
-        o.remove("restored_point");
-    }
-    vault.catalog().set_item_source(item.id, &src)?;
-    vault
-        .catalog()
-        .set_item_state(item.id, crate::vault::PROTECTED)?;
-    println!(
-        "item {name:?} is protected again with point {} as its baseline: the next backup stores \
-         only blocks changed since the restore",
-        point.id
-    );
-    Ok(())
 }

@@ -11,15 +11,15 @@
 //! by `refresh` and invalidated in the kernel by the adapter.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{Errno, FileAttr, FileType, INodeNo};
 
-use crate::vault::catalog::{Catalog, ChunkLoc};
-use crate::vault::format::{self, ChunkId};
+use crate::vault::format;
 use crate::vault::{
-    Content, Entry, Extent, Kind, PointRow, Timestamp, VaultError, VaultRef, point_dir_name,
+    Content, ContentReader, Entry, Kind, PointRow, Timestamp, VaultError, VaultReader,
+    point_dir_name,
 };
 
 pub const ROOT: u64 = 1;
@@ -110,61 +110,6 @@ enum Node {
     Entry(Arc<PointInfo>, Arc<Entry>, u64, u32),
 }
 
-/// One extent of a layout, with what is resolved lazily: a chunk's location, a segment's layout.
-struct Piece {
-    start: u64,
-    x: Extent,
-    loc: OnceLock<ChunkLoc>,
-    sub: OnceLock<Arc<Layout>>,
-}
-
-/// Where a file's bytes are. Chunk locations and segments (`Extent::Sub`, used by disk images)
-/// are looked up on first use, so opening a 1 TiB image costs one list, not a million rows.
-pub struct Layout {
-    size: u64,
-    pieces: Vec<Piece>,
-}
-
-impl Layout {
-    fn new(size: u64, extents: Vec<Extent>) -> Layout {
-        let mut pos = 0;
-        let pieces = extents
-            .into_iter()
-            .map(|x| {
-                let p = Piece {
-                    start: pos,
-                    x,
-                    loc: OnceLock::new(),
-                    sub: OnceLock::new(),
-                };
-                pos += x.len();
-                p
-            })
-            .collect();
-        Layout { size, pieces }
-    }
-
-    /// Bytes that hold data, rounded up to 4 KiB per extent (what `st_blocks` reports).
-    fn data_bytes(&self) -> u64 {
-        self.pieces
-            .iter()
-            .map(|p| match p.x {
-                Extent::Data { len, .. } => len.div_ceil(4096) * 4096,
-                Extent::Hole { .. } => 0,
-                Extent::Sub { data, .. } => data,
-            })
-            .sum()
-    }
-
-    fn index_at(&self, offset: u64) -> usize {
-        self.pieces
-            .partition_point(|p| p.start + p.x.len() <= offset)
-    }
-}
-
-/// Nesting limit for segments: a tampered catalog cannot send a read into a loop.
-const MAX_DEPTH: u32 = 4;
-
 #[derive(Default)]
 struct Inodes {
     nodes: Vec<Node>,
@@ -190,7 +135,7 @@ pub type Listing = Arc<Vec<(Box<[u8]>, u64)>>;
 
 /// The mounted view of a vault.
 pub struct View {
-    vault: VaultRef,
+    vault: Arc<VaultReader>,
     inodes: RwLock<Inodes>,
     points: RwLock<Arc<Points>>,
     /// Listings of directories inside points, kept for the life of the mount: they fix the
@@ -198,8 +143,7 @@ pub struct View {
     listings: RwLock<HashMap<u64, Listing>>,
     /// Bit per inode: the file was read from its start or pushed into the page cache.
     pushed: Mutex<Vec<u64>>,
-    layouts: Mutex<HashMap<u64, Arc<Layout>>>,
-    pool: Mutex<Vec<Catalog>>,
+    layouts: Mutex<HashMap<u64, Arc<ContentReader>>>,
     uid: u32,
     gid: u32,
     started: SystemTime,
@@ -248,8 +192,7 @@ fn file_type(k: Kind) -> FileType {
 }
 
 impl View {
-    pub fn new(vault: VaultRef) -> Result<View, VaultError> {
-        let catalog = vault.connect()?;
+    pub fn new(vault: Arc<VaultReader>) -> Result<View, VaultError> {
         // SAFETY: getuid/getgid have no preconditions.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let view = View {
@@ -259,7 +202,6 @@ impl View {
             listings: RwLock::new(HashMap::new()),
             pushed: Mutex::new(Vec::new()),
             layouts: Mutex::new(HashMap::new()),
-            pool: Mutex::new(vec![catalog]),
             uid,
             gid,
             started: SystemTime::now(),
@@ -274,36 +216,19 @@ impl View {
         Ok(view)
     }
 
-    /// Runs `f` with a catalog connection from the pool.
-    fn with_catalog<T>(
-        &self,
-        f: impl FnOnce(&Catalog) -> Result<T, VaultError>,
-    ) -> Result<T, VaultError> {
-        let conn = self.pool.lock().expect("pool lock").pop();
-        let conn = match conn {
-            Some(c) => c,
-            None => self.vault.connect()?,
-        };
-        let r = f(&conn);
-        self.pool.lock().expect("pool lock").push(conn);
-        r
-    }
-
     fn points(&self) -> Arc<Points> {
         self.points.read().expect("points lock").clone()
     }
 
     /// Re-reads the list of points if it changed. Returns the old and new lists when it did.
     pub fn refresh(&self) -> Result<Option<PointsChange>, VaultError> {
-        let sig = self.with_catalog(|c| c.points_signature())?;
+        let sig = self.vault.points_signature()?;
         let old = self.points();
         if sig == old.signature && !old.by_item.is_empty() {
             return Ok(None);
         }
-        let (items, rows) = self.with_catalog(|c| {
-            let items = c.items()?.into_iter().map(|i| i.name).collect();
-            Ok((items, c.points(None)?))
-        })?;
+        let items = self.vault.items()?.into_iter().map(|i| i.name).collect();
+        let rows = self.vault.points(None)?;
         let new = Arc::new(Points::build(items, rows, sig));
         *self.points.write().expect("points lock") = new.clone();
         Ok(Some(PointsChange { old, new }))
@@ -358,7 +283,7 @@ impl View {
             return Ok(l.clone());
         }
         let entries = match dir.subtree {
-            Some(id) => self.with_catalog(|c| c.tree(&id)).map_err(eio)?,
+            Some(id) => self.vault.tree(&id).map_err(eio)?,
             None => Vec::new(),
         };
         let mut listings = self.listings.write().expect("listings lock");
@@ -571,7 +496,7 @@ impl View {
             Node::Entry(_, e, ..) => {
                 let kind = e.kind();
                 let blocks = match (kind, e.content) {
-                    (Kind::File, Content::List(_)) => self.layout(ino)?.data_bytes() / 512,
+                    (Kind::File, Content::List(_)) => self.layout(ino)?.allocated_bytes() / 512,
                     (Kind::File, _) => e.size.div_ceil(4096) * 8,
                     _ => 0,
                 };
@@ -649,7 +574,7 @@ impl View {
         names
     }
 
-    fn layout(&self, ino: u64) -> Result<Arc<Layout>, Errno> {
+    fn layout(&self, ino: u64) -> Result<Arc<ContentReader>, Errno> {
         if let Some(l) = self.layouts.lock().expect("layouts lock").get(&ino) {
             return Ok(l.clone());
         }
@@ -657,12 +582,7 @@ impl View {
         if e.kind() != Kind::File {
             return Err(Errno::EISDIR);
         }
-        let extents = match e.content {
-            Content::None => Vec::new(),
-            Content::Chunk(id) => vec![Extent::Data { id, len: e.size }],
-            Content::List(id) => self.with_catalog(|c| c.list(&id)).map_err(eio)?,
-        };
-        let l = Arc::new(Layout::new(e.size, extents));
+        let l = Arc::new(self.vault.content(&e).map_err(eio)?);
         let mut cache = self.layouts.lock().expect("layouts lock");
         if cache.len() > 4096 {
             cache.clear();
@@ -671,94 +591,10 @@ impl View {
         Ok(l)
     }
 
-    /// The layout of a segment, loaded on first use.
-    fn sub_layout(&self, p: &Piece) -> Result<Arc<Layout>, Errno> {
-        let Extent::Sub { id, len, .. } = p.x else {
-            return Err(Errno::EIO);
-        };
-        if let Some(l) = p.sub.get() {
-            return Ok(l.clone());
-        }
-        let extents = self.with_catalog(|c| c.list(&id)).map_err(eio)?;
-        if extents.iter().map(|x| x.len()).sum::<u64>() != len {
-            log::error!("segment {id} does not have the length its parent says");
-            return Err(Errno::EIO);
-        }
-        Ok(p.sub
-            .get_or_init(|| Arc::new(Layout::new(len, extents)))
-            .clone())
-    }
-
     /// Reads up to `size` bytes at `offset`. A damaged chunk is EIO, never wrong bytes.
     pub fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
-        let l = self.layout(ino)?;
-        if offset >= l.size {
-            return Ok(Vec::new());
-        }
-        let end = l.size.min(offset + size as u64);
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        self.read_into(&l, offset, end, &mut out, 0)?;
-        Ok(out)
-    }
-
-    fn read_into(
-        &self,
-        l: &Layout,
-        offset: u64,
-        end: u64,
-        out: &mut Vec<u8>,
-        depth: u32,
-    ) -> Result<(), Errno> {
-        if depth > MAX_DEPTH {
-            return Err(Errno::EIO);
-        }
-        let mut i = l.index_at(offset);
-        let mut pos = offset;
-        while pos < end {
-            // A content list shorter than the size it claims is damage.
-            let p = l.pieces.get(i).ok_or(Errno::EIO)?;
-            let skip = pos - p.start;
-            let take = (p.start + p.x.len()).min(end) - pos;
-            match p.x {
-                Extent::Hole { .. } => out.resize(out.len() + take as usize, 0),
-                Extent::Data { id, .. } => {
-                    let (rec, range) = self.chunk_bytes(&id, &p.loc)?;
-                    let data = &rec.bytes()[range];
-                    let piece = data
-                        .get(skip as usize..(skip + take) as usize)
-                        .ok_or(Errno::EIO)?;
-                    out.extend_from_slice(piece);
-                }
-                Extent::Sub { .. } => {
-                    let sub = self.sub_layout(p)?;
-                    self.read_into(&sub, skip, skip + take, out, depth + 1)?;
-                }
-            }
-            pos += take;
-            i += 1;
-        }
-        Ok(())
-    }
-
-    fn chunk_bytes(
-        &self,
-        id: &ChunkId,
-        loc: &OnceLock<ChunkLoc>,
-    ) -> Result<(Arc<crate::vault::chunks::Record>, std::ops::Range<usize>), Errno> {
-        let loc = match loc.get() {
-            Some(l) => *l,
-            None => {
-                let l = self
-                    .with_catalog(|c| c.chunk(id))
-                    .map_err(eio)?
-                    .ok_or_else(|| {
-                        log::error!("chunk {id} is missing from the catalog");
-                        Errno::EIO
-                    })?;
-                *loc.get_or_init(|| l)
-            }
-        };
-        self.with_catalog(|c| self.vault.chunk_reader().record(id, &loc, c))
+        self.layout(ino)?
+            .read_at(offset, size as usize)
             .map_err(eio)
     }
 
@@ -768,56 +604,15 @@ impl View {
         if offset < 0 {
             return Err(Errno::EINVAL);
         }
-        if offset as u64 >= l.size {
-            return Err(Errno::ENXIO);
-        }
         let want_data = match whence {
             libc::SEEK_DATA => true,
             libc::SEEK_HOLE => false,
             _ => return Err(Errno::EINVAL),
         };
-        match self.seek_in(&l, offset as u64, want_data, 0)? {
+        match l.seek(offset as u64, want_data).map_err(eio)? {
             Some(o) => Ok(o as i64),
-            None if want_data => Err(Errno::ENXIO),
-            None => Ok(l.size as i64), // the end of a file counts as a hole
+            None => Err(Errno::ENXIO),
         }
-    }
-
-    /// The first offset at or after `offset` that is data (or a hole), if any.
-    fn seek_in(
-        &self,
-        l: &Layout,
-        offset: u64,
-        want_data: bool,
-        depth: u32,
-    ) -> Result<Option<u64>, Errno> {
-        if depth > MAX_DEPTH {
-            return Err(Errno::EIO);
-        }
-        let mut i = l.index_at(offset);
-        while let Some(p) = l.pieces.get(i) {
-            let from = offset.max(p.start);
-            let found = match p.x {
-                Extent::Data { .. } => want_data.then_some(from),
-                Extent::Hole { .. } => (!want_data).then_some(from),
-                Extent::Sub { len, data, .. } => {
-                    if (want_data && data == 0) || (!want_data && data == len) {
-                        None // all hole, or all data: nothing to find inside
-                    } else if (want_data && data == len) || (!want_data && data == 0) {
-                        Some(from)
-                    } else {
-                        let sub = self.sub_layout(p)?;
-                        self.seek_in(&sub, from - p.start, want_data, depth + 1)?
-                            .map(|o| o + p.start)
-                    }
-                }
-            };
-            if found.is_some() {
-                return Ok(found);
-            }
-            i += 1;
-        }
-        Ok(None)
     }
 
     /// The files that follow `ino` in its directory and were not read or prefetched yet, up to

@@ -12,7 +12,6 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,11 +21,8 @@ use crossbeam_channel::bounded;
 use super::RestoreError;
 use crate::fsmeta;
 use crate::progress::Progress;
-use crate::vault::catalog::Catalog;
-use crate::vault::format::{self, check_name};
-use crate::vault::{
-    Content, Entry, Extent, Kind, PointRow, Vault, VaultError, VaultRef, VaultResult,
-};
+use crate::vault::content::WriteOptions;
+use crate::vault::{ContentError, Entry, Kind, PointRow, Vault, VaultError, VaultReader};
 
 /// How to run a restore.
 #[derive(Clone, Debug, Default)]
@@ -119,39 +115,18 @@ fn ts(t: crate::vault::Timestamp) -> (i64, u32) {
     (t.sec, t.nsec)
 }
 
-/// Writes a file's content into `fd` (a new, empty file) and sets its metadata.
-fn write_file(vault: &VaultRef, catalog: &Catalog, job: &FileJob, chown: bool) -> VaultResult<u64> {
-    let io = |e: std::io::Error| VaultError::Io {
-        path: job.path.clone().into(),
-        source: e,
-    };
+/// Writes a file's content into `fd` (a new, empty file; holes stay holes) and sets its metadata.
+/// Returns the bytes written.
+fn write_file(reader: &Arc<VaultReader>, job: &FileJob, chown: bool) -> Result<u64, String> {
+    let io = |e: std::io::Error| e.to_string();
     let file = std::fs::File::from(job.fd.try_clone().map_err(io)?);
-    let extents = match job.entry.content {
-        Content::None => Vec::new(),
-        Content::Chunk(id) => vec![Extent::Data {
-            id,
-            len: job.entry.size,
-        }],
-        Content::List(id) => catalog.list(&id)?,
-    };
-    let mut w = ExtentWriter {
-        catalog,
-        reader: vault.chunk_reader(),
-        file: &file,
-        written: 0,
-        data_end: 0,
-        zero_holes: false,
-        on_progress: None,
-    };
-    w.write(&extents, 0, 0).map_err(|e| match e {
-        WriteError::Vault(v) => v,
-        WriteError::Io(e) => io(e),
-    })?;
-    let (written, data_end) = (w.written, w.data_end);
-    if data_end != job.entry.size {
-        // The file ends in a hole: extend it without writing (the hole stays a hole).
-        file.set_len(job.entry.size).map_err(io)?;
-    }
+    let content = reader.content(&job.entry).map_err(|e| e.to_string())?;
+    let written = content
+        .write_to(&file, &WriteOptions::default())
+        .map_err(|e| match e {
+            ContentError::Vault(v) => v.to_string(),
+            ContentError::Target(e) => e.to_string(),
+        })?;
     let e = &job.entry;
     for (k, v) in &e.xattrs {
         fsmeta::fset_xattr(file.as_fd(), k, v).map_err(io)?;
@@ -164,99 +139,8 @@ fn write_file(vault: &VaultRef, catalog: &Catalog, job: &FileJob, chown: bool) -
     Ok(written)
 }
 
-pub(crate) enum WriteError {
-    Vault(VaultError),
-    Io(std::io::Error),
-}
-
-impl From<VaultError> for WriteError {
-    fn from(e: VaultError) -> Self {
-        WriteError::Vault(e)
-    }
-}
-
-/// Writes extents at their offsets, descending into segments (`Extent::Sub`) up to a small depth.
-/// Holes are skipped (they stay holes in a new file) unless `zero_holes` is set (a device or an
-/// existing file must be overwritten with zeros there). Every chunk is checked against its id
-/// before it is written.
-pub(crate) struct ExtentWriter<'a> {
-    pub catalog: &'a Catalog,
-    pub reader: &'a crate::vault::ChunkReader,
-    pub file: &'a std::fs::File,
-    pub written: u64,
-    pub data_end: u64,
-    pub zero_holes: bool,
-    /// Called with the bytes written so far, after each extent (progress).
-    pub on_progress: Option<&'a dyn Fn(u64)>,
-}
-
-impl ExtentWriter<'_> {
-    fn zeros(&mut self, at: u64, len: u64) -> Result<(), WriteError> {
-        static Z: [u8; 1 << 16] = [0; 1 << 16];
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(Z.len() as u64) as usize;
-            self.file
-                .write_all_at(&Z[..n], at + done)
-                .map_err(WriteError::Io)?;
-            done += n as u64;
-        }
-        self.written += len;
-        Ok(())
-    }
-
-    pub(crate) fn write(
-        &mut self,
-        extents: &[Extent],
-        base: u64,
-        depth: u32,
-    ) -> Result<(), WriteError> {
-        if depth > 4 {
-            return Err(VaultError::Damaged {
-                path: "vault.db".into(),
-                detail: "content lists nested too deep".into(),
-            }
-            .into());
-        }
-        let mut pos = base;
-        for x in extents {
-            match *x {
-                Extent::Data { id, .. } => {
-                    let loc = self
-                        .catalog
-                        .chunk(&id)?
-                        .ok_or(VaultError::Missing { what: "chunk", id })?;
-                    let (rec, range) = self.reader.record(&id, &loc, self.catalog)?;
-                    let data = &rec.bytes()[range];
-                    self.file.write_all_at(data, pos).map_err(WriteError::Io)?;
-                    self.written += data.len() as u64;
-                    self.data_end = pos + data.len() as u64;
-                }
-                Extent::Hole { len } => {
-                    if self.zero_holes {
-                        self.zeros(pos, len)?;
-                    }
-                }
-                Extent::Sub { id, data, len } => {
-                    if data > 0 {
-                        let sub = self.catalog.list(&id)?;
-                        self.write(&sub, pos, depth + 1)?;
-                    } else if self.zero_holes {
-                        self.zeros(pos, len)?;
-                    }
-                }
-            }
-            pos += x.len();
-            if let Some(f) = self.on_progress {
-                f(self.written);
-            }
-        }
-        Ok(())
-    }
-}
-
 struct Walk<'a> {
-    vault: &'a Vault,
+    reader: &'a VaultReader,
     shared: &'a Shared,
     jobs: crossbeam_channel::Sender<FileJob>,
     target_fd: &'a OwnedFd,
@@ -417,7 +301,7 @@ impl Walk<'_> {
         e: &Entry,
     ) -> Result<(), RestoreError> {
         let Some(tree) = e.subtree else { return Ok(()) };
-        let entries = match self.vault.catalog().tree(&tree) {
+        let entries = match self.reader.tree(&tree) {
             Ok(t) => t,
             Err(err) => {
                 self.shared.error(&self.show(rel), err);
@@ -441,22 +325,10 @@ pub(crate) fn lookup(
     path: &std::ffi::OsStr,
 ) -> Result<Entry, RestoreError> {
     use std::os::unix::ffi::OsStrExt;
-    let missing = || RestoreError::NoSuchPath(path.to_string_lossy().into_owned());
-    let mut cur = root.clone();
-    for comp in path
-        .as_bytes()
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty() && *c != b".")
-    {
-        check_name(comp).map_err(|_| missing())?;
-        let tree = cur.subtree.ok_or_else(missing)?;
-        let entries = vault.catalog().tree(&tree)?;
-        let i = entries
-            .binary_search_by(|e| e.name.as_slice().cmp(comp))
-            .map_err(|_| missing())?;
-        cur = entries[i].clone();
-    }
-    Ok(cur)
+    vault
+        .reader()
+        .lookup(root, path.as_bytes())?
+        .ok_or_else(|| RestoreError::NoSuchPath(path.to_string_lossy().into_owned()))
 }
 
 /// Restores `point` (all of it, or the given `paths` inside it) into `target`.
@@ -470,7 +342,9 @@ pub fn restore_files(
     target: &Path,
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
-    let root = format::decode_root(&point.root).map_err(VaultError::from)?;
+    let _lease = vault.lease()?;
+    let reader = vault.reader();
+    let root = reader.root_entry(point)?;
     let selected: Vec<Entry> = paths
         .iter()
         .map(|p| {
@@ -501,33 +375,30 @@ pub fn restore_files(
     };
     let progress = Progress::new("restore", opts.progress);
     let (tx, rx) = bounded::<FileJob>(1024);
-    let shared_vault = vault.shared();
     let display_root = target.display().to_string();
     let mut report = std::thread::scope(|s| -> Result<_, RestoreError> {
         for _ in 0..threads {
-            let (rx, shared, progress, vault) = (rx.clone(), &shared, &progress, &shared_vault);
-            s.spawn(move || {
-                let catalog = match vault.connect() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        shared.error("vault", e);
-                        return;
+            let (rx, shared, progress, reader) = (rx.clone(), &shared, &progress, &reader);
+            let spawned = std::thread::Builder::new()
+                .name("restore-worker".into())
+                .spawn_scoped(s, move || {
+                    for job in rx {
+                        match write_file(reader, &job, shared.chown) {
+                            Ok(n) => progress.add(1, n),
+                            Err(e) => shared.error(&job.path, e),
+                        }
+                        let parent = job.parent.clone();
+                        drop(job); // close the file before its directory may be finished
+                        parent.release(shared);
                     }
-                };
-                for job in rx {
-                    match write_file(vault, &catalog, &job, shared.chown) {
-                        Ok(n) => progress.add(1, n),
-                        Err(e) => shared.error(&job.path, e),
-                    }
-                    let parent = job.parent.clone();
-                    drop(job); // close the file before its directory may be finished
-                    parent.release(shared);
-                }
-            });
+                });
+            if let Err(e) = spawned {
+                log::warn!("cannot start a restore worker ({e}); going on with fewer");
+            }
         }
         drop(rx);
         let mut walk = Walk {
-            vault,
+            reader: &reader,
             shared: &shared,
             jobs: tx,
             target_fd: &target_fd,

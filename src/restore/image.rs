@@ -1,8 +1,9 @@
 //! Whole-image restores for the sidecar: a disk image to a file or block device, a VM (config and
 //! disks) to a directory or back in place, and the check that re-protection relies on.
 //!
-//! A restore computes an `ImagePlan` per image (what goes where, how much data), which
-//! `--dry-run` prints and `apply` carries out. Writes are sparse into new files (holes are not
+//! A restore computes a `RestorePlan` (an `ImagePlan` per image: what goes where, how much
+//! data), which `--dry-run` prints and `apply_plan` carries out; an in-place restore moves the
+//! item to `needs-reprotect` before its first write, and `--protect-as` registers the copy. Writes are sparse into new files (holes are not
 //! written) and zero-filled into devices and existing files; every block is checked against its
 //! BLAKE3 id before it is written. Targets that exist are refused unless forced; targets that are
 //! mounted (or back a mounted loop device) are always refused.
@@ -12,10 +13,13 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use super::RestoreError;
-use super::files::{ExtentWriter, WriteError, lookup};
+use super::files::lookup;
 use crate::progress::Progress;
-use crate::vault::format;
-use crate::vault::{Content, Entry, Extent, Kind, PointRow, Vault, VaultError};
+use crate::vault::content::WriteOptions;
+use crate::vault::{
+    ContentError, Entry, Item, ItemKind, ItemSource, ItemState, Kind, PointRow, Vault, VmSource,
+    WriteLock,
+};
 
 /// One image to write.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -81,20 +85,6 @@ pub fn in_use(path: &Path) -> bool {
     false
 }
 
-/// Data bytes of an entry's content (from the lists; segments carry their own count).
-fn data_bytes(vault: &Vault, e: &Entry) -> Result<u64, VaultError> {
-    Ok(match e.content {
-        Content::None => 0,
-        Content::Chunk(_) => e.size,
-        Content::List(id) => vault
-            .catalog()
-            .list(&id)?
-            .iter()
-            .map(Extent::data_len)
-            .sum(),
-    })
-}
-
 /// Plans writing the file at `source` (a path inside the point) to `target`.
 pub fn plan_image(
     vault: &Vault,
@@ -103,7 +93,7 @@ pub fn plan_image(
     target: &Path,
     force: bool,
 ) -> Result<ImagePlan, RestoreError> {
-    let root = format::decode_root(&point.root).map_err(VaultError::from)?;
+    let root = vault.reader().root_entry(point)?;
     let entry = lookup(vault, &root, std::ffi::OsStr::new(source))?;
     if entry.kind() != Kind::File {
         return Err(RestoreError::NoSuchPath(source.to_string()));
@@ -130,7 +120,7 @@ pub fn plan_image(
         source: source.to_string(),
         target: target.to_path_buf(),
         size: entry.size,
-        data_bytes: data_bytes(vault, &entry)?,
+        data_bytes: vault.reader().content(&entry)?.data_bytes(),
         overwrite: meta.is_some(),
         device,
         entry,
@@ -174,74 +164,22 @@ pub fn apply(vault: &Vault, plan: &ImagePlan, progress: bool) -> Result<u64, Res
         file.set_len(0).map_err(terr)?;
         file.set_len(plan.size).map_err(terr)?;
     }
-    let extents = match plan.entry.content {
-        Content::None => Vec::new(),
-        Content::Chunk(id) => vec![Extent::Data {
-            id,
-            len: plan.entry.size,
-        }],
-        Content::List(id) => vault.catalog().list(&id)?,
-    };
+    let content = vault.reader().content(&plan.entry)?;
     let bar = Progress::new("restore", progress);
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let tick = |_: u64| {
-        let n = done.load(std::sync::atomic::Ordering::Relaxed);
-        bar.bytes.store(n, std::sync::atomic::Ordering::Relaxed);
+    let tick = |n: u64| {
+        bar.add(0, n);
         bar.tick();
     };
-    // Top-level extents (segments of a disk image) are shared out among threads, each with its
-    // own catalog connection; they write disjoint ranges of the target.
-    let mut starts = Vec::with_capacity(extents.len());
-    let mut pos = 0;
-    for x in &extents {
-        starts.push(pos);
-        pos += x.len();
-    }
-    let threads = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(extents.len().max(1));
-    let shared = vault.shared();
-    let results: Vec<Result<u64, RestoreError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (extents, starts, file, shared, tick, done) =
-                    (&extents, &starts, &file, &shared, &tick, &done);
-                s.spawn(move || -> Result<u64, RestoreError> {
-                    let catalog = shared.connect()?;
-                    let mut w = ExtentWriter {
-                        catalog: &catalog,
-                        reader: shared.chunk_reader(),
-                        file,
-                        written: 0,
-                        data_end: 0,
-                        zero_holes: plan.device,
-                        on_progress: if t == 0 { Some(tick) } else { None },
-                    };
-                    for i in (t..extents.len()).step_by(threads) {
-                        let before = w.written;
-                        w.write(&extents[i..i + 1], starts[i], 0)
-                            .map_err(|e| match e {
-                                WriteError::Vault(v) => RestoreError::Vault(v),
-                                WriteError::Io(e) => terr(e),
-                            })?;
-                        done.fetch_add(w.written - before, std::sync::atomic::Ordering::Relaxed);
-                    }
-                    Ok(w.written)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(target_err(&plan.target, "a restore thread panicked")))
-            })
-            .collect()
-    });
-    let mut written = 0;
-    for r in results {
-        written += r?;
-    }
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let opts = WriteOptions {
+        zero_holes: plan.device,
+        threads,
+        progress: Some(&tick),
+    };
+    let written = content.write_to(&file, &opts).map_err(|e| match e {
+        ContentError::Vault(v) => RestoreError::Vault(v),
+        ContentError::Target(e) => terr(e),
+    })?;
     file.sync_all().map_err(terr)?;
     bar.finish();
     Ok(written)
@@ -255,75 +193,245 @@ pub fn differs(
     source: &str,
     path: &Path,
 ) -> Result<Option<u64>, RestoreError> {
-    use std::os::unix::fs::FileExt;
-    let root = format::decode_root(&point.root).map_err(VaultError::from)?;
+    let root = vault.reader().root_entry(point)?;
     let entry = lookup(vault, &root, std::ffi::OsStr::new(source))?;
     let terr = |e| RestoreError::Target {
         path: path.to_path_buf(),
         source: e,
     };
     let f = std::fs::File::open(path).map_err(terr)?;
-    let size = {
-        use std::io::Seek;
-        let mut g = &f;
-        g.seek(std::io::SeekFrom::End(0)).map_err(terr)?
+    vault
+        .reader()
+        .content(&entry)?
+        .first_difference(&f)
+        .map_err(|e| match e {
+            ContentError::Vault(v) => RestoreError::Vault(v),
+            ContentError::Target(e) => terr(e),
+        })
+}
+
+/// Where a disk or VM restore writes.
+#[derive(Clone, Debug)]
+pub enum RestoreTarget {
+    /// A new place: a file or device for a disk image, a directory for a VM.
+    To(PathBuf),
+    /// Back where the item was backed up from.
+    InPlace,
+}
+
+/// A whole disk or VM restore, planned.
+#[derive(Debug, serde::Serialize)]
+pub struct RestorePlan {
+    #[serde(skip)]
+    pub item: Item,
+    pub point: String,
+    pub images: Vec<ImagePlan>,
+    pub in_place: bool,
+    /// With a VM restored to a new place: protect the copy as this new item.
+    pub protect_as: Option<String>,
+}
+
+/// What applying a plan did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct RestoreOutcome {
+    /// Bytes written per image, in plan order.
+    pub written: Vec<u64>,
+    /// The item is now `needs-reprotect` (an in-place restore).
+    pub needs_reprotect: bool,
+    /// The new item the copy is protected as.
+    pub protected_as: Option<String>,
+}
+
+fn plan_err(msg: String) -> RestoreError {
+    RestoreError::Plan(msg)
+}
+
+/// The names of the images of a point (at its top, or under `disks/`).
+pub fn images_in(vault: &Vault, point: &PointRow, dir: &str) -> Result<Vec<String>, RestoreError> {
+    let root = vault.reader().root_entry(point)?;
+    let top = if dir.is_empty() {
+        root
+    } else {
+        lookup(vault, &root, std::ffi::OsStr::new(dir))?
     };
-    if size != entry.size {
-        return Ok(Some(size.min(entry.size)));
-    }
-    // Compare block by block against the point, reading through the vault's verified chunks.
-    let mut pos = 0u64;
-    let mut buf = vec![0u8; crate::backup::disk::BLOCK];
-    let mut stack: Vec<(Vec<Extent>, usize)> = vec![(
-        match entry.content {
-            Content::None => Vec::new(),
-            Content::Chunk(id) => vec![Extent::Data {
-                id,
-                len: entry.size,
-            }],
-            Content::List(id) => vault.catalog().list(&id)?,
-        },
-        0,
-    )];
-    while let Some((list, i)) = stack.last_mut() {
-        let Some(x) = list.get(*i).copied() else {
-            stack.pop();
-            continue;
-        };
-        *i += 1;
-        match x {
-            Extent::Sub { id, .. } => {
-                if stack.len() > 4 {
-                    return Err(VaultError::Damaged {
-                        path: "vault.db".into(),
-                        detail: "content lists nested too deep".into(),
-                    }
-                    .into());
+    let Some(id) = top.subtree else {
+        return Ok(Vec::new());
+    };
+    Ok(vault
+        .reader()
+        .tree(&id)?
+        .into_iter()
+        .filter(|e| e.kind() == Kind::File)
+        .map(|e| String::from_utf8_lossy(&e.name).into_owned())
+        .collect())
+}
+
+fn image_name_of(p: &Path) -> Result<String, RestoreError> {
+    let n = crate::backup::disk::image_name(p).map_err(|e| plan_err(e.to_string()))?;
+    Ok(String::from_utf8_lossy(&n).into_owned())
+}
+
+/// Plans restoring a disk item's point: one image to a file or device, or every image (or the
+/// one named by `image`) in place.
+pub fn plan_disk(
+    vault: &Vault,
+    item: &Item,
+    point: &PointRow,
+    target: &RestoreTarget,
+    image: Option<&str>,
+    force: bool,
+) -> Result<RestorePlan, RestoreError> {
+    let Some(ItemSource::Disk(def)) = &item.source else {
+        return Err(wrong_kind(item, ItemKind::Disk));
+    };
+    let images = match target {
+        RestoreTarget::InPlace => {
+            let mut plans = Vec::new();
+            for orig in &def.images {
+                let name = image_name_of(orig)?;
+                if image.is_some_and(|i| i != name) {
+                    continue;
                 }
-                let sub = vault.catalog().list(&id)?;
-                stack.push((sub, 0));
-                continue;
+                plans.push(plan_image(vault, point, &name, orig, true)?);
             }
-            Extent::Hole { len } => {
-                let mut done = 0;
-                while done < len {
-                    let n = (len - done).min(buf.len() as u64) as usize;
-                    f.read_exact_at(&mut buf[..n], pos + done).map_err(terr)?;
-                    if let Some(k) = buf[..n].iter().position(|&b| b != 0) {
-                        return Ok(Some(pos + done + k as u64));
-                    }
-                    done += n as u64;
+            plans
+        }
+        RestoreTarget::To(to) => {
+            let names = images_in(vault, point, "")?;
+            let name = match (image, names.as_slice()) {
+                (Some(i), _) => i.to_string(),
+                (None, [one]) => one.clone(),
+                (None, many) => {
+                    return Err(plan_err(format!(
+                        "point {} has {} images ({}); choose one with --image",
+                        point.id,
+                        many.len(),
+                        many.join(", ")
+                    )));
                 }
-            }
-            Extent::Data { id, len } => {
-                let mut want = vec![0u8; len as usize];
-                f.read_exact_at(&mut want, pos).map_err(terr)?;
-                if crate::vault::ChunkId::of(&want) != id {
-                    return Ok(Some(pos));
-                }
+            };
+            vec![plan_image(vault, point, &name, to, force)?]
+        }
+    };
+    Ok(RestorePlan {
+        item: item.clone(),
+        point: point.id.clone(),
+        images,
+        in_place: matches!(target, RestoreTarget::InPlace),
+        protect_as: None,
+    })
+}
+
+/// Plans restoring a VM item's point: config and disks to a directory (`DIR/<config>`,
+/// `DIR/disks/<disk>.img`), or back in place.
+pub fn plan_vm(
+    vault: &Vault,
+    item: &Item,
+    point: &PointRow,
+    target: &RestoreTarget,
+    force: bool,
+    protect_as: Option<&str>,
+) -> Result<RestorePlan, RestoreError> {
+    let Some(ItemSource::Vm(def)) = &item.source else {
+        return Err(wrong_kind(item, ItemKind::Vm));
+    };
+    let config_name = def
+        .config
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut images = Vec::new();
+    match target {
+        RestoreTarget::InPlace => {
+            images.push(plan_image(vault, point, &config_name, &def.config, true)?);
+            for orig in &def.disks {
+                let name = format!("disks/{}", image_name_of(orig)?);
+                images.push(plan_image(vault, point, &name, orig, true)?);
             }
         }
-        pos += x.len();
+        RestoreTarget::To(dir) => {
+            let config_to = dir.join(&config_name);
+            images.push(plan_image(vault, point, &config_name, &config_to, force)?);
+            for name in images_in(vault, point, "disks")? {
+                let to = dir.join("disks").join(&name);
+                images.push(plan_image(
+                    vault,
+                    point,
+                    &format!("disks/{name}"),
+                    &to,
+                    force,
+                )?);
+            }
+        }
     }
-    Ok(None)
+    if let Some(new) = protect_as {
+        crate::vault::check_item_name(new).map_err(|e| plan_err(e.to_string()))?;
+        if vault.find_item(new)?.is_some() {
+            return Err(plan_err(format!(
+                "an item named {new:?} already exists; choose another name for --protect-as"
+            )));
+        }
+    }
+    Ok(RestorePlan {
+        item: item.clone(),
+        point: point.id.clone(),
+        images,
+        in_place: matches!(target, RestoreTarget::InPlace),
+        protect_as: protect_as.map(str::to_string),
+    })
+}
+
+fn wrong_kind(item: &Item, want: ItemKind) -> RestoreError {
+    let hint = match item.kind {
+        ItemKind::Files => "restore its files with `coffre restore` or from `coffre mount`",
+        ItemKind::Disk => "use `coffre-restore disk`",
+        ItemKind::Vm => "use `coffre-restore vm`",
+    };
+    plan_err(format!(
+        "item {:?} is a {} item, not a {} item; {hint}",
+        item.name,
+        item.kind.as_str(),
+        want.as_str()
+    ))
+}
+
+/// Carries out a plan. An in-place restore (which needs the writer lock) first marks the item
+/// `needs-reprotect`, so a failure half-way can never be backed up as a good point.
+pub fn apply_plan(
+    vault: &Vault,
+    lock: Option<&WriteLock>,
+    plan: &RestorePlan,
+    progress: bool,
+    mut each: impl FnMut(&ImagePlan, u64),
+) -> Result<RestoreOutcome, RestoreError> {
+    let _lease = vault.lease()?;
+    let mut out = RestoreOutcome::default();
+    if plan.in_place {
+        let lock =
+            lock.ok_or_else(|| plan_err("an in-place restore needs the writer lock".into()))?;
+        vault.update_item(lock, &plan.item.name, |item| {
+            item.state = ItemState::NeedsReprotect;
+            item.restored_point = Some(plan.point.clone());
+            Ok(())
+        })?;
+        out.needs_reprotect = true;
+    }
+    for p in &plan.images {
+        let n = apply(vault, p, progress)?;
+        each(p, n);
+        out.written.push(n);
+    }
+    if let Some(new) = &plan.protect_as {
+        let lock = lock.ok_or_else(|| plan_err("--protect-as needs the writer lock".into()))?;
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let def = VmSource {
+            config: canon(&plan.images[0].target),
+            disks: plan.images[1..].iter().map(|p| canon(&p.target)).collect(),
+            pre_script: None,
+            post_script: None,
+        };
+        vault.create_item(lock, new, &ItemSource::Vm(def))?;
+        out.protected_as = Some(new.clone());
+    }
+    Ok(out)
 }

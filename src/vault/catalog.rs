@@ -7,21 +7,39 @@
 //! so a point is visible only when complete. Crash story: SQLite's WAL makes each transaction
 //! atomic and `synchronous=FULL` makes a committed one durable; a killed backup rolls back whole.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::format::{self, ChunkId, Entry, Extent, Hash32, ListId, TreeId};
+use super::format::{self, ChunkId, Entry, Extent, ListId, TreeId};
+use super::model::{Item, ItemKind};
 use super::packs::{Codec, RecordPos};
 use super::{VaultError, VaultResult};
 
 /// The schema version this build writes. Older catalogs are migrated; newer ones are refused.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations from version N-1 to N, in order (index 0 migrates 1 -> 2).
 const MIGRATIONS: &[&str] = &[
     // 2: how consistent a point is (crash / file / application), for disk and VM points.
     "ALTER TABLE points ADD COLUMN consistency TEXT;",
+    // 3: pack ids are never reused (AUTOINCREMENT): readers cache records by pack id, so an id
+    // given to a new pack after a delete could hand them another pack's bytes. Points record
+    // when their backup really started (the files cache's racy check), apart from the time they
+    // are recorded as taken.
+    "CREATE TABLE packs_v3(
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        name TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        created INTEGER NOT NULL,
+        verified INTEGER
+     );
+     INSERT INTO packs_v3(id, name, size, created, verified)
+        SELECT id, name, size, created, verified FROM packs;
+     DROP TABLE packs;
+     ALTER TABLE packs_v3 RENAME TO packs;
+     ALTER TABLE points ADD COLUMN started INTEGER;",
 ];
 /// The value of `meta.format` that marks a coffre vault.
 pub const FORMAT_NAME: &str = "coffre-vault";
@@ -76,46 +94,6 @@ CREATE TABLE lists(id BLOB NOT NULL UNIQUE, data BLOB NOT NULL);
 "#;
 // New catalogs are created at version 1 and migrated like old ones, so every step is exercised.
 
-/// What kind of thing an item protects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ItemKind {
-    Files,
-    Disk,
-    Vm,
-}
-
-impl ItemKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ItemKind::Files => "files",
-            ItemKind::Disk => "disk",
-            ItemKind::Vm => "vm",
-        }
-    }
-    fn parse(s: &str) -> Option<ItemKind> {
-        match s {
-            "files" => Some(ItemKind::Files),
-            "disk" => Some(ItemKind::Disk),
-            "vm" => Some(ItemKind::Vm),
-            _ => None,
-        }
-    }
-}
-
-/// A protected item.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Item {
-    #[serde(skip)]
-    pub id: i64,
-    pub name: String,
-    pub kind: ItemKind,
-    /// The stored definition (source path, excludes...) as JSON.
-    pub source: serde_json::Value,
-    pub state: String,
-    pub created: i64,
-}
-
 /// A recovery point as the catalog lists it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct PointRow {
@@ -137,6 +115,9 @@ pub struct PointRow {
     pub duration_ms: u64,
     /// `crash`, `file` or `application` for disk and VM points; none for files points.
     pub consistency: Option<String>,
+    /// When the backup that made it started (ns); none for points made before schema 3.
+    #[serde(skip)]
+    pub started: Option<i64>,
 }
 
 /// Where a chunk's bytes are.
@@ -307,17 +288,17 @@ impl Catalog {
     }
 
     /// Starts a write transaction (the caller holds the vault's writer lock).
-    pub fn begin(&self) -> VaultResult<()> {
+    pub(super) fn begin(&self) -> VaultResult<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
         Ok(())
     }
 
-    pub fn commit(&self) -> VaultResult<()> {
+    pub(super) fn commit(&self) -> VaultResult<()> {
         self.conn.execute_batch("COMMIT")?;
         Ok(())
     }
 
-    pub fn rollback(&self) {
+    pub(super) fn rollback(&self) {
         // Nothing to do if no transaction is open; an error here means none was.
         let _ = self.conn.execute_batch("ROLLBACK");
     }
@@ -325,16 +306,15 @@ impl Catalog {
     // ---- items ----
 
     fn row_item(r: &rusqlite::Row) -> rusqlite::Result<Item> {
-        let kind: String = r.get(2)?;
-        let source: String = r.get(3)?;
-        Ok(Item {
-            id: r.get(0)?,
-            name: r.get(1)?,
-            kind: ItemKind::parse(&kind).unwrap_or(ItemKind::Files),
-            source: serde_json::from_str(&source).unwrap_or(serde_json::Value::Null),
-            state: r.get(4)?,
-            created: r.get(5)?,
-        })
+        let (kind, source, state): (String, String, String) = (r.get(2)?, r.get(3)?, r.get(4)?);
+        Ok(Item::from_row(
+            r.get(0)?,
+            r.get(1)?,
+            &kind,
+            &source,
+            &state,
+            r.get(5)?,
+        ))
     }
 
     pub fn item(&self, name: &str) -> VaultResult<Option<Item>> {
@@ -370,13 +350,20 @@ impl Catalog {
             .ok_or_else(|| VaultError::ItemNotFound(name.to_string()))
     }
 
-    /// Sets an item's protection state: `protected`, `stopped` or `needs-reprotect`.
-    pub fn set_item_state(&self, item: i64, state: &str) -> VaultResult<()> {
+    /// Stores an item's state and definition (kind and name never change here).
+    pub fn update_item(&self, item: &Item) -> VaultResult<()> {
         self.conn.execute(
-            "UPDATE items SET state=?2 WHERE id=?1",
-            params![item, state],
+            "UPDATE items SET state=?2, source=?3 WHERE id=?1",
+            params![item.id, item.state.as_str(), item.source_json().to_string()],
         )?;
         Ok(())
+    }
+
+    pub fn item_name(&self, id: i64) -> VaultResult<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT name FROM items WHERE id=?1", [id], |r| r.get(0))
+            .optional()?)
     }
 
     /// Soft-deletes every live point of an item (their data stays until garbage collection).
@@ -387,19 +374,11 @@ impl Catalog {
         )?)
     }
 
-    pub fn set_item_source(&self, item: i64, source: &serde_json::Value) -> VaultResult<()> {
-        self.conn.execute(
-            "UPDATE items SET source=?2 WHERE id=?1",
-            params![item, source.to_string()],
-        )?;
-        Ok(())
-    }
-
     // ---- points ----
 
     const POINT_COLS: &'static str = "p.id, p.pid, i.name, p.time, p.root, p.files, p.dirs, \
         p.logical_bytes, p.new_chunks, p.new_bytes, p.stored_bytes, p.warnings, p.duration_ms, \
-        p.consistency";
+        p.consistency, p.started";
 
     fn row_point(r: &rusqlite::Row) -> rusqlite::Result<PointRow> {
         Ok(PointRow {
@@ -417,6 +396,7 @@ impl Catalog {
             warnings: r.get(11)?,
             duration_ms: r.get(12)?,
             consistency: r.get(13)?,
+            started: r.get(14)?,
         })
     }
 
@@ -445,8 +425,8 @@ impl Catalog {
     pub fn insert_point(&self, item: i64, p: &PointRow) -> VaultResult<()> {
         self.conn.execute(
             "INSERT INTO points(pid, item, time, root, files, dirs, logical_bytes, new_chunks,
-                new_bytes, stored_bytes, warnings, duration_ms, consistency)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                new_bytes, stored_bytes, warnings, duration_ms, consistency, started)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             params![
                 p.id,
                 item,
@@ -460,7 +440,8 @@ impl Catalog {
                 p.stored_bytes,
                 p.warnings,
                 p.duration_ms,
-                p.consistency
+                p.consistency,
+                p.started
             ],
         )?;
         Ok(())
@@ -570,34 +551,35 @@ impl Catalog {
 
     // ---- trees and content lists ----
 
-    fn get_blob(&self, table: &str, id: &Hash32) -> VaultResult<Option<Vec<u8>>> {
+    fn get_blob(&self, table: &str, id: &[u8; 32]) -> VaultResult<Option<Vec<u8>>> {
         let sql = format!("SELECT data FROM {table} WHERE id=?1");
         let data: Option<Vec<u8>> = self
             .conn
             .prepare_cached(&sql)?
-            .query_row([&id.0[..]], |r| r.get(0))
+            .query_row([&id[..]], |r| r.get(0))
             .optional()?;
         let Some(data) = data else { return Ok(None) };
+        let hex = TreeId(*id).to_hex();
         let plain = zstd::bulk::decompress(&data, 64 << 20).map_err(|e| VaultError::Damaged {
             path: "vault.db".into(),
-            detail: format!("{table} blob {id}: {e}"),
+            detail: format!("{table} blob {hex}: {e}"),
         })?;
-        if Hash32::of(&plain) != *id {
+        if blake3::hash(&plain).as_bytes() != id {
             return Err(VaultError::Damaged {
                 path: "vault.db".into(),
-                detail: format!("{table} blob {id} does not match its id"),
+                detail: format!("{table} blob {hex} does not match its id"),
             });
         }
         Ok(Some(plain))
     }
 
     /// Stores a blob under its id; returns the stored (compressed) size if it was new, else 0.
-    fn put_blob(&self, table: &str, id: &Hash32, plain: &[u8]) -> VaultResult<u64> {
+    fn put_blob(&self, table: &str, id: &[u8; 32], plain: &[u8]) -> VaultResult<u64> {
         let exists_sql = format!("SELECT 1 FROM {table} WHERE id=?1");
         if self
             .conn
             .prepare_cached(&exists_sql)?
-            .query_row([&id.0[..]], |_| Ok(()))
+            .query_row([&id[..]], |_| Ok(()))
             .optional()?
             .is_some()
         {
@@ -610,33 +592,33 @@ impl Catalog {
         let sql = format!("INSERT INTO {table}(id, data) VALUES (?1, ?2)");
         self.conn
             .prepare_cached(&sql)?
-            .execute(params![&id.0[..], z])?;
+            .execute(params![&id[..], z])?;
         Ok(z.len() as u64)
     }
 
     pub fn tree(&self, id: &TreeId) -> VaultResult<Vec<Entry>> {
-        let plain = self.get_blob("trees", id)?.ok_or(VaultError::Missing {
+        let plain = self.get_blob("trees", &id.0)?.ok_or(VaultError::Missing {
             what: "tree",
-            id: *id,
+            id: id.to_hex(),
         })?;
         Ok(format::decode_tree(&plain)?)
     }
 
     /// Stores an encoded tree; returns bytes added to the catalog (0 if it was already there).
     pub fn put_tree(&self, id: &TreeId, encoded: &[u8]) -> VaultResult<u64> {
-        self.put_blob("trees", id, encoded)
+        self.put_blob("trees", &id.0, encoded)
     }
 
     pub fn list(&self, id: &ListId) -> VaultResult<Vec<Extent>> {
-        let plain = self.get_blob("lists", id)?.ok_or(VaultError::Missing {
+        let plain = self.get_blob("lists", &id.0)?.ok_or(VaultError::Missing {
             what: "content list",
-            id: *id,
+            id: id.to_hex(),
         })?;
         Ok(format::decode_list(&plain)?)
     }
 
     pub fn put_list(&self, id: &ListId, encoded: &[u8]) -> VaultResult<u64> {
-        self.put_blob("lists", id, encoded)
+        self.put_blob("lists", &id.0, encoded)
     }
 
     // ---- totals ----
@@ -659,5 +641,37 @@ impl Catalog {
             trees: q("SELECT count(*) FROM trees")?,
             lists: q("SELECT count(*) FROM lists")?,
         })
+    }
+}
+
+/// Catalog connections shared by the threads of one process (a connection serves one thread at a
+/// time; the pool hands each caller one and takes it back).
+pub struct CatalogPool {
+    path: PathBuf,
+    conns: Mutex<Vec<Catalog>>,
+}
+
+impl CatalogPool {
+    /// A pool over `path`, starting with `first` (the connection that checked the vault).
+    pub fn new(path: PathBuf, first: Option<Catalog>) -> CatalogPool {
+        CatalogPool {
+            path,
+            conns: Mutex::new(first.into_iter().collect()),
+        }
+    }
+
+    /// Runs `f` with a connection from the pool (a new one if all are busy).
+    pub fn with<T>(&self, f: impl FnOnce(&Catalog) -> VaultResult<T>) -> VaultResult<T> {
+        let conn = self.conns.lock().expect("catalog pool lock").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => Catalog::open(&self.path)?,
+        };
+        let r = f(&conn);
+        let mut conns = self.conns.lock().expect("catalog pool lock");
+        if conns.len() < 64 {
+            conns.push(conn);
+        }
+        r
     }
 }

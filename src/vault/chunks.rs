@@ -1,37 +1,24 @@
-//! Reading chunks: pack maps, record decompression, a bounded cache, hash verification.
-//!
-//! Owns the read path from a `ChunkLoc` to plain bytes. Sealed packs are opened once and read
-//! with `pread` (see `ChunkReader` for why not mmap); a record (one zstd frame holding one or
-//! more chunks) is decompressed once and kept in a byte-bounded cache, so reading the small files
-//! of one directory in order costs one decompression. Every chunk is checked against its BLAKE3
-//! id the first time it is handed out of a cached record: damaged data is an error, never wrong
-//! bytes. Thread-safe (`&self` everywhere); never writes.
+//! Reading chunks: the only way to get chunk bytes. `ChunkSource::read_chunk(id)` looks the chunk
+//! up (a bounded location cache in front of the catalog), names its pack, reads the record
+//! through the pack store, decompresses it once into a byte-bounded cache (reading the small files
+//! of one directory in order costs one decompression) and checks the chunk against its BLAKE3 id
+//! the first time it is handed out of a cached record: damaged data is an error, never wrong
+//! bytes. Thread-safe (`&self` everywhere); never writes. Caches key records by pack id, which
+//! the catalog never reuses, so a deleted pack's id cannot serve another pack's bytes.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
-use super::catalog::{Catalog, ChunkLoc};
+use super::catalog::{CatalogPool, ChunkLoc};
 use super::format::ChunkId;
 use super::packs::{self, Codec};
+use super::store::PackStore;
 use super::{VaultError, VaultResult};
 
-/// Decompressed records kept in memory, by default.
-pub const DEFAULT_CACHE_BYTES: usize = 16 << 20;
-
 /// A decompressed record and which of its chunks (by offset) were already checked.
-pub struct Record {
+struct Record {
     data: Vec<u8>,
     verified: Mutex<Vec<u32>>,
-}
-
-impl Record {
-    /// The record's plain bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.data
-    }
 }
 
 type CachedRecord = (Arc<Record>, u64);
@@ -83,24 +70,39 @@ impl RecordCache {
     }
 }
 
-/// Resolves pack ids to open files and chunk locations to verified bytes.
-///
-/// Why `pread` and not memmap2 (which DESIGN.md suggested): measured on a full restore of the
-/// Linux tree, every mapped pack page stayed in the process RSS (170+ MiB, even with
-/// `MADV_DONTNEED` after each record), and a pack truncated behind our back would kill the process
-/// with SIGBUS instead of giving an error. One `pread` per record costs a copy of compressed bytes,
-/// which is small next to decompressing them.
-pub struct ChunkReader {
-    packs_dir: PathBuf,
-    files: Mutex<HashMap<i64, Arc<File>>>,
+/// Chunk locations kept in memory at most (about 80 bytes each).
+const MAX_LOCATIONS: usize = 1 << 16;
+
+/// Verified bytes of one chunk (a range of a cached, decompressed record).
+pub struct ChunkBytes {
+    rec: Arc<Record>,
+    range: std::ops::Range<usize>,
+}
+
+impl std::ops::Deref for ChunkBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.rec.data[self.range.clone()]
+    }
+}
+
+/// Resolves chunk ids to verified bytes. See the module header.
+pub struct ChunkSource {
+    store: Arc<dyn PackStore>,
+    pool: Arc<CatalogPool>,
+    /// pack id -> pack name, for packs whose header was checked
+    packs: RwLock<HashMap<i64, Arc<str>>>,
+    locations: Mutex<HashMap<ChunkId, ChunkLoc>>,
     cache: Mutex<RecordCache>,
 }
 
-impl ChunkReader {
-    pub fn new(packs_dir: PathBuf, cache_bytes: usize) -> ChunkReader {
-        ChunkReader {
-            packs_dir,
-            files: Mutex::new(HashMap::new()),
+impl ChunkSource {
+    pub fn new(store: Arc<dyn PackStore>, pool: Arc<CatalogPool>, cache_bytes: usize) -> Self {
+        ChunkSource {
+            store,
+            pool,
+            packs: RwLock::new(HashMap::new()),
+            locations: Mutex::new(HashMap::new()),
             cache: Mutex::new(RecordCache {
                 map: HashMap::new(),
                 bytes: 0,
@@ -110,46 +112,11 @@ impl ChunkReader {
         }
     }
 
-    fn file(&self, pack: i64, catalog: &Catalog) -> VaultResult<Arc<File>> {
-        if let Some(f) = self.files.lock().expect("pack files lock").get(&pack) {
-            return Ok(f.clone());
-        }
-        let name = catalog
-            .pack_name(pack)?
-            .ok_or_else(|| VaultError::Damaged {
-                path: self.packs_dir.with_file_name("vault.db"),
-                detail: format!("a chunk names unknown pack {pack}"),
-            })?;
-        let path = self.packs_dir.join(format!("{name}.pack"));
-        let io = |e| VaultError::Io {
-            path: path.clone(),
-            source: e,
-        };
-        let f = File::open(&path).map_err(io)?;
-        let mut header = [0u8; packs::PACK_HEADER_LEN as usize];
-        f.read_exact_at(&mut header, 0).map_err(io)?;
-        packs::check_header(&header).map_err(|e| VaultError::Damaged {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-        let f = Arc::new(f);
-        self.files
-            .lock()
-            .expect("pack files lock")
-            .insert(pack, f.clone());
-        Ok(f)
-    }
-
-    /// Returns the decompressed record that holds chunk `id` at `loc`, and the chunk's range in
-    /// it, checked against `id`. `catalog` names the pack (looked up on first use of a pack).
-    pub fn record(
-        &self,
-        id: &ChunkId,
-        loc: &ChunkLoc,
-        catalog: &Catalog,
-    ) -> VaultResult<(Arc<Record>, std::ops::Range<usize>)> {
+    /// The bytes of chunk `id`, checked against it.
+    pub fn read_chunk(&self, id: &ChunkId) -> VaultResult<ChunkBytes> {
+        let loc = self.location(id)?;
         let range = loc.offset as usize..loc.offset as usize + loc.len as usize;
-        let rec = self.load(id, loc, catalog)?;
+        let rec = self.load(id, &loc)?;
         let mut verified = rec.verified.lock().expect("verified lock");
         if !verified.contains(&loc.offset) {
             let data = rec.data.get(range.clone()).unwrap_or_default();
@@ -162,24 +129,67 @@ impl ChunkReader {
             verified.push(loc.offset);
         }
         drop(verified);
-        Ok((rec, range))
+        Ok(ChunkBytes { rec, range })
     }
 
-    fn load(&self, id: &ChunkId, loc: &ChunkLoc, catalog: &Catalog) -> VaultResult<Arc<Record>> {
+    fn location(&self, id: &ChunkId) -> VaultResult<ChunkLoc> {
+        if let Some(l) = self.locations.lock().expect("locations lock").get(id) {
+            return Ok(*l);
+        }
+        let loc = self
+            .pool
+            .with(|c| c.chunk(id))?
+            .ok_or_else(|| VaultError::Missing {
+                what: "chunk",
+                id: id.to_hex(),
+            })?;
+        let mut locs = self.locations.lock().expect("locations lock");
+        if locs.len() >= MAX_LOCATIONS {
+            locs.clear();
+        }
+        locs.insert(*id, loc);
+        Ok(loc)
+    }
+
+    /// The name of pack `pack`, its header checked on first use.
+    fn pack_name(&self, id: &ChunkId, pack: i64) -> VaultResult<Arc<str>> {
+        if let Some(n) = self.packs.read().expect("packs lock").get(&pack) {
+            return Ok(n.clone());
+        }
+        let name: Arc<str> = self
+            .pool
+            .with(|c| c.pack_name(pack))?
+            .ok_or_else(|| VaultError::Damaged {
+                path: "vault.db".into(),
+                detail: format!("chunk {id} names unknown pack {pack}"),
+            })?
+            .into();
+        let mut header = [0u8; packs::PACK_HEADER_LEN as usize];
+        self.store
+            .read_at(&name, 0, &mut header)
+            .map_err(|e| pack_error(id, &name, e))?;
+        packs::check_header(&header).map_err(|e| VaultError::BadChunk {
+            id: *id,
+            detail: format!("its pack {name} is damaged: {e}"),
+        })?;
+        self.packs
+            .write()
+            .expect("packs lock")
+            .insert(pack, name.clone());
+        Ok(name)
+    }
+
+    fn load(&self, id: &ChunkId, loc: &ChunkLoc) -> VaultResult<Arc<Record>> {
         let key = (loc.pack, loc.record.offset);
         if let Some(rec) = self.cache.lock().expect("cache lock").get(key) {
             return Ok(rec);
         }
         let bad = |detail: String| VaultError::BadChunk { id: *id, detail };
-        let file = self.file(loc.pack, catalog)?;
+        let name = self.pack_name(id, loc.pack)?;
         let mut stored = vec![0u8; loc.record.stored_len as usize];
-        file.read_exact_at(&mut stored, loc.record.offset)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => {
-                    bad("record lies past the end of its pack".into())
-                }
-                _ => bad(format!("cannot read its pack: {e}")),
-            })?;
+        self.store
+            .read_at(&name, loc.record.offset, &mut stored)
+            .map_err(|e| pack_error(id, &name, e))?;
         let plain = match loc.record.codec {
             Codec::Raw => stored,
             Codec::Zstd => {
@@ -202,4 +212,13 @@ impl ChunkReader {
         self.cache.lock().expect("cache lock").put(key, rec.clone());
         Ok(rec)
     }
+}
+
+fn pack_error(id: &ChunkId, pack: &str, e: std::io::Error) -> VaultError {
+    let detail = match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => format!("its record lies past the end of pack {pack}"),
+        std::io::ErrorKind::NotFound => format!("its pack {pack} is missing"),
+        _ => format!("cannot read its pack {pack}: {e}"),
+    };
+    VaultError::BadChunk { id: *id, detail }
 }

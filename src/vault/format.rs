@@ -23,44 +23,61 @@ pub enum FormatError {
 
 type Result<T> = std::result::Result<T, FormatError>;
 
-/// A 32-byte BLAKE3 hash: the identity of a chunk, a tree or a content list.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Hash32(pub [u8; 32]);
+/// Defines a 32-byte BLAKE3 identity. Each kind of id is its own type, so a tree id can never be
+/// passed where a chunk id is expected.
+macro_rules! hash_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; 32]);
 
-/// Id of a chunk: BLAKE3 of its plain bytes.
-pub type ChunkId = Hash32;
-/// Id of a directory tree blob (BLAKE3 of its encoding).
-pub type TreeId = Hash32;
-/// Id of a content list blob (BLAKE3 of its encoding).
-pub type ListId = Hash32;
-
-impl Hash32 {
-    pub fn of(bytes: &[u8]) -> Hash32 {
-        Hash32(*blake3::hash(bytes).as_bytes())
-    }
-    pub fn to_hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push_str(&format!("{b:02x}"));
+        impl $name {
+            /// The id of these bytes (their BLAKE3 hash).
+            pub fn of(bytes: &[u8]) -> $name {
+                $name(*blake3::hash(bytes).as_bytes())
+            }
+            pub fn to_hex(&self) -> String {
+                hex(&self.0)
+            }
+            pub fn from_slice(b: &[u8]) -> Option<$name> {
+                Some($name(b.try_into().ok()?))
+            }
         }
-        s
-    }
-    pub fn from_slice(b: &[u8]) -> Option<Hash32> {
-        Some(Hash32(b.try_into().ok()?))
-    }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", &self.to_hex()[..16])
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+    };
 }
 
-impl fmt::Debug for Hash32 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", &self.to_hex()[..16])
+fn hex(b: &[u8]) -> String {
+    let mut s = String::with_capacity(2 * b.len());
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
     }
+    s
 }
 
-impl fmt::Display for Hash32 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
+hash_id!(
+    /// Id of a chunk: BLAKE3 of its plain bytes.
+    ChunkId
+);
+hash_id!(
+    /// Id of a directory tree blob: BLAKE3 of its encoding.
+    TreeId
+);
+hash_id!(
+    /// Id of a content list blob: BLAKE3 of its encoding.
+    ListId
+);
 
 /// Seconds and nanoseconds since the epoch, as `stat` reports them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord)]
@@ -295,10 +312,10 @@ impl<'a> Reader<'a> {
         let n = self.var()?;
         self.take(usize::try_from(n).map_err(|_| FormatError::Malformed("length"))?)
     }
-    fn hash(&mut self) -> Result<Hash32> {
-        Ok(Hash32(
-            self.take(32)?.try_into().expect("take(32) is 32 bytes"),
-        ))
+    fn hash(&mut self) -> Result<[u8; 32]> {
+        let mut h = [0u8; 32];
+        h.copy_from_slice(self.take(32)?);
+        Ok(h)
     }
     fn time(&mut self) -> Result<Timestamp> {
         let z = self.var()?;
@@ -389,15 +406,15 @@ fn decode_entry(r: &mut Reader) -> Result<Entry> {
             }
             e.content = match r.u8()? {
                 0 => Content::None,
-                1 => Content::Chunk(r.hash()?),
-                2 => Content::List(r.hash()?),
+                1 => Content::Chunk(ChunkId(r.hash()?)),
+                2 => Content::List(ListId(r.hash()?)),
                 _ => return Err(FormatError::Malformed("content tag")),
             };
         }
         Kind::Dir => {
             e.subtree = match r.u8()? {
                 0 => None,
-                1 => Some(r.hash()?),
+                1 => Some(TreeId(r.hash()?)),
                 _ => return Err(FormatError::Malformed("subtree tag")),
             };
             e.size = r.var()?;
@@ -515,12 +532,12 @@ pub fn decode_list(buf: &[u8]) -> Result<Vec<Extent>> {
     for _ in 0..n {
         out.push(match r.u8()? {
             0 => {
-                let id = r.hash()?;
+                let id = ChunkId(r.hash()?);
                 Extent::Data { id, len: r.var()? }
             }
             1 => Extent::Hole { len: r.var()? },
             2 => {
-                let id = r.hash()?;
+                let id = ListId(r.hash()?);
                 let len = r.var()?;
                 let data = r.var()?;
                 if data > len {
@@ -558,7 +575,7 @@ mod tests {
                 ino: 77,
                 nlink: 2,
                 dev: 0x803,
-                content: Content::Chunk(Hash32::of(b"x")),
+                content: Content::Chunk(ChunkId::of(b"x")),
                 xattrs: vec![(b"user.k".to_vec(), vec![0, 1, 2])],
                 ..Default::default()
             },
@@ -572,7 +589,7 @@ mod tests {
             Entry {
                 name: vec![0xff, 0xff],
                 kind: Some(Kind::Dir),
-                subtree: Some(Hash32::of(b"t")),
+                subtree: Some(TreeId::of(b"t")),
                 ..Default::default()
             },
         ]
@@ -607,12 +624,12 @@ mod tests {
     fn list_round_trips() {
         let l = vec![
             Extent::Data {
-                id: Hash32::of(b"1"),
+                id: ChunkId::of(b"1"),
                 len: 65536,
             },
             Extent::Hole { len: 1 << 40 },
             Extent::Sub {
-                id: Hash32::of(b"2"),
+                id: ListId::of(b"2"),
                 len: 64 << 20,
                 data: 4096,
             },

@@ -5,15 +5,14 @@
 //! (or raw bytes) holding one or more whole chunks, preceded by a self-describing header: the
 //! payload lengths and every chunk's id and length, closed by an 8-byte BLAKE3 check of the
 //! header, so the chunk table can be rebuilt by scanning packs alone (`scan`).
-//! Crash story: a pack is written by one writer, fsync'd when sealed, and only then named by the
-//! catalog; a crash leaves at worst a pack file the catalog does not know, which the next writer
-//! deletes (see `Vault::lock`). Sealed packs never change; readers map them with memmap2.
+//! Crash story: a pack is written by one writer through a `PackStore`, made durable when sealed,
+//! and only then named by the catalog; a crash leaves at worst a pack the catalog does not know,
+//! which recovery quarantines (see `Vault::lock`). Sealed packs never change.
 
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io;
 
 use super::format::ChunkId;
+use super::store::{PackStore, PackUpload};
 
 pub const PACK_MAGIC: &[u8; 8] = b"COFFREPK";
 pub const PACK_VERSION: u32 = 1;
@@ -79,23 +78,24 @@ fn encode_header(rec: &Record) -> Vec<u8> {
 /// Writes one new pack. Not thread-safe: one writer thread owns it.
 pub struct PackWriter {
     pub name: String,
-    path: PathBuf,
-    out: BufWriter<File>,
+    out: Box<dyn PackUpload>,
     len: u64,
 }
 
 impl PackWriter {
-    /// Creates `dir/<name>.pack`; fails if it exists.
-    pub fn create(dir: &Path, name: &str) -> io::Result<PackWriter> {
-        let path = dir.join(format!("{name}.pack"));
-        let f = File::options().write(true).create_new(true).open(&path)?;
-        let mut out = BufWriter::with_capacity(1 << 20, f);
-        out.write_all(PACK_MAGIC)?;
-        out.write_all(&PACK_VERSION.to_le_bytes())?;
-        out.write_all(&0u32.to_le_bytes())?;
+    /// Starts pack `name` in `store`; fails if it exists.
+    pub fn create(store: &dyn PackStore, name: &str) -> io::Result<PackWriter> {
+        let mut out = store.create(name)?;
+        let mut header = Vec::with_capacity(PACK_HEADER_LEN as usize);
+        header.extend_from_slice(PACK_MAGIC);
+        header.extend_from_slice(&PACK_VERSION.to_le_bytes());
+        header.extend_from_slice(&0u32.to_le_bytes());
+        if let Err(e) = out.write_all(&header) {
+            out.abort();
+            return Err(e);
+        }
         Ok(PackWriter {
             name: name.to_string(),
-            path,
             out,
             len: PACK_HEADER_LEN,
         })
@@ -107,10 +107,6 @@ impl PackWriter {
 
     pub fn is_empty(&self) -> bool {
         self.len == PACK_HEADER_LEN
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Appends a record and returns where its payload landed.
@@ -128,12 +124,16 @@ impl PackWriter {
         Ok(pos)
     }
 
-    /// Flushes and fsyncs the pack. After this returns the bytes survive a crash.
-    pub fn seal(mut self) -> io::Result<(String, u64)> {
-        self.out.flush()?;
-        let f = self.out.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
+    /// Makes the pack durable. After this returns the bytes survive a crash. On error the pack
+    /// is removed.
+    pub fn seal(self) -> io::Result<(String, u64)> {
+        self.out.finish()?;
         Ok((self.name, self.len))
+    }
+
+    /// Abandons the pack and removes it.
+    pub fn abort(self) {
+        self.out.abort();
     }
 }
 
@@ -258,7 +258,8 @@ mod tests {
     #[test]
     fn records_round_trip_through_scan_and_truncation_is_detected() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = PackWriter::create(dir.path(), "p").unwrap();
+        let store = super::super::store::LocalStore::new(dir.path().to_path_buf());
+        let mut w = PackWriter::create(&store, "p").unwrap();
         let a = b"hello".to_vec();
         let b = vec![7u8; 1000];
         let rec1 = Record {
@@ -276,7 +277,7 @@ mod tests {
         };
         let p1 = w.append(&rec1).unwrap();
         let p2 = w.append(&rec2).unwrap();
-        let path = w.path().to_path_buf();
+        let path = dir.path().join("p.pack");
         w.seal().unwrap();
         let data = std::fs::read(&path).unwrap();
         let (chunks, err) = scan(&data);

@@ -1,0 +1,424 @@
+//! One seekable reader over a file's or an image's content, used by every consumer: the mount
+//! (random reads, SEEK_DATA/SEEK_HOLE), the file restore (sparse writes), the image restore
+//! (parallel writes, zero-filled holes on devices) and re-protection (`first_difference`).
+//!
+//! A content is a list of extents (data chunks, holes, and segments: sub-lists of a disk image).
+//! Segments are loaded on first use and kept, so opening a 1 TiB image costs one list. Every byte
+//! handed out comes from `read_chunk`, so it was checked against its chunk id: damaged data is an
+//! error, never wrong bytes. A tampered catalog cannot loop a reader: nesting is limited and a
+//! list shorter or longer than it claims is damage.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, OnceLock};
+
+use super::format::{ChunkId, Content, Entry, Extent, Kind};
+use super::reader::VaultReader;
+use super::{VaultError, VaultResult};
+
+/// Nesting limit for segments.
+const MAX_DEPTH: u32 = 4;
+
+/// Why writing or comparing a content failed: the vault could not supply it, or the target
+/// could not take it.
+#[derive(Debug, thiserror::Error)]
+pub enum ContentError {
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error("{0}")]
+    Target(#[source] std::io::Error),
+}
+
+/// How `write_to` writes.
+#[derive(Default)]
+pub struct WriteOptions<'a> {
+    /// Write zeros over holes (a block device, or a file that is not new); otherwise holes are
+    /// skipped and the file is extended to its size at the end, so they stay holes.
+    pub zero_holes: bool,
+    /// Threads sharing the top-level extents (segments of an image); 0 or 1 writes in order.
+    pub threads: usize,
+    /// Called with the number of bytes just written, from any of the threads.
+    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+}
+
+/// A leaf of the layout: stored bytes or a hole.
+#[derive(Clone, Copy)]
+enum Span {
+    Data(ChunkId),
+    Hole,
+}
+
+struct Piece {
+    start: u64,
+    x: Extent,
+    sub: OnceLock<Arc<Layout>>,
+}
+
+struct Layout {
+    size: u64,
+    pieces: Vec<Piece>,
+}
+
+impl Layout {
+    fn new(size: u64, extents: Vec<Extent>) -> Layout {
+        let mut pos = 0;
+        let pieces = extents
+            .into_iter()
+            .map(|x| {
+                let p = Piece {
+                    start: pos,
+                    x,
+                    sub: OnceLock::new(),
+                };
+                pos += x.len();
+                p
+            })
+            .collect();
+        Layout { size, pieces }
+    }
+
+    fn index_at(&self, offset: u64) -> usize {
+        self.pieces
+            .partition_point(|p| p.start + p.x.len() <= offset)
+    }
+}
+
+fn damaged(detail: impl Into<String>) -> VaultError {
+    VaultError::Damaged {
+        path: "vault.db".into(),
+        detail: detail.into(),
+    }
+}
+
+/// A seekable, verified view of one file's or image's bytes.
+pub struct ContentReader {
+    vault: Arc<VaultReader>,
+    layout: Arc<Layout>,
+}
+
+impl ContentReader {
+    pub(super) fn new(vault: Arc<VaultReader>, e: &Entry) -> VaultResult<ContentReader> {
+        if e.kind() != Kind::File {
+            return Err(damaged("content asked of an entry that is not a file"));
+        }
+        let extents = match e.content {
+            Content::None => Vec::new(),
+            Content::Chunk(id) => vec![Extent::Data { id, len: e.size }],
+            Content::List(id) => vault.list(&id)?,
+        };
+        Ok(ContentReader {
+            vault,
+            layout: Arc::new(Layout::new(e.size, extents)),
+        })
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.layout.size
+    }
+
+    /// Bytes that hold data (not holes).
+    pub fn data_bytes(&self) -> u64 {
+        self.layout.pieces.iter().map(|p| p.x.data_len()).sum()
+    }
+
+    /// Data bytes rounded up to 4 KiB per extent: what `st_blocks` reports.
+    pub fn allocated_bytes(&self) -> u64 {
+        self.layout
+            .pieces
+            .iter()
+            .map(|p| match p.x {
+                Extent::Data { len, .. } => len.div_ceil(4096) * 4096,
+                Extent::Hole { .. } => 0,
+                Extent::Sub { data, .. } => data,
+            })
+            .sum()
+    }
+
+    fn sub(&self, p: &Piece) -> VaultResult<Arc<Layout>> {
+        let Extent::Sub { id, len, .. } = p.x else {
+            return Err(damaged("not a segment"));
+        };
+        if let Some(l) = p.sub.get() {
+            return Ok(l.clone());
+        }
+        let extents = self.vault.list(&id)?;
+        if extents.iter().map(|x| x.len()).sum::<u64>() != len {
+            return Err(damaged(format!(
+                "segment {id} does not have the length its parent says"
+            )));
+        }
+        Ok(p.sub
+            .get_or_init(|| Arc::new(Layout::new(len, extents)))
+            .clone())
+    }
+
+    /// Reads up to `len` bytes at `offset` (fewer at the end of the file).
+    pub fn read_at(&self, offset: u64, len: usize) -> VaultResult<Vec<u8>> {
+        let l = &self.layout;
+        if offset >= l.size {
+            return Ok(Vec::new());
+        }
+        let end = l.size.min(offset + len as u64);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        self.read_into(l, offset, end, &mut out, 0)?;
+        Ok(out)
+    }
+
+    fn read_into(
+        &self,
+        l: &Layout,
+        offset: u64,
+        end: u64,
+        out: &mut Vec<u8>,
+        depth: u32,
+    ) -> VaultResult<()> {
+        if depth > MAX_DEPTH {
+            return Err(damaged("content lists nested too deep"));
+        }
+        let mut i = l.index_at(offset);
+        let mut pos = offset;
+        while pos < end {
+            let p = l
+                .pieces
+                .get(i)
+                .ok_or_else(|| damaged("a content list is shorter than its file"))?;
+            let skip = pos - p.start;
+            let take = (p.start + p.x.len()).min(end) - pos;
+            match p.x {
+                Extent::Hole { .. } => out.resize(out.len() + take as usize, 0),
+                Extent::Data { id, .. } => {
+                    let data = self.vault.read_chunk(&id)?;
+                    let piece = data
+                        .get(skip as usize..(skip + take) as usize)
+                        .ok_or_else(|| damaged(format!("chunk {id} is shorter than its extent")))?;
+                    out.extend_from_slice(piece);
+                }
+                Extent::Sub { .. } => {
+                    let sub = self.sub(p)?;
+                    self.read_into(&sub, skip, skip + take, out, depth + 1)?;
+                }
+            }
+            pos += take;
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// `SEEK_DATA` (`data`) or `SEEK_HOLE`: the first such offset at or after `offset`. The end
+    /// of the file counts as a hole; `None` means no data follows.
+    pub fn seek(&self, offset: u64, data: bool) -> VaultResult<Option<u64>> {
+        if offset >= self.layout.size {
+            return Ok(None);
+        }
+        Ok(match self.seek_in(&self.layout, offset, data, 0)? {
+            Some(o) => Some(o),
+            None if data => None,
+            None => Some(self.layout.size),
+        })
+    }
+
+    fn seek_in(
+        &self,
+        l: &Layout,
+        offset: u64,
+        want_data: bool,
+        depth: u32,
+    ) -> VaultResult<Option<u64>> {
+        if depth > MAX_DEPTH {
+            return Err(damaged("content lists nested too deep"));
+        }
+        let mut i = l.index_at(offset);
+        while let Some(p) = l.pieces.get(i) {
+            let from = offset.max(p.start);
+            let found = match p.x {
+                Extent::Data { .. } => want_data.then_some(from),
+                Extent::Hole { .. } => (!want_data).then_some(from),
+                Extent::Sub { len, data, .. } => {
+                    if (want_data && data == 0) || (!want_data && data == len) {
+                        None // all hole, or all data: nothing to find inside
+                    } else if (want_data && data == len) || (!want_data && data == 0) {
+                        Some(from)
+                    } else {
+                        let sub = self.sub(p)?;
+                        self.seek_in(&sub, from - p.start, want_data, depth + 1)?
+                            .map(|o| o + p.start)
+                    }
+                }
+            };
+            if found.is_some() {
+                return Ok(found);
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+
+    /// Calls `f(offset, len, span)` for every leaf of top-level pieces `range`, in order.
+    fn visit<E: From<VaultError>>(
+        &self,
+        l: &Layout,
+        range: std::ops::Range<usize>,
+        base: u64,
+        depth: u32,
+        f: &mut dyn FnMut(u64, u64, Span) -> Result<(), E>,
+    ) -> Result<(), E> {
+        if depth > MAX_DEPTH {
+            return Err(damaged("content lists nested too deep").into());
+        }
+        for p in &l.pieces[range] {
+            let at = base + p.start;
+            match p.x {
+                Extent::Data { id, len } => f(at, len, Span::Data(id))?,
+                Extent::Hole { len } => f(at, len, Span::Hole)?,
+                Extent::Sub { data: 0, len, .. } => f(at, len, Span::Hole)?,
+                Extent::Sub { .. } => {
+                    let sub = self.sub(p)?;
+                    self.visit(&sub, 0..sub.pieces.len(), at, depth + 1, f)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads and checks every chunk without writing anything: proves the vault can supply the
+    /// whole content before a restore touches its target.
+    pub fn check(&self) -> VaultResult<()> {
+        let l = self.layout.clone();
+        self.visit::<VaultError>(&l, 0..l.pieces.len(), 0, 0, &mut |_, len, span| {
+            if let Span::Data(id) = span {
+                let data = self.vault.read_chunk(&id)?;
+                if (data.len() as u64) < len {
+                    return Err(damaged(format!("chunk {id} is shorter than its extent")));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes the content into `file` at the same offsets. Returns the bytes written.
+    pub fn write_to(&self, file: &File, opts: &WriteOptions) -> Result<u64, ContentError> {
+        let l = self.layout.clone();
+        let n = l.pieces.len();
+        let threads = opts.threads.clamp(1, n.max(1));
+        let written = if threads == 1 {
+            self.write_stripe(&l, file, opts, 0, 1)?
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads)
+                    .map(|t| {
+                        let l = &l;
+                        s.spawn(move || self.write_stripe(l, file, opts, t, threads))
+                    })
+                    .collect();
+                let mut total = 0;
+                for h in handles {
+                    total += h
+                        .join()
+                        .map_err(|_| damaged("a restore thread panicked"))??;
+                }
+                Ok::<u64, ContentError>(total)
+            })?
+        };
+        if !opts.zero_holes {
+            // A new file: extending it leaves the tail a hole.
+            file.set_len(l.size).map_err(ContentError::Target)?;
+        }
+        Ok(written)
+    }
+
+    /// Writes top-level pieces `first`, `first + step`, ... (disjoint ranges of the file).
+    fn write_stripe(
+        &self,
+        l: &Layout,
+        file: &File,
+        opts: &WriteOptions,
+        first: usize,
+        step: usize,
+    ) -> Result<u64, ContentError> {
+        static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+        let mut written = 0u64;
+        for i in (first..l.pieces.len()).step_by(step) {
+            self.visit::<ContentError>(l, i..i + 1, 0, 0, &mut |at, len, span| {
+                match span {
+                    Span::Data(id) => {
+                        let data = self.vault.read_chunk(&id)?;
+                        let data = data.get(..len as usize).ok_or_else(|| {
+                            damaged(format!("chunk {id} is shorter than its extent"))
+                        })?;
+                        file.write_all_at(data, at).map_err(ContentError::Target)?;
+                    }
+                    Span::Hole if opts.zero_holes => {
+                        let mut done = 0;
+                        while done < len {
+                            let k = (len - done).min(ZEROS.len() as u64) as usize;
+                            file.write_all_at(&ZEROS[..k], at + done)
+                                .map_err(ContentError::Target)?;
+                            done += k as u64;
+                        }
+                    }
+                    Span::Hole => return Ok(()),
+                }
+                written += len;
+                if let Some(p) = opts.progress {
+                    p(len);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(written)
+    }
+
+    /// The first offset at which `file` differs from this content, or `None` if it holds
+    /// exactly these bytes (and has this size).
+    pub fn first_difference(&self, file: &File) -> Result<Option<u64>, ContentError> {
+        use std::io::Seek;
+        let size = (&mut &*file)
+            .seek(std::io::SeekFrom::End(0))
+            .map_err(ContentError::Target)?;
+        if size != self.layout.size {
+            return Ok(Some(size.min(self.layout.size)));
+        }
+        let l = self.layout.clone();
+        let mut found = None;
+        let mut buf = Vec::new();
+        let r = self.visit::<ContentError>(&l, 0..l.pieces.len(), 0, 0, &mut |at, len, span| {
+            // Holes are compared in pieces: one can span terabytes.
+            let step = match span {
+                Span::Data(_) => len,
+                Span::Hole => len.min(1 << 20),
+            };
+            let mut done = 0;
+            while done < len {
+                let n = step.min(len - done);
+                buf.resize(n as usize, 0);
+                file.read_exact_at(&mut buf, at + done)
+                    .map_err(ContentError::Target)?;
+                let same = match span {
+                    Span::Data(id) => ChunkId::of(&buf) == id,
+                    Span::Hole => buf.iter().all(|&b| b == 0),
+                };
+                if !same {
+                    let k = buf.iter().position(|&b| b != 0).unwrap_or(0);
+                    found = Some(
+                        at + done
+                            + if matches!(span, Span::Hole) {
+                                k as u64
+                            } else {
+                                0
+                            },
+                    );
+                    // Stop the walk: nothing after the first difference matters.
+                    return Err(ContentError::Target(std::io::Error::other("differs")));
+                }
+                done += n;
+            }
+            Ok(())
+        });
+        match (r, found) {
+            (_, Some(at)) => Ok(Some(at)),
+            (Err(e), None) => Err(e),
+            (Ok(()), None) => Ok(None),
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Locks and leases: one exclusive writer, any number of readers that a garbage collection can see.
+//!
+//! `WriteLock` is an advisory `flock(LOCK_EX)` on `VAULT/lock`, held for the life of a write
+//! (backup, state change, in-place restore); the kernel drops it when the process dies, so a
+//! killed writer never wedges the vault. A `Lease` is a file `VAULT/leases/<random>.lease`, held
+//! under `flock(LOCK_SH)` by a reader (mount, restore, listing) for its life, recording the vault's
+//! *epoch* when it started. Garbage collection raises the epoch when it commits that packs are no
+//! longer named, and deletes such a pack only when no live lease is older than that commit: a
+//! reader that started before may still ask for it. A lease whose flock can be taken exclusively
+//! belongs to a dead process and is stale. Readers on a read-only vault run without a lease (no
+//! gc can run there either).
+//! Crash story: locks die with their process; a stale lease file is ignored and removed by the
+//! next garbage collection.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::{VaultError, VaultResult, io_err, random_hex};
+
+/// Held while writing; dropping it releases the lock (so does the process dying).
+pub struct WriteLock {
+    _file: File,
+}
+
+/// `flock` with EINTR retried. Ok(false) if `nonblock` and someone else holds it.
+fn flock(f: &File, op: libc::c_int) -> std::io::Result<bool> {
+    loop {
+        // SAFETY: flock on an fd we own; no memory is passed.
+        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Takes the writer lock of the vault at `root`, waiting for it unless `wait` is false.
+pub(super) fn write_lock(root: &Path, wait: bool) -> VaultResult<WriteLock> {
+    let path = root.join("lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    if !flock(&f, op).map_err(io_err(&path))? {
+        return Err(VaultError::Locked(root.to_path_buf()));
+    }
+    Ok(WriteLock { _file: f })
+}
+
+/// The directory of lease files.
+pub const LEASES_DIR: &str = "leases";
+
+/// A reader's lease: while it lives, packs the reader may still ask for are not deleted.
+pub struct Lease {
+    path: Option<PathBuf>,
+    _file: Option<File>,
+    epoch: u64,
+}
+
+impl Lease {
+    /// Takes a lease on the vault at `root`. `epoch` is read *after* the lease file exists, so a
+    /// collection that does not see the file yet committed before the reader read anything.
+    pub(super) fn take(
+        root: &Path,
+        epoch: impl FnOnce() -> VaultResult<u64>,
+    ) -> VaultResult<Lease> {
+        let dir = root.join(LEASES_DIR);
+        let made = std::fs::create_dir_all(&dir).and_then(|_| {
+            let path = dir.join(format!("{}.lease", random_hex(8)));
+            let f = File::options()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&path)?;
+            flock(&f, libc::LOCK_SH)?;
+            Ok((path, f))
+        });
+        let (path, file) = match made {
+            Ok((p, f)) => (Some(p), Some(f)),
+            // A read-only vault: nothing can delete packs under us.
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => (None, None),
+            Err(e) => return Err(io_err(&dir)(e)),
+        };
+        let epoch = epoch()?;
+        if let (Some(p), Some(f)) = (&path, &file) {
+            use std::io::Write;
+            let mut w = f;
+            w.write_all(format!("{epoch} {}\n", std::process::id()).as_bytes())
+                .map_err(io_err(p))?;
+        }
+        Ok(Lease {
+            path,
+            _file: file,
+            epoch,
+        })
+    }
+
+    /// The vault's epoch when this lease was taken.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// The oldest epoch among live leases (`None` if there is none), removing stale lease files.
+/// A lease file that is not written yet counts as epoch 0: its reader may be about to read.
+pub(super) fn oldest_lease(root: &Path) -> VaultResult<Option<u64>> {
+    let dir = root.join(LEASES_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    let mut oldest: Option<u64> = None;
+    for ent in entries {
+        let path = ent.map_err(io_err(&dir))?.path();
+        if path.extension().is_none_or(|x| x != "lease") {
+            continue;
+        }
+        let Ok(f) = File::open(&path) else { continue };
+        if flock(&f, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err(&path))? {
+            let _ = std::fs::remove_file(&path); // its reader is gone
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let epoch = text
+            .split_whitespace()
+            .next()
+            .and_then(|e| e.parse().ok())
+            .unwrap_or(0);
+        oldest = Some(oldest.map_or(epoch, |o: u64| o.min(epoch)));
+    }
+    Ok(oldest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_are_seen_while_held_and_stale_ones_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(oldest_lease(dir.path()).unwrap(), None);
+        let a = Lease::take(dir.path(), || Ok(7)).unwrap();
+        let b = Lease::take(dir.path(), || Ok(3)).unwrap();
+        assert_eq!((a.epoch(), b.epoch()), (7, 3));
+        assert_eq!(oldest_lease(dir.path()).unwrap(), Some(3));
+        drop(b);
+        assert_eq!(oldest_lease(dir.path()).unwrap(), Some(7));
+        // A lease file left by a dead process (no flock held) is stale and removed.
+        let stale = dir.path().join(LEASES_DIR).join("dead.lease");
+        std::fs::write(&stale, "1 99999\n").unwrap();
+        assert_eq!(oldest_lease(dir.path()).unwrap(), Some(7));
+        assert!(!stale.exists());
+        drop(a);
+        assert_eq!(oldest_lease(dir.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_second_writer_waits_or_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = write_lock(dir.path(), false).unwrap();
+        assert!(matches!(
+            write_lock(dir.path(), false),
+            Err(VaultError::Locked(_))
+        ));
+        drop(l);
+        assert!(write_lock(dir.path(), false).is_ok());
+    }
+}

@@ -1,0 +1,600 @@
+//! The write session: the only way to add data to a vault.
+//!
+//! `Vault::begin_write(&lock, opts)` opens a catalog transaction on a connection of its own and
+//! starts a compression pool and the pack-writer thread. Backup code hands chunk bytes to
+//! `ChunkSink`s (cloneable, `Send`: one per worker thread), which deduplicate (against the vault and
+//! this session), group small chunks into one record (256 KiB: grouping small files compresses
+//! better and faster than one frame per file), and pass records to the pool; the writer appends
+//! them to packs and seals (fsyncs) each pack at `PACK_TARGET`. Trees, content lists and new items
+//! go into the same transaction; `commit(point)` makes the point visible.
+//! Invariant: a chunk row names only a pack that was made durable; `register_pack` is the one
+//! place that inserts pack and chunk rows, and it only takes a `SealedPack`, which only the writer
+//! makes, after `finish` and the store's `sync`.
+//! Crash story: nothing is visible before the single COMMIT. Dropping a session without commit
+//! rolls back and deletes the packs it wrote; a killed process leaves packs the catalog does not
+//! name, which recovery quarantines.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+
+use super::catalog::{Catalog, ChunkLoc, PointRow};
+use super::format::{self, ChunkId, Entry, Extent, ListId, TreeId};
+use super::model::{ItemSource, check_item_name};
+use super::packs::{Codec, PACK_TARGET, PackWriter, Record, RecordPos};
+use super::store::PackStore;
+use super::{Vault, VaultError, VaultResult, WriteLock, now_ns, random_hex};
+
+/// A record is closed once it holds this many plain bytes.
+pub const GROUP_TARGET: usize = 256 * 1024;
+/// Chunks at least this big get a record of their own.
+const ALONE: usize = GROUP_TARGET / 2;
+
+/// How a session runs.
+#[derive(Clone, Debug, Default)]
+pub struct SessionOptions {
+    /// Compression threads (0 = one per core).
+    pub threads: usize,
+}
+
+/// How a sink packs chunks into records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkMode {
+    /// Small chunks share one zstd frame (files: better ratio, fewer records).
+    Group,
+    /// Every chunk is a record of its own (disk blocks: a random read through the mount
+    /// decompresses one block, not four).
+    Alone,
+}
+
+/// A point to commit: what the backup knows; the session adds ids, counts and sizes.
+#[derive(Clone, Debug)]
+pub struct NewPoint {
+    pub item: i64,
+    /// When the backup started (or the time it is recorded as taken).
+    pub time: i64,
+    pub root: Entry,
+    pub files: u64,
+    pub dirs: u64,
+    pub logical_bytes: u64,
+    pub warnings: u64,
+    pub consistency: Option<String>,
+}
+
+/// What a committed session added.
+#[derive(Clone, Debug)]
+pub struct Committed {
+    pub point: PointRow,
+    /// Bytes of new trees and content lists added to the catalog.
+    pub catalog_bytes: u64,
+}
+
+/// A group of plain chunk bytes on its way to the compression pool.
+struct RawRecord {
+    plain: Vec<u8>,
+    chunks: Vec<(ChunkId, u32)>,
+}
+
+/// A chunk in a pack: id, record, offset in the record's plain bytes, length.
+type PackChunk = (ChunkId, RecordPos, u32, u32);
+
+/// A pack that is durable (finished and its directory entry synced), with the chunks it holds.
+struct SealedPack {
+    name: String,
+    size: u64,
+    chunks: Vec<PackChunk>,
+}
+
+/// The first failure of any thread of the session; later ones are consequences.
+#[derive(Default)]
+struct Failure(Mutex<Option<String>>);
+
+impl Failure {
+    fn set(&self, e: impl std::fmt::Display) {
+        let mut slot = self.0.lock().expect("failure lock");
+        if slot.is_none() {
+            *slot = Some(e.to_string());
+        }
+    }
+    fn get(&self) -> Option<String> {
+        self.0.lock().expect("failure lock").clone()
+    }
+}
+
+/// What every sink shares (`Sync`).
+struct SinkShared {
+    raw: Sender<RawRecord>,
+    claimed: Mutex<HashSet<ChunkId>>,
+    new_chunks: AtomicU64,
+    new_bytes: AtomicU64,
+    failure: Arc<Failure>,
+    db: std::path::PathBuf,
+}
+
+/// The catalog side, owned by whichever thread builds trees.
+struct TxSide {
+    catalog: Catalog,
+    sealed: Receiver<SealedPack>,
+    packs: Vec<String>,
+    catalog_bytes: u64,
+}
+
+/// An open write session. See the module header.
+pub struct WriteSession<'v> {
+    /// A session lives no longer than the writer lock it was begun under.
+    _lock: std::marker::PhantomData<&'v WriteLock>,
+    store: Arc<dyn PackStore>,
+    tx: Mutex<TxSide>,
+    shared: Option<SinkShared>,
+    threads: Vec<JoinHandle<()>>,
+    stored: Arc<AtomicU64>,
+    started: Instant,
+    /// Wall-clock time the session began (before any source was read).
+    started_ns: i64,
+    done: bool,
+}
+
+impl Vault {
+    /// Starts the only kind of write there is. Holding `_lock` proves this process is the
+    /// vault's one writer.
+    pub fn begin_write<'l>(
+        &self,
+        _lock: &'l WriteLock,
+        opts: &SessionOptions,
+    ) -> VaultResult<WriteSession<'l>> {
+        let catalog = Catalog::open(&self.db_path())?;
+        catalog.begin()?;
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            opts.threads
+        };
+        let failure = Arc::new(Failure::default());
+        let stored = Arc::new(AtomicU64::new(0));
+        let (raw_tx, raw_rx) = bounded::<RawRecord>(2 * threads);
+        let (rec_tx, rec_rx) = bounded::<Record>(2 * threads);
+        let (sealed_tx, sealed_rx) = unbounded::<SealedPack>();
+        let mut handles = Vec::new();
+        for _ in 0..threads {
+            let (rx, tx, f, level) = (
+                raw_rx.clone(),
+                rec_tx.clone(),
+                failure.clone(),
+                self.zstd_level(),
+            );
+            match std::thread::Builder::new()
+                .name("compress".into())
+                .spawn(move || compress_loop(level, rx, tx, &f))
+            {
+                Ok(h) => handles.push(h),
+                Err(e) if handles.is_empty() => {
+                    return Err(VaultError::Threads(e.to_string()));
+                }
+                Err(_) => break, // fewer threads than asked: still correct
+            }
+        }
+        drop((raw_rx, rec_tx));
+        let (store, f, st) = (self.store(), failure.clone(), stored.clone());
+        let writer = std::thread::Builder::new()
+            .name("pack-writer".into())
+            .spawn(move || {
+                if let Err(e) = write_packs(&*store, rec_rx, &sealed_tx, &st) {
+                    f.set(e);
+                }
+            })
+            .map_err(|e| VaultError::Threads(e.to_string()))?;
+        handles.push(writer);
+        Ok(WriteSession {
+            _lock: std::marker::PhantomData,
+            store: self.store(),
+            tx: Mutex::new(TxSide {
+                catalog,
+                sealed: sealed_rx,
+                packs: Vec::new(),
+                catalog_bytes: 0,
+            }),
+            shared: Some(SinkShared {
+                raw: raw_tx,
+                claimed: Mutex::new(HashSet::new()),
+                new_chunks: AtomicU64::new(0),
+                new_bytes: AtomicU64::new(0),
+                failure,
+                db: self.db_path(),
+            }),
+            threads: handles,
+            stored,
+            started: Instant::now(),
+            started_ns: now_ns(),
+            done: false,
+        })
+    }
+}
+
+impl WriteSession<'_> {
+    /// A new sink for one worker thread.
+    pub fn sink(&self, mode: SinkMode) -> ChunkSink<'_> {
+        ChunkSink {
+            shared: self.shared.as_ref().expect("sinks exist until commit"),
+            mode,
+            catalog: None,
+            buf: Vec::new(),
+            chunks: Vec::new(),
+        }
+    }
+
+    /// The first failure of a session thread, if any (a backup can stop early on it).
+    pub fn failed(&self) -> Option<String> {
+        self.shared.as_ref().and_then(|s| s.failure.get())
+    }
+
+    fn with_tx<T>(&self, f: impl FnOnce(&mut TxSide) -> VaultResult<T>) -> VaultResult<T> {
+        let mut tx = self.tx.lock().expect("transaction lock");
+        // Register packs sealed meanwhile, so the final commit has less to do.
+        let sealed: Vec<SealedPack> = tx.sealed.try_iter().collect();
+        for p in sealed {
+            register_pack(&mut tx, p)?;
+        }
+        f(&mut tx)
+    }
+
+    /// Stores a directory listing (entries sorted by name, names unique); returns its id.
+    pub fn put_tree(&self, entries: &[Entry]) -> VaultResult<TreeId> {
+        let enc = format::encode_tree(entries);
+        let id = TreeId::of(&enc);
+        self.with_tx(|tx| {
+            tx.catalog_bytes += tx.catalog.put_tree(&id, &enc)?;
+            Ok(id)
+        })
+    }
+
+    /// Stores a content list; returns its id.
+    pub fn put_list(&self, extents: &[Extent]) -> VaultResult<ListId> {
+        let enc = format::encode_list(extents);
+        let id = ListId::of(&enc);
+        self.with_tx(|tx| {
+            tx.catalog_bytes += tx.catalog.put_list(&id, &enc)?;
+            Ok(id)
+        })
+    }
+
+    /// Creates or redefines an item inside this session: the change exists only if the session
+    /// commits (a failed first backup leaves no item; a failed backup keeps the old definition).
+    pub fn define_item(&self, name: &str, source: &ItemSource) -> VaultResult<i64> {
+        check_item_name(name)?;
+        self.with_tx(|tx| match tx.catalog.item(name)? {
+            Some(item) if item.kind != source.kind() => Err(VaultError::ItemKind {
+                name: name.to_string(),
+                kind: item.kind.as_str(),
+            }),
+            Some(mut item) => {
+                if item.source.as_ref() != Some(source) {
+                    item.source = Some(source.clone());
+                    tx.catalog.update_item(&item)?;
+                }
+                Ok(item.id)
+            }
+            None => Ok(tx
+                .catalog
+                .create_item(name, source.kind(), &source.to_json(), now_ns())?
+                .id),
+        })
+    }
+
+    /// Waits for every chunk to be stored, records the point and commits: the point exists from
+    /// here on. All sinks must be gone (they borrow the session).
+    pub fn commit(mut self, p: NewPoint) -> VaultResult<Committed> {
+        let shared = self.shared.take().expect("commit runs once");
+        let (new_chunks, new_bytes) = (
+            shared.new_chunks.load(Ordering::Relaxed),
+            shared.new_bytes.load(Ordering::Relaxed),
+        );
+        let failure = shared.failure.clone();
+        drop(shared); // closes the pool's input: the threads drain and end
+        for h in self.threads.drain(..) {
+            if h.join().is_err() {
+                failure.set("a storage thread panicked");
+            }
+        }
+        if let Some(e) = failure.get() {
+            return Err(VaultError::WriteFailed(e));
+        }
+        let mut tx = self.tx.lock().expect("transaction lock");
+        let sealed: Vec<SealedPack> = tx.sealed.try_iter().collect();
+        for s in sealed {
+            register_pack(&mut tx, s)?;
+        }
+        let point = PointRow {
+            rowid: 0,
+            id: new_point_id(&tx.catalog)?,
+            item: tx.catalog.item_name(p.item)?.unwrap_or_default(),
+            time: p.time,
+            root: format::encode_root(&p.root),
+            files: p.files,
+            dirs: p.dirs,
+            logical_bytes: p.logical_bytes,
+            new_chunks,
+            new_bytes,
+            stored_bytes: self.stored.load(Ordering::Relaxed),
+            warnings: p.warnings,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            consistency: p.consistency,
+            started: Some(self.started_ns),
+        };
+        tx.catalog.insert_point(p.item, &point)?;
+        crate::testing::crash_point("before-commit");
+        tx.catalog.commit()?;
+        let catalog_bytes = tx.catalog_bytes;
+        drop(tx);
+        self.done = true;
+        Ok(Committed {
+            point,
+            catalog_bytes,
+        })
+    }
+}
+
+impl Drop for WriteSession<'_> {
+    /// Without a commit: stop the threads, roll back, and delete the packs this session wrote
+    /// (nothing names them; recovery would only quarantine them).
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        self.shared.take();
+        for h in self.threads.drain(..) {
+            let _ = h.join();
+        }
+        let Ok(mut tx) = self.tx.lock() else { return };
+        tx.catalog.rollback();
+        let late: Vec<String> = tx.sealed.try_iter().map(|p| p.name).collect();
+        tx.packs.extend(late);
+        for name in &tx.packs {
+            let _ = self.store.delete(name);
+        }
+    }
+}
+
+/// Records a sealed pack and its chunks (inside the session's transaction). The only place pack
+/// and chunk rows are written: a `SealedPack` exists only once its pack is durable.
+fn register_pack(tx: &mut TxSide, p: SealedPack) -> VaultResult<()> {
+    tx.packs.push(p.name.clone());
+    let pack = tx.catalog.insert_pack(&p.name, p.size, now_ns())?;
+    for (id, record, offset, len) in &p.chunks {
+        tx.catalog.insert_chunk(
+            id,
+            &ChunkLoc {
+                pack,
+                record: *record,
+                offset: *offset,
+                len: *len,
+                bad: false,
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// A fresh point id (8 hex digits) not used in this vault yet.
+fn new_point_id(catalog: &Catalog) -> VaultResult<String> {
+    loop {
+        let pid = random_hex(4);
+        if !catalog.point_id_taken(&pid)? {
+            return Ok(pid);
+        }
+    }
+}
+
+/// Where one worker hands chunk bytes to the session. Cloning gives another worker its own
+/// grouping buffer; dropping flushes it.
+pub struct ChunkSink<'s> {
+    shared: &'s SinkShared,
+    mode: SinkMode,
+    catalog: Option<Catalog>,
+    buf: Vec<u8>,
+    chunks: Vec<(ChunkId, u32)>,
+}
+
+impl Clone for ChunkSink<'_> {
+    fn clone(&self) -> Self {
+        ChunkSink {
+            shared: self.shared,
+            mode: self.mode,
+            catalog: None,
+            buf: Vec::new(),
+            chunks: Vec::new(),
+        }
+    }
+}
+
+impl ChunkSink<'_> {
+    /// Stores chunk `id` with bytes `data` unless the vault already holds a good copy or this
+    /// session already took it. Returns true if it is new. Chunks known to be bad are stored
+    /// again.
+    pub fn put(&mut self, id: ChunkId, data: &[u8]) -> VaultResult<bool> {
+        if !self.claim(&id, data.len())? {
+            return Ok(false);
+        }
+        if self.mode == SinkMode::Alone || data.len() >= ALONE {
+            self.send(data.to_vec(), vec![(id, data.len() as u32)])?;
+            return Ok(true);
+        }
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(GROUP_TARGET + ALONE);
+        }
+        self.buf.extend_from_slice(data);
+        self.chunks.push((id, data.len() as u32));
+        if self.buf.len() >= GROUP_TARGET {
+            self.flush()?;
+        }
+        Ok(true)
+    }
+
+    /// Hands the open group, if any, to the compression pool.
+    pub fn flush(&mut self) -> VaultResult<()> {
+        if self.chunks.is_empty() {
+            return Ok(());
+        }
+        let plain = std::mem::take(&mut self.buf);
+        let chunks = std::mem::take(&mut self.chunks);
+        self.send(plain, chunks)
+    }
+
+    fn send(&self, plain: Vec<u8>, chunks: Vec<(ChunkId, u32)>) -> VaultResult<()> {
+        self.shared
+            .raw
+            .send(RawRecord { plain, chunks })
+            .map_err(|_| {
+                VaultError::WriteFailed(
+                    self.shared
+                        .failure
+                        .get()
+                        .unwrap_or_else(|| "the pack writer stopped".into()),
+                )
+            })
+    }
+
+    /// True if the caller must store this chunk: it is neither in the vault as a good chunk
+    /// (checked on this sink's own catalog connection) nor claimed by another sink.
+    fn claim(&mut self, id: &ChunkId, len: usize) -> VaultResult<bool> {
+        let shared = self.shared;
+        if shared.claimed.lock().expect("dedup lock").contains(id) {
+            return Ok(false);
+        }
+        if self.catalog.is_none() {
+            self.catalog = Some(Catalog::open(&shared.db)?);
+        }
+        let catalog = self.catalog.as_ref().expect("opened above");
+        if catalog.has_good_chunk(id)? {
+            return Ok(false);
+        }
+        let fresh = shared.claimed.lock().expect("dedup lock").insert(*id);
+        if fresh {
+            shared.new_chunks.fetch_add(1, Ordering::Relaxed);
+            shared.new_bytes.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        Ok(fresh)
+    }
+}
+
+impl Drop for ChunkSink<'_> {
+    fn drop(&mut self) {
+        // A failed send is recorded as the session's failure, which commit reports.
+        let _ = self.flush();
+    }
+}
+
+/// A compression thread: raw groups in, records out. Incompressible data is stored raw.
+fn compress_loop(level: i32, rx: Receiver<RawRecord>, tx: Sender<Record>, failure: &Failure) {
+    let mut z = match zstd::bulk::Compressor::new(level) {
+        Ok(z) => z,
+        Err(e) => return failure.set(format!("zstd level {level}: {e}")),
+    };
+    for raw in rx {
+        let packed = match z.compress(&raw.plain) {
+            Ok(p) => p,
+            Err(e) => return failure.set(format!("zstd level {level}: {e}")),
+        };
+        let plain_len = raw.plain.len() as u32;
+        // Reading a raw record back costs a copy, not a decompression.
+        let (codec, payload) = if packed.len() + raw.plain.len() / 64 < raw.plain.len() {
+            (Codec::Zstd, packed)
+        } else {
+            (Codec::Raw, raw.plain)
+        };
+        let rec = Record {
+            codec,
+            plain_len,
+            payload,
+            chunks: raw.chunks,
+        };
+        if tx.send(rec).is_err() {
+            return; // the writer stopped; it recorded why
+        }
+    }
+}
+
+/// The pack-writing thread: appends records, seals packs at `PACK_TARGET`, reports each sealed
+/// pack once it and its directory entry are durable. On a write error the open pack is removed
+/// and the error returned (sealed packs are deleted by the session's rollback).
+fn write_packs(
+    store: &dyn PackStore,
+    records: Receiver<Record>,
+    sealed: &Sender<SealedPack>,
+    stored: &AtomicU64,
+) -> Result<(), String> {
+    let fail = |what: &str, e: std::io::Error| {
+        format!(
+            "cannot write a pack in {}: {what}: {e} (is the vault's disk full?)",
+            store.describe()
+        )
+    };
+    let mut cur: Option<(PackWriter, Vec<PackChunk>)> = None;
+    let mut done: Vec<SealedPack> = Vec::new();
+    for rec in records {
+        if cur.is_none() {
+            let w = PackWriter::create(store, &random_hex(12)).map_err(|e| fail("create", e))?;
+            cur = Some((w, Vec::new()));
+        }
+        let (w, list) = cur.as_mut().expect("pack opened above");
+        let before = w.len();
+        let injected = crate::testing::write_limit()
+            .is_some_and(|limit| stored.load(Ordering::Relaxed) + rec.payload.len() as u64 > limit);
+        let pos = if injected {
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            w.append(&rec)
+        };
+        let pos = match pos {
+            Ok(p) => p,
+            Err(e) => {
+                if let Some((w, _)) = cur.take() {
+                    w.abort();
+                }
+                return Err(fail("append", e));
+            }
+        };
+        stored.fetch_add(w.len() - before, Ordering::Relaxed);
+        let mut off = 0u32;
+        for (id, len) in &rec.chunks {
+            list.push((*id, pos, off, *len));
+            off += len;
+        }
+        if w.len() >= PACK_TARGET {
+            let (w, list) = cur.take().expect("pack is open");
+            done.push(seal(w, list).map_err(|e| fail("seal", e))?);
+            // Report in batches, each after the directory sync that makes it durable.
+            publish(store, &mut done, sealed).map_err(|e| fail("sync", e))?;
+        }
+    }
+    if let Some((w, list)) = cur.take() {
+        done.push(seal(w, list).map_err(|e| fail("seal", e))?);
+    }
+    publish(store, &mut done, sealed).map_err(|e| fail("sync", e))
+}
+
+fn seal(w: PackWriter, chunks: Vec<PackChunk>) -> std::io::Result<SealedPack> {
+    let (name, size) = w.seal()?;
+    crate::testing::crash_point("pack-sealed");
+    Ok(SealedPack { name, size, chunks })
+}
+
+/// Makes finished packs' directory entries durable, then hands them to the session.
+fn publish(
+    store: &dyn PackStore,
+    done: &mut Vec<SealedPack>,
+    sealed: &Sender<SealedPack>,
+) -> std::io::Result<()> {
+    if done.is_empty() {
+        return Ok(());
+    }
+    store.sync()?;
+    for p in done.drain(..) {
+        // The receiver lives as long as the session; if it is gone, nobody needs the pack.
+        let _ = sealed.send(p);
+    }
+    Ok(())
+}
