@@ -287,7 +287,11 @@ fn a_failing_pre_script_makes_no_point_and_the_post_script_still_runs() {
     assert!(marker.exists(), "the post-script did not run");
     // No point, and no item either: a definition is kept only by a backup that succeeds.
     let items: serde_json::Value = serde_json::from_str(&t.ok(&["items", "--json"])).unwrap();
-    assert_eq!(items, serde_json::json!([]), "the failed first backup left an item");
+    assert_eq!(
+        items,
+        serde_json::json!([]),
+        "the failed first backup left an item"
+    );
     assert_eq!(t.ok(&["points", "--json"]).trim(), "[]");
 }
 

@@ -675,3 +675,38 @@ impl CatalogPool {
         r
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schema_2_catalog_migrates_and_pack_ids_are_never_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("vault.db");
+        {
+            // A catalog as coffre wrote it before schema 3.
+            let c = Connection::open(&db).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute("INSERT INTO meta VALUES ('format', ?1)", [FORMAT_NAME])
+                .unwrap();
+            c.execute_batch(
+                "INSERT INTO packs(id, name, size, created) VALUES (4, 'a', 10, 0), (5, 'b', 10, 0);
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let c = Catalog::open(&db).unwrap();
+        let v: i64 = c
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        assert_eq!(c.pack_name(5).unwrap().as_deref(), Some("b"));
+        c.conn.execute("DELETE FROM packs WHERE id=5", []).unwrap();
+        let id = c.insert_pack("c", 10, 0).unwrap();
+        assert!(id > 5, "pack id {id} reuses a deleted one");
+        assert_eq!(c.points(None).unwrap().len(), 0);
+    }
+}

@@ -422,3 +422,184 @@ impl ContentReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::{
+        Committed, DiskSource, InitOptions, ItemSource, NewPoint, SessionOptions, SinkMode, Vault,
+    };
+
+    fn block(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| seed.wrapping_add((i % 251) as u8))
+            .collect()
+    }
+
+    /// A vault holding one file: data, a hole, a segment (data, hole, data), a trailing hole.
+    fn sample() -> (tempfile::TempDir, Vault, Entry, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let vault = Vault::init(&dir.path().join("v"), &InitOptions::default()).unwrap();
+        let lock = vault.lock(false).unwrap();
+        let (a, b, c) = (block(1, 5000), block(2, 3000), block(3, 7000));
+        let s = vault
+            .begin_write(&lock, &SessionOptions { threads: 2 })
+            .unwrap();
+        let item = s
+            .define_item("d", &ItemSource::Disk(DiskSource { images: vec![] }))
+            .unwrap();
+        let mut sink = s.sink(SinkMode::Alone);
+        for x in [&a, &b, &c] {
+            assert!(sink.put(ChunkId::of(x), x).unwrap());
+        }
+        assert!(
+            !sink.put(ChunkId::of(&a), &a).unwrap(),
+            "a chunk is stored once"
+        );
+        drop(sink);
+        let seg = s
+            .put_list(&[
+                Extent::Data {
+                    id: ChunkId::of(&b),
+                    len: 3000,
+                },
+                Extent::Hole { len: 1000 },
+                Extent::Data {
+                    id: ChunkId::of(&c),
+                    len: 7000,
+                },
+            ])
+            .unwrap();
+        let top = s
+            .put_list(&[
+                Extent::Data {
+                    id: ChunkId::of(&a),
+                    len: 5000,
+                },
+                Extent::Hole { len: 4096 },
+                Extent::Sub {
+                    id: seg,
+                    len: 11000,
+                    data: 10000,
+                },
+                Extent::Hole { len: 2000 },
+            ])
+            .unwrap();
+        let entry = Entry {
+            name: b"f".to_vec(),
+            kind: Some(Kind::File),
+            size: 5000 + 4096 + 11000 + 2000,
+            content: Content::List(top),
+            ..Default::default()
+        };
+        let root = Entry {
+            kind: Some(Kind::Dir),
+            subtree: Some(s.put_tree(std::slice::from_ref(&entry)).unwrap()),
+            ..Default::default()
+        };
+        let Committed { point, .. } = s
+            .commit(NewPoint {
+                item,
+                time: 1,
+                root,
+                files: 1,
+                dirs: 1,
+                logical_bytes: entry.size,
+                warnings: 0,
+                consistency: None,
+            })
+            .unwrap();
+        assert_eq!(point.new_chunks, 3);
+        let mut plain = a.clone();
+        plain.resize(5000 + 4096, 0);
+        plain.extend_from_slice(&b);
+        plain.resize(plain.len() + 1000, 0);
+        plain.extend_from_slice(&c);
+        plain.resize(plain.len() + 2000, 0);
+        drop(lock);
+        (dir, vault, entry, plain)
+    }
+
+    #[test]
+    fn reads_at_any_offset_match_the_plain_bytes() {
+        let (_d, vault, entry, plain) = sample();
+        let r = vault.reader().content(&entry).unwrap();
+        assert_eq!(r.size(), plain.len() as u64);
+        assert_eq!(r.data_bytes(), 15000);
+        for (off, len) in [
+            (0, 22096),
+            (4990, 20),
+            (9000, 200),
+            (12000, 5000),
+            (22000, 500),
+        ] {
+            let got = r.read_at(off, len).unwrap();
+            let end = (off as usize + len).min(plain.len());
+            assert_eq!(got, &plain[off as usize..end], "at {off}+{len}");
+        }
+        assert!(r.read_at(plain.len() as u64, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn seek_finds_data_and_holes_inside_segments() {
+        let (_d, vault, entry, _) = sample();
+        let r = vault.reader().content(&entry).unwrap();
+        assert_eq!(r.seek(0, false).unwrap(), Some(5000));
+        assert_eq!(r.seek(5000, true).unwrap(), Some(9096));
+        assert_eq!(r.seek(9096, false).unwrap(), Some(12096));
+        assert_eq!(r.seek(12096, true).unwrap(), Some(13096));
+        assert_eq!(r.seek(20096, true).unwrap(), None);
+        assert_eq!(r.seek(20096, false).unwrap(), Some(20096));
+    }
+
+    #[test]
+    fn written_files_are_exact_and_sparse_and_differences_are_found() {
+        let (d, vault, entry, plain) = sample();
+        let r = vault.reader().content(&entry).unwrap();
+        let out = d.path().join("out");
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&out)
+            .unwrap();
+        let n = r.write_to(&f, &WriteOptions::default()).unwrap();
+        assert_eq!(n, 15000, "holes are not written");
+        assert_eq!(std::fs::read(&out).unwrap(), plain);
+        assert_eq!(r.first_difference(&f).unwrap(), None);
+        r.check().unwrap();
+        f.write_all_at(b"x", 10000).unwrap();
+        assert_eq!(r.first_difference(&f).unwrap(), Some(9096));
+        f.write_all_at(b"y", 21000).unwrap();
+        f.write_all_at(&plain[10000..10001], 10000).unwrap();
+        assert_eq!(r.first_difference(&f).unwrap(), Some(21000));
+        // Threads and zero-filled holes give the same bytes over old contents.
+        let g = File::options().read(true).write(true).open(&out).unwrap();
+        g.write_all_at(&vec![0xff; plain.len()], 0).unwrap();
+        let opts = WriteOptions {
+            zero_holes: true,
+            threads: 3,
+            progress: None,
+        };
+        assert_eq!(r.write_to(&g, &opts).unwrap(), plain.len() as u64);
+        assert_eq!(std::fs::read(&out).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_damaged_record_is_an_error_never_wrong_bytes() {
+        let (_d, vault, entry, _) = sample();
+        let packs = vault.root().join("packs");
+        let pack = std::fs::read_dir(&packs)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|x| x == "pack"))
+            .unwrap();
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let n = bytes.len();
+        bytes[n - 100] ^= 0x55;
+        std::fs::write(&pack, bytes).unwrap();
+        let r = vault.reader().content(&entry).unwrap();
+        assert!(r.read_at(0, 30000).is_err());
+        assert!(r.check().is_err());
+    }
+}

@@ -598,3 +598,103 @@ fn publish(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::{FilesSource, InitOptions, Kind};
+
+    fn files_def() -> ItemSource {
+        ItemSource::Files(FilesSource {
+            path: "/src".into(),
+            excludes: vec![],
+            one_file_system: false,
+        })
+    }
+
+    fn point(item: i64) -> NewPoint {
+        NewPoint {
+            item,
+            time: 7,
+            root: Entry {
+                kind: Some(Kind::Dir),
+                ..Default::default()
+            },
+            files: 0,
+            dirs: 1,
+            logical_bytes: 0,
+            warnings: 0,
+            consistency: None,
+        }
+    }
+
+    fn pack_count(v: &Vault) -> usize {
+        v.store().list().unwrap().len()
+    }
+
+    #[test]
+    fn sinks_on_many_threads_store_each_chunk_once_and_commit_makes_it_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vault::init(&dir.path().join("v"), &InitOptions::default()).unwrap();
+        let lock = v.lock(false).unwrap();
+        let s = v
+            .begin_write(&lock, &SessionOptions { threads: 2 })
+            .unwrap();
+        let item = s.define_item("a", &files_def()).unwrap();
+        let chunks: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| (0..3000).map(|j| (i * 7 + j) as u8).collect())
+            .collect();
+        std::thread::scope(|sc| {
+            let sink = s.sink(SinkMode::Group);
+            for _ in 0..4 {
+                let mut sink = sink.clone();
+                let chunks = &chunks;
+                sc.spawn(move || {
+                    for c in chunks {
+                        sink.put(ChunkId::of(c), c).unwrap();
+                    }
+                });
+            }
+        });
+        let done = s.commit(point(item)).unwrap();
+        assert_eq!(
+            done.point.new_chunks, 200,
+            "four threads, each chunk stored once"
+        );
+        assert_eq!(done.point.item, "a");
+        for c in &chunks {
+            assert_eq!(&*v.reader().read_chunk(&ChunkId::of(c)).unwrap(), &c[..]);
+        }
+        // A second session finds them all in the vault.
+        let s = v.begin_write(&lock, &SessionOptions::default()).unwrap();
+        let mut sink = s.sink(SinkMode::Group);
+        assert!(!sink.put(ChunkId::of(&chunks[0]), &chunks[0]).unwrap());
+    }
+
+    #[test]
+    fn a_session_dropped_without_commit_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = Vault::init(&dir.path().join("v"), &InitOptions::default()).unwrap();
+        let lock = v.lock(false).unwrap();
+        let s = v
+            .begin_write(&lock, &SessionOptions { threads: 1 })
+            .unwrap();
+        s.define_item("gone", &files_def()).unwrap();
+        let big: Vec<u8> = (0..(40u32 << 20))
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
+        let mut sink = s.sink(SinkMode::Alone);
+        for piece in big.chunks(1 << 20) {
+            sink.put(ChunkId::of(piece), piece).unwrap();
+        }
+        drop(sink);
+        drop(s);
+        assert_eq!(
+            pack_count(&v),
+            0,
+            "the packs of a rolled-back session are deleted"
+        );
+        assert!(v.find_item("gone").unwrap().is_none());
+        assert_eq!(v.totals().unwrap().chunks, 0);
+    }
+}
