@@ -194,3 +194,369 @@ impl fmt::Display for Schedule {
 }
 
 serde_as_text!(Schedule);
+
+#[cfg(test)]
+mod tests {
+    use jiff::ToSpan;
+    use jiff::civil::DateTime;
+    use jiff::tz::AmbiguousOffset;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn schedule(text: &str) -> Schedule {
+        text.parse().unwrap()
+    }
+
+    fn paris() -> TimeZone {
+        TimeZone::get("Europe/Paris").unwrap()
+    }
+
+    /// A wall-clock time in `tz` (`2026-11-02 02:00[:ss]`).
+    fn at(tz: &TimeZone, wall: &str) -> Timestamp {
+        let wall: DateTime = wall.replace(' ', "T").parse().unwrap();
+        tz.to_ambiguous_timestamp(wall).compatible().unwrap()
+    }
+
+    fn utc(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn wall(tz: &TimeZone, t: Option<Timestamp>) -> String {
+        tz.to_datetime(t.unwrap()).to_string()
+    }
+
+    #[test]
+    fn schedules_parse_and_print_back() {
+        let cases = [
+            ("daily 02:00", "daily 02:00"),
+            ("weekly mon,thu 02:00", "weekly mon,thu 02:00"),
+            ("Weekly SUN,mon 2:05", "weekly mon,sun 02:05"),
+            ("weekly monday,mon,Friday 23:59", "weekly mon,fri 23:59"),
+            ("  daily   0:00 ", "daily 00:00"),
+        ];
+        for (text, printed) in cases {
+            let parsed = schedule(text);
+            assert_eq!(parsed.to_string(), printed, "{text}");
+            assert_eq!(schedule(printed), parsed);
+        }
+        let weekly = schedule("weekly thu,mon 02:30");
+        assert_eq!(
+            weekly.days(),
+            Some(vec![Weekday::Monday, Weekday::Thursday])
+        );
+        assert_eq!(weekly.time_of_day(), Time::constant(2, 30, 0, 0));
+        assert_eq!(schedule("daily 02:00").days(), None);
+    }
+
+    #[test]
+    fn bad_schedules_say_what_is_accepted() {
+        let cases = [
+            ("daily 25:00", "\"25:00\" is not a time"),
+            ("daily 24:00", "\"24:00\" is not a time"),
+            ("daily 12:60", "\"12:60\" is not a time"),
+            ("daily 2am", "\"2am\" is not a time"),
+            ("daily 12:5", "\"12:5\" is not a time"),
+            ("daily 123:00", "\"123:00\" is not a time"),
+            ("daily +1:00", "\"+1:00\" is not a time"),
+            ("weekly 02:00", "needs its days"),
+            ("weekly mon,,tue 02:00", "a day in the list is empty"),
+            ("weekly mon, 02:00", "a day in the list is empty"),
+            ("weekly mon,xyz 02:00", "\"xyz\" is not a day"),
+            ("hourly 02:00", "\"hourly\" is neither daily nor weekly"),
+            ("", "it is empty"),
+            ("daily", "wrong number of words"),
+            ("daily 02:00 03:00", "wrong number of words"),
+        ];
+        for (text, problem) in cases {
+            let err = text.parse::<Schedule>().unwrap_err();
+            assert!(matches!(err, PolicyError::Schedule { .. }), "{text}");
+            let message = err.to_string();
+            assert!(message.contains(problem), "{text}: {message}");
+            assert!(message.contains("\"daily HH:MM\""), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn the_next_slot_is_strictly_after() {
+        let tz = paris();
+        let daily = schedule("daily 02:00");
+        let next = |after: &str| wall(&tz, next_slot(&daily, &tz, at(&tz, after)));
+        assert_eq!(next("2026-11-02 01:59:59"), "2026-11-02T02:00:00");
+        assert_eq!(next("2026-11-02 02:00"), "2026-11-03T02:00:00");
+        assert_eq!(next("2026-11-02 23:00"), "2026-11-03T02:00:00");
+    }
+
+    #[test]
+    fn weekly_slots_fall_on_their_days_only() {
+        let tz = paris();
+        let weekly = schedule("weekly mon,thu 02:00");
+        assert_eq!(date("2026-11-03").weekday(), Weekday::Tuesday);
+        let next = |after: &str| wall(&tz, next_slot(&weekly, &tz, at(&tz, after)));
+        assert_eq!(next("2026-11-03 12:00"), "2026-11-05T02:00:00");
+        assert_eq!(next("2026-11-05 02:00"), "2026-11-09T02:00:00");
+        let last = |t: &str| wall(&tz, last_slot_at_or_before(&weekly, &tz, at(&tz, t)));
+        assert_eq!(last("2026-11-05 02:00"), "2026-11-05T02:00:00");
+        assert_eq!(last("2026-11-05 01:59:59"), "2026-11-02T02:00:00");
+        assert_eq!(last("2026-11-08 23:00"), "2026-11-05T02:00:00");
+    }
+
+    fn date(s: &str) -> Date {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_slot_in_the_spring_forward_gap_runs_after_the_gap() {
+        let tz = paris();
+        let daily = schedule("daily 02:30");
+        // 2026-03-29: Paris skips from 02:00 to 03:00; the slot is 03:30 CEST.
+        let slot = next_slot(&daily, &tz, at(&tz, "2026-03-28 02:30"));
+        assert_eq!(slot, Some(utc("2026-03-29T01:30:00Z")));
+        assert_eq!(wall(&tz, slot), "2026-03-29T03:30:00");
+        // And it is the only slot that day.
+        let after = next_slot(&daily, &tz, slot.unwrap());
+        assert_eq!(wall(&tz, after), "2026-03-30T02:30:00");
+    }
+
+    #[test]
+    fn a_slot_in_the_fall_back_fold_runs_once_at_the_first_time() {
+        let tz = paris();
+        let daily = schedule("daily 02:30");
+        // 2026-10-25: 02:30 happens at 00:30 UTC (CEST) and again at 01:30 UTC (CET).
+        let slot = next_slot(&daily, &tz, at(&tz, "2026-10-24 12:00"));
+        assert_eq!(slot, Some(utc("2026-10-25T00:30:00Z")));
+        // The second 02:30 is not a slot.
+        let after = next_slot(&daily, &tz, slot.unwrap());
+        assert_eq!(after, Some(utc("2026-10-26T01:30:00Z")));
+        let newest = utc("2026-10-25T00:40:00Z");
+        assert!(!is_due(
+            &daily,
+            &tz,
+            Some(newest),
+            utc("2026-10-25T01:45:00Z")
+        ));
+    }
+
+    #[test]
+    fn an_item_without_points_is_due() {
+        let tz = paris();
+        assert!(is_due(
+            &schedule("weekly sun 02:00"),
+            &tz,
+            None,
+            at(&tz, "2026-11-03 12:00")
+        ));
+    }
+
+    #[test]
+    fn due_once_the_slot_after_the_newest_point_has_come() {
+        let tz = paris();
+        let daily = schedule("daily 02:00");
+        let newest = Some(at(&tz, "2026-11-02 02:05"));
+        let due = |now: &str| is_due(&daily, &tz, newest, at(&tz, now));
+        assert!(!due("2026-11-02 02:20"));
+        assert!(!due("2026-11-03 01:59:59"));
+        assert!(due("2026-11-03 02:00"));
+        assert!(due("2026-11-03 09:00"));
+    }
+
+    #[test]
+    fn missed_nights_give_one_catch_up_then_nothing() {
+        let tz = paris();
+        let daily = schedule("daily 02:00");
+        // The machine was off three nights; the timer's first run at 08:00 finds the item due.
+        let newest = at(&tz, "2026-11-02 02:03");
+        let wake = at(&tz, "2026-11-06 08:00");
+        assert!(is_due(&daily, &tz, Some(newest), wake));
+        // The catch-up backup's point, then the timer's next runs: nothing due until tomorrow.
+        let caught_up = at(&tz, "2026-11-06 08:01");
+        for later in ["2026-11-06 08:01", "2026-11-06 08:15", "2026-11-07 01:59"] {
+            assert!(
+                !is_due(&daily, &tz, Some(caught_up), at(&tz, later)),
+                "{later}"
+            );
+        }
+        assert!(is_due(
+            &daily,
+            &tz,
+            Some(caught_up),
+            at(&tz, "2026-11-07 02:00")
+        ));
+    }
+
+    #[test]
+    fn a_schedule_change_is_read_at_the_next_check() {
+        let tz = paris();
+        // Last backup Monday 02:10 under "weekly mon"; checked Tuesday at 03:00.
+        let newest = Some(at(&tz, "2026-11-02 02:10"));
+        let now = at(&tz, "2026-11-03 03:00");
+        assert!(!is_due(&schedule("weekly mon 02:00"), &tz, newest, now));
+        assert!(is_due(&schedule("daily 02:00"), &tz, newest, now));
+        // Daily to weekly: a Tuesday check under "weekly fri" waits for Friday.
+        assert!(!is_due(&schedule("weekly fri 02:00"), &tz, newest, now));
+    }
+
+    #[test]
+    fn a_point_from_the_future_holds_the_item_until_a_later_slot() {
+        let tz = TimeZone::UTC;
+        let daily = schedule("daily 02:00");
+        let newest = Some(utc("2026-11-10T12:00:00Z"));
+        assert!(!is_due(&daily, &tz, newest, utc("2026-11-05T03:00:00Z")));
+        assert!(is_due(&daily, &tz, newest, utc("2026-11-11T02:00:00Z")));
+    }
+
+    #[test]
+    fn the_ends_of_time_have_no_slot_past_them() {
+        let tz = paris();
+        let daily = schedule("daily 02:00");
+        assert_eq!(next_slot(&daily, &tz, Timestamp::MAX), None);
+        assert_eq!(last_slot_at_or_before(&daily, &tz, Timestamp::MIN), None);
+        assert!(next_slot(&daily, &tz, Timestamp::MIN).is_some());
+        assert!(last_slot_at_or_before(&daily, &tz, Timestamp::MAX).is_some());
+    }
+
+    #[test]
+    fn schedules_serialise_as_their_text() {
+        let weekly = schedule("weekly thu,mon 02:30");
+        let json = serde_json::to_string(&weekly).unwrap();
+        assert_eq!(json, "\"weekly mon,thu 02:30\"");
+        assert_eq!(serde_json::from_str::<Schedule>(&json).unwrap(), weekly);
+        assert!(serde_json::from_str::<Schedule>("\"weekly 02:30\"").is_err());
+    }
+
+    #[test]
+    fn every_clock_change_of_four_years_gives_one_slot_a_day() {
+        // Slots every 10 minutes of the 3 hours around each clock change of 2025-2028, in zones
+        // with 1-hour, 30-minute and midnight changes: each day keeps exactly one slot, at its
+        // time or moved forward by a gap.
+        let start = utc("2025-01-01T00:00:00Z");
+        let end = utc("2029-01-01T00:00:00Z");
+        for name in [
+            "Europe/Paris",
+            "America/New_York",
+            "Australia/Lord_Howe",
+            "America/Havana",
+        ] {
+            let tz = TimeZone::get(name).unwrap();
+            let changes = tz.following(start).take_while(|t| t.timestamp() < end);
+            let mut count = 0;
+            for change in changes {
+                count += 1;
+                let local = tz.to_datetime(change.timestamp());
+                for minutes in (-90..=90_i64).step_by(10) {
+                    let wall = local.checked_add(minutes.minutes()).unwrap();
+                    let text = format!("daily {:02}:{:02}", wall.hour(), wall.minute());
+                    let daily = schedule(&text);
+                    // From just before the day before, so that its slot is the first one found.
+                    let eve_day = wall.date().yesterday().unwrap();
+                    let eve = eve_day.to_datetime(Time::midnight());
+                    let eve = tz.to_ambiguous_timestamp(eve).compatible().unwrap();
+                    let eve = eve.checked_sub(1.second()).unwrap();
+                    let first = next_slot(&daily, &tz, eve).unwrap();
+                    let second = next_slot(&daily, &tz, first).unwrap();
+                    let third = next_slot(&daily, &tz, second).unwrap();
+                    let days: Vec<Date> = [first, second, third]
+                        .iter()
+                        .map(|&t| tz.to_datetime(t).date())
+                        .collect();
+                    let expected: Vec<Date> = (0..3)
+                        .map(|d| eve_day.checked_add(d.days()).unwrap())
+                        .collect();
+                    assert_eq!(days, expected, "{name} {text} around {local}");
+                    for slot in [first, second, third] {
+                        assert!(tz.to_datetime(slot).time() >= daily.time_of_day());
+                    }
+                }
+            }
+            assert!(count >= 8, "{name}: {count} clock changes");
+        }
+    }
+
+    // ---- properties -------------------------------------------------------------------------
+
+    const ZONES: [&str; 6] = [
+        "UTC",
+        "Europe/Paris",
+        "America/New_York",
+        "Australia/Lord_Howe",
+        "America/Havana",
+        "Asia/Kolkata",
+    ];
+
+    fn zones() -> impl Strategy<Value = TimeZone> {
+        proptest::sample::select(&ZONES[..]).prop_map(|name| TimeZone::get(name).unwrap())
+    }
+
+    fn schedules() -> impl Strategy<Value = Schedule> {
+        let names = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+        (0..128_u8, 0..24_u8, 0..60_u8).prop_map(move |(mask, hour, minute)| {
+            let days: Vec<&str> = (0..7)
+                .filter(|d| mask & (1 << d) != 0)
+                .map(|d| names[d])
+                .collect();
+            let text = match days.is_empty() {
+                true => format!("daily {hour:02}:{minute:02}"),
+                false => format!("weekly {} {hour:02}:{minute:02}", days.join(",")),
+            };
+            schedule(&text)
+        })
+    }
+
+    /// Any instant from 2025 to 2028, to the second: every DST change of those years.
+    fn instants() -> impl Strategy<Value = Timestamp> {
+        (0..4 * 366 * 86_400_i64).prop_map(|s| {
+            utc("2025-01-01T00:00:00Z")
+                .checked_add(s.seconds())
+                .unwrap()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn next_slot_is_the_first_slot_after(s in schedules(), tz in zones(), after in instants()) {
+            let next = next_slot(&s, &tz, after).unwrap();
+            prop_assert!(next > after);
+            prop_assert!(next.duration_since(after) <= jiff::SignedDuration::from_hours(8 * 24));
+            // It is a slot, and no slot lies between `after` and it.
+            prop_assert_eq!(last_slot_at_or_before(&s, &tz, next), Some(next));
+            let just_before = next.checked_sub(1.nanosecond()).unwrap();
+            prop_assert!(last_slot_at_or_before(&s, &tz, just_before).is_none_or(|l| l <= after));
+        }
+
+        #[test]
+        fn last_slot_is_the_latest_at_or_before(s in schedules(), tz in zones(), t in instants()) {
+            let last = last_slot_at_or_before(&s, &tz, t).unwrap();
+            prop_assert!(last <= t);
+            prop_assert!(next_slot(&s, &tz, last).unwrap() > t);
+        }
+
+        #[test]
+        fn slots_are_at_the_time_of_day_unless_it_was_skipped(
+            s in schedules(), tz in zones(), t in instants(),
+        ) {
+            let slot = next_slot(&s, &tz, t).unwrap();
+            let local = tz.to_datetime(slot);
+            prop_assert!(s.runs_on(local.date().weekday()));
+            if local.time() != s.time_of_day() {
+                // Only a spring-forward gap moves a slot, and only forward (in these zones, never
+                // past midnight).
+                let wanted = local.date().to_datetime(s.time_of_day());
+                let offset = tz.to_ambiguous_timestamp(wanted).offset();
+                prop_assert!(matches!(offset, AmbiguousOffset::Gap { .. }), "{} {}", s, local);
+                prop_assert!(local.time() > s.time_of_day());
+            }
+        }
+
+        #[test]
+        fn a_backup_makes_the_item_not_due_until_the_next_slot(
+            s in schedules(), tz in zones(), backup in instants(), wait in 0..(9 * 86_400_i64),
+        ) {
+            let now = backup.checked_add(wait.seconds()).unwrap();
+            prop_assert!(!is_due(&s, &tz, Some(backup), backup));
+            let next = next_slot(&s, &tz, backup).unwrap();
+            prop_assert_eq!(is_due(&s, &tz, Some(backup), now), next <= now);
+        }
+    }
+}
