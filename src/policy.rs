@@ -316,4 +316,31 @@ mod tests {
         assert_eq!(policy.schedule.to_string(), "daily 02:00");
         assert_eq!(policy.retention.to_string(), "--keep-daily 30");
     }
+
+    #[test]
+    fn a_policy_evaluates_in_its_own_zone() {
+        let policy = Policy::vault_default(Zone::parse("Asia/Tokyo").unwrap());
+        let ts = |s: &str| s.parse::<Timestamp>().unwrap();
+        // 02:00 in Tokyo is 17:00 UTC the day before.
+        assert_eq!(
+            policy.next_slot(ts("2026-11-02T12:00:00Z")),
+            Some(ts("2026-11-02T17:00:00Z"))
+        );
+        let newest = Some(ts("2026-11-02T12:00:00Z"));
+        assert!(!policy.is_due(newest, ts("2026-11-02T16:59:59Z")));
+        assert!(policy.is_due(newest, ts("2026-11-02T17:00:00Z")));
+        // 14:30 and 15:30 UTC are 23:30 on the 2nd and 00:30 on the 3rd in Tokyo: two days.
+        let points: Vec<Point> = ["2026-11-02T14:30:00Z", "2026-11-02T15:30:00Z"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Point {
+                id: i.to_string(),
+                taken_at: ts(t),
+                keep_until: None,
+            })
+            .collect();
+        let verdicts = policy.evaluate(&points, false, ts("2026-11-03T00:00:00Z"));
+        assert_eq!(verdicts[0].reason, "daily until 2026-12-02");
+        assert_eq!(verdicts[1].reason, "newest point of the item");
+    }
 }

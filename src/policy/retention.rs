@@ -1,7 +1,8 @@
 //! Retention: how long each recovery point of an item is kept.
 //!
-//! The rules, read in the policy's time zone (a *day* is a calendar day there, from midnight to
-//! midnight, so 23 or 25 hours long on the days clocks change):
+//! Times are read in the policy's time zone (`--timezone`, by default the machine's, UTC when it
+//! is unknown). A *day* is a calendar day there, from midnight to midnight, so it is 23 or 25
+//! hours long on the days clocks change. The rules:
 //!
 //! - `--keep-daily N`: the newest point of each calendar day is that day's *daily* point; it is
 //!   kept N days from the time it was taken.
@@ -550,7 +551,7 @@ fn decide(
     now: Timestamp,
 ) -> Verdict {
     // The role that keeps the point longest; `None` (past year 9999) outlasts any time.
-    let longest = roles.iter().max_by(|a, b| later_first(a.until, b.until));
+    let longest = roles.iter().max_by(|a, b| expiry_order(a.until, b.until));
     let by_roles = match longest {
         Some(role) => role.until,
         None => add_civil(local, 1.day(), tz),
@@ -582,8 +583,8 @@ fn decide(
     }
 }
 
-/// Compares expiries where `None` means never, i.e. later than any time.
-fn later_first(a: Option<Timestamp>, b: Option<Timestamp>) -> std::cmp::Ordering {
+/// Orders expiries, `None` (never) last: it is later than any time.
+fn expiry_order(a: Option<Timestamp>, b: Option<Timestamp>) -> std::cmp::Ordering {
     match (a, b) {
         (None, None) => std::cmp::Ordering::Equal,
         (None, Some(_)) => std::cmp::Ordering::Greater,
@@ -1630,7 +1631,7 @@ mod tests {
             });
             let after = evaluate(&more, &rules, &tz, false, Timestamp::UNIX_EPOCH);
             for (old, new) in before.iter().zip(&after) {
-                prop_assert!(later_first(new.expires, old.expires).is_le(), "{}", old.id);
+                prop_assert!(expiry_order(new.expires, old.expires).is_le(), "{}", old.id);
             }
         }
 
@@ -1647,7 +1648,7 @@ mod tests {
             let short = evaluate(&pts, &rules, &tz, false, Timestamp::UNIX_EPOCH);
             let long = evaluate(&pts, &longer, &tz, false, Timestamp::UNIX_EPOCH);
             for (s, l) in short.iter().zip(&long) {
-                prop_assert!(later_first(l.expires, s.expires).is_ge(), "{}", s.id);
+                prop_assert!(expiry_order(l.expires, s.expires).is_ge(), "{}", s.id);
                 prop_assert_eq!(&s.roles.len(), &l.roles.len());
             }
         }

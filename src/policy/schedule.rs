@@ -35,12 +35,15 @@ pub struct Schedule {
     at: Time,
 }
 
+/// 02:00, the default policy's time; a `const` so that jiff checks it at compile time.
+const TWO_AM: Time = Time::constant(2, 0, 0, 0);
+
 impl Schedule {
     /// The schedule of the vault's `default` policy: daily at 02:00.
     pub(super) fn vault_default() -> Schedule {
         Schedule {
             weekly: None,
-            at: Time::constant(2, 0, 0, 0),
+            at: TWO_AM,
         }
     }
 
@@ -138,6 +141,11 @@ impl FromStr for Schedule {
             }
             [kind, _] if kind.eq_ignore_ascii_case("weekly") => {
                 return Err(bad("a weekly schedule needs its days".to_string()));
+            }
+            [kind, days, _] if kind.eq_ignore_ascii_case("daily") && parse_days(days).is_ok() => {
+                return Err(bad(
+                    "a daily schedule takes no days (use weekly)".to_string()
+                ));
             }
             [] => return Err(bad("it is empty".to_string())),
             [kind, ..] if !is_kind(kind) => {
@@ -266,6 +274,7 @@ mod tests {
             ("hourly 02:00", "\"hourly\" is neither daily nor weekly"),
             ("", "it is empty"),
             ("daily", "wrong number of words"),
+            ("daily mon 02:00", "takes no days"),
             ("daily 02:00 03:00", "wrong number of words"),
         ];
         for (text, problem) in cases {
