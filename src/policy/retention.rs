@@ -472,8 +472,9 @@ pub struct Verdict {
 
 /// Evaluates `retention` over one item's points that are not soft-deleted, in zone `tz`.
 ///
-/// Returns one verdict per point, in the order of `points`. `stopped`: the item's protection is
-/// stopped, so nothing expires. `now` only decides each verdict's `expired`; roles and expiries
+/// Returns one verdict per point, in the order of `points`; the newest of `points` is the item's
+/// newest point (so after `forget` of the newest, the next one down is kept). `stopped`: the
+/// item's protection is stopped, so nothing expires. `now` only decides each verdict's `expired`; roles and expiries
 /// do not depend on it. The rules are in this module's documentation.
 pub fn evaluate(
     points: &[Point],
