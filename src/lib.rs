@@ -28,6 +28,7 @@ pub mod chunking;
 pub mod cli;
 pub mod fsmeta;
 pub mod mount;
+pub mod policy;
 pub mod progress;
 pub mod protection;
 pub mod restore;
