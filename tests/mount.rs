@@ -341,3 +341,33 @@ fn daemon_mode_returns_once_ready_and_bad_mount_points_are_refused() {
     let out = t.run(&["mount", t.path("nowhere").to_str().unwrap()]);
     assert_fails(&out, "does not exist");
 }
+
+#[test]
+#[ignore = "needs root: trusted.* xattrs and acting as another user"]
+fn trusted_xattr_names_are_hidden_from_unprivileged_callers() {
+    let t = TestVault::new();
+    std::fs::set_permissions(t.dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let src = t.path("src");
+    write(&src.join("f"), b"x");
+    std::fs::set_permissions(src.join("f"), PermissionsExt::from_mode(0o644)).unwrap();
+    set_xattr(&src.join("f"), "trusted.overlay", b"hidden");
+    set_xattr(&src.join("f"), "user.note", b"shown");
+    t.backup("x", &src);
+    let m = MountGuard::start(&t, &["--allow-other"]);
+    let f = m.latest("x").join("f");
+    let list = |uid: u32| {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import os,sys; print(sorted(os.listxattr(sys.argv[1])))",
+            ])
+            .arg(&f)
+            .uid(uid)
+            .gid(uid)
+            .output_within();
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(list(65534).trim(), "['user.note']");
+    assert_eq!(list(0).trim(), "['trusted.overlay', 'user.note']");
+}

@@ -1,18 +1,76 @@
-//! The fuser adapter: each `Filesystem` method calls `View` and turns its `Result` into a reply.
-//! No logic lives here beyond that, the kernel capabilities asked for in `init`, and answering
-//! `open`/`opendir` with ENOSYS so the kernel stops sending them (no per-open state is needed).
+//! The fuser adapter, the only code that knows fuser: each `Filesystem` method calls `View` and
+//! turns its `Attr`/`ViewError` into a reply. No logic lives here beyond that, the kernel
+//! capabilities asked for in `init`, the caller's capability check for `trusted.*` names, and
+//! answering `open`/`opendir` with ENOSYS so the kernel stops sending them (no per-open state).
+//! `forget` needs nothing: the view derives inode numbers instead of storing them per entry.
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
-use super::view::View;
+use super::view::{Attr, View, ViewError};
+use crate::vault::Kind;
+
+fn errno(e: ViewError) -> Errno {
+    match e {
+        ViewError::NotFound => Errno::ENOENT,
+        ViewError::NotDir => Errno::ENOTDIR,
+        ViewError::IsDir => Errno::EISDIR,
+        ViewError::Invalid => Errno::EINVAL,
+        ViewError::NoData => Errno::ENODATA,
+        ViewError::NoSuchOffset => Errno::ENXIO,
+        ViewError::Damaged => Errno::EIO,
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.ctime,
+        crtime: a.mtime,
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+/// True if process `pid` has CAP_SYS_ADMIN in its effective set (bit 21 of CapEff).
+fn has_sys_admin(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 21) != 0)
+}
 
 pub struct CoffreFs {
     pub view: Arc<View>,
@@ -66,22 +124,22 @@ impl Filesystem for CoffreFs {
             .lookup(parent.0, name.as_bytes())
             .and_then(|ino| Ok((ino, self.view.attr(ino)?)))
         {
-            Ok((ino, attr)) => reply.entry(&self.view.ttl(ino), &attr, GEN),
-            Err(e) => reply.error(e),
+            Ok((ino, attr)) => reply.entry(&self.view.ttl(ino), &file_attr(&attr), GEN),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.view.attr(ino.0) {
-            Ok(attr) => reply.attr(&self.view.ttl(ino.0), &attr),
-            Err(e) => reply.error(e),
+            Ok(attr) => reply.attr(&self.view.ttl(ino.0), &file_attr(&attr)),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         match self.view.readlink(ino.0) {
             Ok(t) => reply.data(&t),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errno(e)),
         }
     }
 
@@ -106,7 +164,7 @@ impl Filesystem for CoffreFs {
     ) {
         match self.view.read(ino.0, offset, size) {
             Ok(d) => reply.data(&d),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errno(e)),
         }
         if offset == 0 {
             self.view.mark_read(ino.0);
@@ -124,7 +182,7 @@ impl Filesystem for CoffreFs {
     ) {
         let list = match self.view.listing(ino.0) {
             Ok(l) => l,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(errno(e)),
         };
         // Offsets: 1 = ".", 2 = "..", 3.. = children.
         let mut off = offset;
@@ -142,7 +200,7 @@ impl Filesystem for CoffreFs {
         }
         for (i, (name, child)) in list.iter().enumerate().skip((off - 2) as usize) {
             let kind = match self.view.attr(*child) {
-                Ok(a) => a.kind,
+                Ok(a) => file_type(a.kind),
                 Err(_) => continue,
             };
             if reply.add(
@@ -167,12 +225,12 @@ impl Filesystem for CoffreFs {
     ) {
         let list = match self.view.listing(ino.0) {
             Ok(l) => l,
-            Err(e) => return reply.error(e),
+            Err(e) => return reply.error(errno(e)),
         };
         let mut off = offset;
         if off < 2 {
             // "." and ".." carry no lookup count; their attributes are the directory's own.
-            let Ok(attr) = self.view.attr(ino.0) else {
+            let Ok(attr) = self.view.attr(ino.0).map(|a| file_attr(&a)) else {
                 return reply.error(Errno::ENOENT);
             };
             let ttl = self.view.ttl(ino.0);
@@ -186,7 +244,7 @@ impl Filesystem for CoffreFs {
         }
         for (i, (name, child)) in list.iter().enumerate().skip((off - 2) as usize) {
             let attr = match self.view.attr(*child) {
-                Ok(a) => a,
+                Ok(a) => file_attr(&a),
                 Err(_) => continue,
             };
             let ttl = self.view.ttl(*child);
@@ -209,20 +267,22 @@ impl Filesystem for CoffreFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // The kernel itself refuses trusted.* to callers without CAP_SYS_ADMIN.
         match self.view.xattr(ino.0, name.as_bytes()) {
-            Some(v) => reply_xattr(&v, size, reply),
+            Ok(v) => reply_xattr(&v, size, reply),
             // An absent security label is "not supported", as a file system without labels says:
             // `ls -l` asks for security.selinux on every file until told so once, and each ask
             // is a FUSE round trip.
-            None if name.as_bytes().starts_with(b"security.") => {
+            Err(ViewError::NoData) if name.as_bytes().starts_with(b"security.") => {
                 reply.error(Errno::from_i32(libc::EOPNOTSUPP))
             }
-            None => reply.error(Errno::ENODATA),
+            Err(_) => reply.error(Errno::ENODATA),
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        reply_xattr(&self.view.xattr_names(ino.0), size, reply);
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let names = self.view.xattr_names(ino.0, || has_sys_admin(req.pid()));
+        reply_xattr(&names, size, reply);
     }
 
     fn lseek(
@@ -234,9 +294,14 @@ impl Filesystem for CoffreFs {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.view.seek(ino.0, offset, whence) {
+        let data = match whence {
+            libc::SEEK_DATA => true,
+            libc::SEEK_HOLE => false,
+            _ => return reply.error(Errno::EINVAL),
+        };
+        match self.view.seek(ino.0, offset, data) {
             Ok(o) => reply.offset(o),
-            Err(e) => reply.error(e),
+            Err(e) => reply.error(errno(e)),
         }
     }
 }
