@@ -1,27 +1,42 @@
-//! coffre: backups you can browse. Recovery points of directories (and, in later work, disks and
-//! virtual machines) are kept in a vault: metadata in SQLite, data in a deduplicated,
-//! zstd-compressed, BLAKE3-addressed chunk store.
+//! coffre: backups you can browse. Recovery points of directories, disk images and virtual
+//! machines are kept in a vault: metadata in SQLite, data in a deduplicated, zstd-compressed,
+//! BLAKE3-addressed chunk store; every point shows as a read-only FUSE file system.
 //!
 //! ```text
-//!   coffre (src/main.rs)      coffre-restore (src/bin/coffre-restore.rs)     thin: clap + cli/
-//!        |                              |
-//!   backup/ (files, sink)       restore/ (files)        chunking      progress    fsmeta
-//!        \______________________________|_______________________________/
-//!                  vault/  the only code that touches vault.db and packs/
-//!                    catalog (SQLite)  packs (format, writer)  chunks (pread, cache)
+//!   coffre (src/main.rs)          coffre-restore (src/bin/coffre-restore.rs)      thin: clap
+//!        |                                  |                                     + cli/ (print)
+//!   backup/ (files, disk, vm)   restore/ (files, image plans)   protection   policy/ (pure)
+//!   mount/ (view: pure logic; fuse: the fuser adapter)          chunking  fsmeta  progress
+//!        \_____________________________|_______________________________/
+//!                 vault/  the only code that touches vault.db and packs/
+//!     write (WriteSession, ChunkSink)   reader (VaultReader) -> chunks (read_chunk) -> content
+//!     catalog (SQLite, private)   store (PackStore: LocalStore)   packs (format)   lock (leases)
+//!     model (Item, ItemSource, ItemState)   format (ids, trees, lists)
 //! ```
 //!
-//! Locking table (who may run beside whom):
+//! Seams: data enters only through a `vault::WriteSession` (`Vault::begin_write`), chunk bytes
+//! leave only through `VaultReader::read_chunk` (checked against their id) and the one
+//! `ContentReader` built on it, packs are reached only through the `PackStore` trait, and no
+//! code outside `vault/` sees SQL, a transaction or a pack offset. Workflows (backup of an item,
+//! restore plans, protection changes) are library functions; `cli/` parses and prints.
 //!
-//! | operation            | writer lock | may run beside                                   |
-//! |----------------------|-------------|--------------------------------------------------|
-//! | backup               | exclusive   | list, restore, (mount)                           |
-//! | list/points/stats    | none        | everything                                       |
-//! | restore              | none        | everything (reads committed points only)         |
+//! Locking table (who may run beside whom). The writer lock is an advisory `flock` on
+//! `VAULT/lock`; a reader's lease is a shared `flock` on a file in `VAULT/leases/` recording the
+//! vault's epoch when it started (see `vault::lock`).
 //!
-//! The writer lock is an advisory `flock` on `VAULT/lock`; a second writer waits, or fails at once
-//! with `--no-wait`. Readers rely on SQLite WAL snapshots and on packs being immutable once named
-//! by the catalog, so they never block writers and writers never break them.
+//! | operation                       | takes              | waits for         | may run beside            |
+//! |---------------------------------|--------------------|-------------------|---------------------------|
+//! | backup, backup-disk, backup-vm  | writer lock        | another writer    | mounts, restores, listings|
+//! | stop/resume-protection          | writer lock        | another writer    | everything but writers    |
+//! | coffre-restore ... --in-place, reprotect, --protect-as | writer lock | another writer | readers |
+//! | mount                           | lease (its life)   | nothing           | everything                |
+//! | restore, coffre-restore --to    | lease              | nothing           | everything                |
+//! | items, points, stats            | nothing            | nothing           | everything                |
+//! | a garbage collection (later)    | writer lock briefly| leases older than the commit that stops naming a pack, before deleting it | everything |
+//!
+//! Readers rely on SQLite WAL snapshots and on packs being immutable while named by the catalog,
+//! so they never block writers and writers never break them. A second writer waits, or fails at
+//! once with `--no-wait`.
 
 pub mod backup;
 pub mod chunking;

@@ -77,6 +77,7 @@ fn rand_suffix() -> String {
 }
 
 #[test]
+#[cfg(feature = "fault-injection")]
 fn killed_at_chosen_points_or_failing_writes_leave_a_good_vault() {
     for (i, fault) in [
         ("COFFRE_CRASH_AT", "pack-sealed"),
