@@ -132,6 +132,9 @@ fn show(plans: &[ImagePlan], dry: bool) {
             if p.device { ", block device" } else { "" },
             if p.overwrite { ", overwriting" } else { "" },
         );
+        if p.own_source {
+            println!("  (the item's own source: this is an in-place restore)");
+        }
     }
 }
 

@@ -2,18 +2,28 @@
 //! disks) to a directory or back in place, and the check that re-protection relies on.
 //!
 //! A restore computes a `RestorePlan` (an `ImagePlan` per image: what goes where, how much
-//! data), which `--dry-run` prints and `apply_plan` carries out; an in-place restore moves the
-//! item to `needs-reprotect` before its first write, and `--protect-as` registers the copy. Writes are sparse into new files (holes are not
-//! written) and zero-filled into devices and existing files; every block is checked against its
-//! BLAKE3 id before it is written. Targets that exist are refused unless forced; targets that are
-//! mounted (or back a mounted loop device) are always refused.
-//! Crash story: a killed restore leaves a partly written target; running it again rewrites it.
+//! data), which `--dry-run` prints and `apply_plan` carries out; an in-place restore (`--in-place`,
+//! or `--to` the item's own source) moves the item to `needs-reprotect` before its first write,
+//! and `--protect-as` registers the copy. Every block is checked against its BLAKE3 id before it
+//! is written. Nothing at a target changes before the whole image is known to be available: a
+//! file target is written beside itself (sparse) and renamed over the old file at the end; a
+//! block device is first read through completely (every chunk verified), then written with its
+//! holes zeroed. Targets that exist are refused unless forced; targets that are mounted, back a
+//! loop device, hold a mounted partition, an active swap or a dm/md member (the kernel refuses
+//! `O_EXCL`) are always refused, by `--dry-run` too. Paths are resolved once when planning;
+//! writing goes through descriptors opened without following symlinks, checked to be the file or
+//! device that was planned, so a symlink swapped in meanwhile cannot redirect a root restore.
+//! Crash story: a killed restore leaves the old file and a stray `.NAME.coffre-restore-*` beside
+//! it, or a partly written device; the item stays `needs-reprotect` when in place.
 
-use std::os::unix::fs::FileTypeExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use super::RestoreError;
 use super::files::lookup;
+use crate::fsmeta;
 use crate::progress::Progress;
 use crate::vault::content::WriteOptions;
 use crate::vault::{
@@ -34,6 +44,18 @@ pub struct ImagePlan {
     pub overwrite: bool,
     /// The target is a block device.
     pub device: bool,
+    /// The target is one of the item's own sources (an in-place restore).
+    pub own_source: bool,
+    /// The target with every symlink resolved when planning (a device, or a file whose parent
+    /// directory is `dir`).
+    #[serde(skip)]
+    resolved: PathBuf,
+    /// (dev, ino) of the parent directory of a file target, if it existed when planning.
+    #[serde(skip)]
+    dir: Option<(u64, u64)>,
+    /// Device number of a block device target.
+    #[serde(skip)]
+    rdev: u64,
     #[serde(skip)]
     entry: Entry,
 }
@@ -85,6 +107,49 @@ pub fn in_use(path: &Path) -> bool {
     false
 }
 
+/// `path` with every symlink of its longest existing prefix resolved (the rest appended).
+fn resolve(path: &Path) -> std::io::Result<PathBuf> {
+    let abs = std::path::absolute(path)?;
+    let mut existing = abs.as_path();
+    let mut rest = Vec::new();
+    loop {
+        match std::fs::canonicalize(existing) {
+            Ok(c) => return Ok(rest.iter().rev().fold(c, |p: PathBuf, n| p.join(n))),
+            Err(_) => {
+                let (Some(parent), Some(name)) = (existing.parent(), existing.file_name()) else {
+                    return Ok(abs);
+                };
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+        }
+    }
+}
+
+/// Opens block device `path` for writing with `O_EXCL`: the kernel refuses while a partition of
+/// it is mounted, it is an active swap area, or dm/md holds it.
+fn open_device_excl(path: &Path, write: bool) -> std::io::Result<OwnedFd> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let mode = if write {
+        libc::O_WRONLY
+    } else {
+        libc::O_RDONLY
+    };
+    // SAFETY: valid C string; the fd is owned by the OwnedFd below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            mode | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+}
+
 /// Plans writing the file at `source` (a path inside the point) to `target`.
 pub fn plan_image(
     vault: &Vault,
@@ -98,24 +163,52 @@ pub fn plan_image(
     if entry.kind() != Kind::File {
         return Err(RestoreError::NoSuchPath(source.to_string()));
     }
+    let terr = |e| RestoreError::Target {
+        path: target.to_path_buf(),
+        source: e,
+    };
+    let lmeta = std::fs::symlink_metadata(target).ok();
     let meta = std::fs::metadata(target).ok();
     let device = meta
         .as_ref()
         .is_some_and(|m| m.file_type().is_block_device());
+    if lmeta.as_ref().is_some_and(|m| m.file_type().is_symlink()) && !device {
+        // Only device names are commonly links (/dev/vg/lv); a link to a file or nowhere would
+        // make a root restore write where the link's owner chose.
+        return Err(target_err(
+            target,
+            "is a symbolic link; give the path of the file itself",
+        ));
+    }
+    if let Some(m) = &meta
+        && !device
+        && !m.is_file()
+    {
+        return Err(target_err(target, "is not a regular file or block device"));
+    }
     if in_use(target) {
         return Err(target_err(
             target,
             "is mounted or in use by a loop device; unmount it first",
         ));
     }
+    let resolved = resolve(target).map_err(terr)?;
+    if device {
+        // The same refusal a write would meet, so --dry-run reports it too.
+        open_device_excl(&resolved, false).map_err(|e| {
+            target_err(
+                target,
+                format!("is in use (a mounted partition, swap, or held by dm/md): {e}"),
+            )
+        })?;
+    }
     if meta.is_some() && !force {
         return Err(target_err(target, "exists; pass --force to overwrite it"));
     }
-    if let Some(m) = &meta
-        && m.is_dir()
-    {
-        return Err(target_err(target, "is a directory"));
-    }
+    let dir = resolved
+        .parent()
+        .and_then(|d| std::fs::metadata(d).ok())
+        .map(|m| (m.dev(), m.ino()));
     Ok(ImagePlan {
         source: source.to_string(),
         target: target.to_path_buf(),
@@ -123,66 +216,203 @@ pub fn plan_image(
         data_bytes: vault.reader().content(&entry)?.data_bytes(),
         overwrite: meta.is_some(),
         device,
+        own_source: false,
+        rdev: meta.as_ref().map_or(0, |m| m.rdev()),
+        resolved,
+        dir,
         entry,
     })
 }
 
-/// Writes one planned image. Returns the bytes written.
+/// Writes one planned image. Returns the bytes written. On error, says what the target holds.
 pub fn apply(vault: &Vault, plan: &ImagePlan, progress: bool) -> Result<u64, RestoreError> {
-    let terr = |e| RestoreError::Target {
-        path: plan.target.clone(),
-        source: e,
-    };
-    if let Some(dir) = plan.target.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir).map_err(terr)?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(!plan.device)
-        .truncate(false)
-        .open(&plan.target)
-        .map_err(terr)?;
-    if plan.device {
-        let dev_size = {
-            use std::io::Seek;
-            let mut f = &file;
-            f.seek(std::io::SeekFrom::End(0)).map_err(terr)?
-        };
-        if dev_size < plan.size {
-            return Err(target_err(
-                &plan.target,
-                format!(
-                    "is {dev_size} bytes, smaller than the image ({} bytes)",
-                    plan.size
-                ),
-            ));
-        }
-    } else {
-        // A fresh, empty file of the right size: holes stay holes.
-        file.set_len(0).map_err(terr)?;
-        file.set_len(plan.size).map_err(terr)?;
-    }
-    let content = vault.reader().content(&plan.entry)?;
     let bar = Progress::new("restore", progress);
     let tick = |n: u64| {
         bar.add(0, n);
         bar.tick();
     };
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let opts = WriteOptions {
-        zero_holes: plan.device,
-        threads,
-        progress: Some(&tick),
+    let r = if plan.device {
+        write_device(vault, plan, &tick)
+    } else {
+        write_beside(vault, plan, &tick)
     };
-    let written = content.write_to(&file, &opts).map_err(|e| match e {
+    bar.finish();
+    r
+}
+
+fn content_err(path: &Path) -> impl Fn(ContentError) -> RestoreError + '_ {
+    move |e| match e {
         ContentError::Vault(v) => RestoreError::Vault(v),
-        ContentError::Target(e) => terr(e),
+        ContentError::Target(e) => RestoreError::Target {
+            path: path.to_path_buf(),
+            source: e,
+        },
+    }
+}
+
+/// Opens the planned parent directory of a file target without following any symlink (its path
+/// was resolved when planning), creating it if it did not exist then.
+fn open_parent(plan: &ImagePlan) -> Result<OwnedFd, RestoreError> {
+    let terr = |e| RestoreError::Target {
+        path: plan.target.clone(),
+        source: e,
+    };
+    let parent = plan.resolved.parent().unwrap_or(Path::new("/"));
+    if plan.dir.is_none() {
+        std::fs::create_dir_all(parent).map_err(terr)?;
+    }
+    let root = fsmeta::open_dir(Path::new("/")).map_err(terr)?;
+    let rel = parent.strip_prefix("/").unwrap_or(parent);
+    let dir = fsmeta::open_dir_beneath(root.as_fd(), rel.as_os_str().as_bytes()).map_err(|e| {
+        target_err(
+            &plan.target,
+            format!(
+                "its directory changed since the restore was planned ({e}); nothing was written"
+            ),
+        )
+    })?;
+    let st = fsmeta::fstat(dir.as_fd()).map_err(terr)?;
+    if plan.dir.is_some_and(|d| d != (st.st_dev, st.st_ino)) {
+        return Err(target_err(
+            &plan.target,
+            "its directory was replaced since the restore was planned; nothing was written",
+        ));
+    }
+    Ok(dir)
+}
+
+fn renameat(dir: BorrowedFd, from: &[u8], to: &[u8]) -> std::io::Result<()> {
+    let (f, t) = (
+        std::ffi::CString::new(from)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?,
+        std::ffi::CString::new(to).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?,
+    );
+    // SAFETY: valid C strings and directory descriptors.
+    let r = unsafe { libc::renameat(dir.as_raw_fd(), f.as_ptr(), dir.as_raw_fd(), t.as_ptr()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A file target: the image is written (sparse) to a new file beside the target, then renamed
+/// over it. Until the rename the old file is untouched.
+fn write_beside(
+    vault: &Vault,
+    plan: &ImagePlan,
+    tick: &(dyn Fn(u64) + Sync),
+) -> Result<u64, RestoreError> {
+    let name = plan
+        .resolved
+        .file_name()
+        .ok_or_else(|| target_err(&plan.target, "has no file name"))?
+        .as_bytes()
+        .to_vec();
+    let dir = open_parent(plan)?;
+    let tmp = [
+        b".".as_slice(),
+        &name,
+        format!(".coffre-restore-{}", crate::vault::random_hex(4)).as_bytes(),
+    ]
+    .concat();
+    let fd = fsmeta::open_at(
+        dir.as_fd(),
+        &tmp,
+        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+        0o600,
+    )
+    .map_err(|e| RestoreError::Target {
+        path: plan.target.clone(),
+        source: e,
+    })?;
+    let file = std::fs::File::from(fd);
+    let result = (|| {
+        let content = vault.reader().content(&plan.entry)?;
+        let opts = WriteOptions {
+            zero_holes: false,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            progress: Some(tick),
+        };
+        let n = content
+            .write_to(&file, &opts)
+            .map_err(content_err(&plan.target))?;
+        let e = &plan.entry;
+        let io = |e| RestoreError::Target {
+            path: plan.target.clone(),
+            source: e,
+        };
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            fsmeta::fchown(file.as_fd(), e.uid, e.gid).map_err(io)?;
+        }
+        fsmeta::fchmod(file.as_fd(), e.mode).map_err(io)?;
+        file.sync_all().map_err(io)?;
+        renameat(dir.as_fd(), &tmp, &name).map_err(io)?;
+        std::fs::File::from(dir.try_clone().map_err(io)?)
+            .sync_all()
+            .map_err(io)?;
+        Ok(n)
+    })();
+    if result.is_err() {
+        let _ = fsmeta::unlink_at(dir.as_fd(), &tmp);
+    }
+    result
+}
+
+/// A block device: every chunk is read and checked first, then the device is opened with
+/// `O_EXCL` (and checked to be the planned device) and written, holes as zeros.
+fn write_device(
+    vault: &Vault,
+    plan: &ImagePlan,
+    tick: &(dyn Fn(u64) + Sync),
+) -> Result<u64, RestoreError> {
+    let content = vault.reader().content(&plan.entry)?;
+    content.check()?;
+    let terr = |e| RestoreError::Target {
+        path: plan.target.clone(),
+        source: e,
+    };
+    let fd = open_device_excl(&plan.resolved, true).map_err(|e| {
+        target_err(
+            &plan.target,
+            format!("cannot be opened for exclusive use ({e}); nothing was written"),
+        )
+    })?;
+    let st = fsmeta::fstat(fd.as_fd()).map_err(terr)?;
+    if st.st_mode & libc::S_IFMT != libc::S_IFBLK || st.st_rdev != plan.rdev {
+        return Err(target_err(
+            &plan.target,
+            "is no longer the block device that was planned; nothing was written",
+        ));
+    }
+    let file = std::fs::File::from(fd);
+    let dev_size = {
+        use std::io::Seek;
+        (&mut &file).seek(std::io::SeekFrom::End(0)).map_err(terr)?
+    };
+    if dev_size < plan.size {
+        return Err(target_err(
+            &plan.target,
+            format!(
+                "is {dev_size} bytes, smaller than the image ({} bytes); nothing was written",
+                plan.size
+            ),
+        ));
+    }
+    let opts = WriteOptions {
+        zero_holes: true,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        progress: Some(tick),
+    };
+    let n = content.write_to(&file, &opts).map_err(|e| {
+        let what = content_err(&plan.target)(e);
+        target_err(
+            &plan.target,
+            format!("was partly overwritten and must be restored again: {what}"),
+        )
     })?;
     file.sync_all().map_err(terr)?;
-    bar.finish();
-    Ok(written)
+    Ok(n)
 }
 
 /// Checks that `path` holds exactly the image at `source` in `point` (re-protection's check).
@@ -266,6 +496,23 @@ pub fn images_in(vault: &Vault, point: &PointRow, dir: &str) -> Result<Vec<Strin
         .collect())
 }
 
+/// True if `target` names one of `sources` (the same resolved path, or the same block device).
+fn is_own_source(sources: &[&Path], target: &Path) -> bool {
+    let same_dev = |a: &Path, b: &Path| {
+        let dev = |p: &Path| {
+            std::fs::metadata(p)
+                .ok()
+                .filter(|m| m.file_type().is_block_device())
+                .map(|m| m.rdev())
+        };
+        dev(a).is_some() && dev(a) == dev(b)
+    };
+    let t = resolve(target).ok();
+    sources
+        .iter()
+        .any(|s| (t.is_some() && resolve(s).ok() == t) || same_dev(s, target))
+}
+
 fn image_name_of(p: &Path) -> Result<String, RestoreError> {
     let n = crate::backup::disk::image_name(p).map_err(|e| plan_err(e.to_string()))?;
     Ok(String::from_utf8_lossy(&n).into_owned())
@@ -297,6 +544,8 @@ pub fn plan_disk(
             plans
         }
         RestoreTarget::To(to) => {
+            let sources: Vec<&Path> = def.images.iter().map(|p| p.as_path()).collect();
+            let own = is_own_source(&sources, to);
             let names = images_in(vault, point, "")?;
             let name = match (image, names.as_slice()) {
                 (Some(i), _) => i.to_string(),
@@ -310,14 +559,17 @@ pub fn plan_disk(
                     )));
                 }
             };
-            vec![plan_image(vault, point, &name, to, force)?]
+            let mut p = plan_image(vault, point, &name, to, force || own)?;
+            p.own_source = own;
+            vec![p]
         }
     };
+    let own = images.iter().any(|p| p.own_source);
     Ok(RestorePlan {
         item: item.clone(),
         point: point.id.clone(),
         images,
-        in_place: matches!(target, RestoreTarget::InPlace),
+        in_place: own || matches!(target, RestoreTarget::InPlace),
         protect_as: None,
     })
 }
@@ -350,20 +602,22 @@ pub fn plan_vm(
             }
         }
         RestoreTarget::To(dir) => {
-            let config_to = dir.join(&config_name);
-            images.push(plan_image(vault, point, &config_name, &config_to, force)?);
+            let mut sources: Vec<&Path> = def.disks.iter().map(|p| p.as_path()).collect();
+            sources.push(&def.config);
+            let mut add = |source: String, to: PathBuf| -> Result<(), RestoreError> {
+                let own = is_own_source(&sources, &to);
+                let mut p = plan_image(vault, point, &source, &to, force || own)?;
+                p.own_source = own;
+                images.push(p);
+                Ok(())
+            };
+            add(config_name.clone(), dir.join(&config_name))?;
             for name in images_in(vault, point, "disks")? {
-                let to = dir.join("disks").join(&name);
-                images.push(plan_image(
-                    vault,
-                    point,
-                    &format!("disks/{name}"),
-                    &to,
-                    force,
-                )?);
+                add(format!("disks/{name}"), dir.join("disks").join(&name))?;
             }
         }
     }
+    let own = images.iter().any(|p| p.own_source);
     if let Some(new) = protect_as {
         crate::vault::check_item_name(new).map_err(|e| plan_err(e.to_string()))?;
         if vault.find_item(new)?.is_some() {
@@ -376,7 +630,7 @@ pub fn plan_vm(
         item: item.clone(),
         point: point.id.clone(),
         images,
-        in_place: matches!(target, RestoreTarget::InPlace),
+        in_place: own || matches!(target, RestoreTarget::InPlace),
         protect_as: protect_as.map(str::to_string),
     })
 }
@@ -416,10 +670,14 @@ pub fn apply_plan(
         })?;
         out.needs_reprotect = true;
     }
-    for p in &plan.images {
-        let n = apply(vault, p, progress)?;
-        each(p, n);
-        out.written.push(n);
+    for (i, p) in plan.images.iter().enumerate() {
+        match apply(vault, p, progress) {
+            Ok(n) => {
+                each(p, n);
+                out.written.push(n);
+            }
+            Err(e) => return Err(RestoreError::Plan(failure_report(plan, i, &e))),
+        }
     }
     if let Some(new) = &plan.protect_as {
         let lock = lock.ok_or_else(|| plan_err("--protect-as needs the writer lock".into()))?;
@@ -434,4 +692,42 @@ pub fn apply_plan(
         out.protected_as = Some(new.clone());
     }
     Ok(out)
+}
+
+/// What a restore that failed at image `failed` changed, in one paragraph.
+fn failure_report(plan: &RestorePlan, failed: usize, e: &RestoreError) -> String {
+    let names = |r: &[ImagePlan]| {
+        r.iter()
+            .map(|p| p.target.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let p = &plan.images[failed];
+    let mut msg = format!(
+        "restore of {} to {} failed: {e}",
+        p.source,
+        p.target.display()
+    );
+    if !p.device {
+        msg.push_str(" (the file there was left as it was)");
+    }
+    if failed > 0 {
+        msg.push_str(&format!(
+            "; already restored: {}",
+            names(&plan.images[..failed])
+        ));
+    }
+    if failed + 1 < plan.images.len() {
+        msg.push_str(&format!(
+            "; not started: {}",
+            names(&plan.images[failed + 1..])
+        ));
+    }
+    if plan.in_place {
+        msg.push_str(&format!(
+            "; item {:?} stays needs-reprotect until a restore completes",
+            plan.item.name
+        ));
+    }
+    msg
 }
