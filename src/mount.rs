@@ -156,13 +156,12 @@ pub fn mount(
     let stop = Arc::new(AtomicBool::new(false));
 
     let sig_stop = stop.clone();
+    let sig_mountpoint = mountpoint.clone();
     let sig_thread = std::thread::spawn(move || {
         while !sig_stop.load(Ordering::Relaxed) {
             if wait_signal(&signals, Duration::from_millis(200)) {
                 log::info!("signal received, unmounting");
-                if let Err(e) = unmounter.unmount() {
-                    log::error!("unmount failed: {e}");
-                }
+                stop_on_signal(&sig_mountpoint, &mut unmounter, &sig_stop);
                 break;
             }
         }
@@ -193,18 +192,13 @@ pub fn mount(
 
 /// Raises the kernel's read-ahead for this mount from 128 KiB to 4 MiB, so a sequential read of a
 /// big file costs one FUSE round trip per MiB instead of one per 128 KiB (root only; best effort).
-/// Runs once the session answers: the `stat` of the mount point is served by it.
+/// The device number comes from /proc/self/mountinfo, not from a `stat` of the mount point: that
+/// would be a request to this very mount, and one in flight makes an unmount fail with EBUSY.
 fn raise_readahead(mountpoint: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(m) = std::fs::metadata(mountpoint) else {
+    let Some(m) = mount_at(mountpoint) else {
         return;
     };
-    let dev = m.dev();
-    let path = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        libc::major(dev),
-        libc::minor(dev)
-    );
+    let path = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
     if let Err(e) = std::fs::write(&path, "4096") {
         log::info!("cannot raise read-ahead ({path}): {e}");
     }
@@ -312,6 +306,124 @@ fn wait_signal(set: &SignalSet, timeout: Duration) -> bool {
     unsafe { libc::sigtimedwait(&set.0, std::ptr::null_mut(), &ts) > 0 }
 }
 
+/// Ends the mount when a signal asks for it; a signal is never ignored. The unmount is retried
+/// while the kernel answers EBUSY (a request in flight, a process passing through), then done
+/// lazily (a file held open keeps a busy mount for as long as it stays open). If the session
+/// has still not ended a few seconds later, the process exits: the kernel then fails whatever
+/// still uses the mount, as a libfuse file system does on a signal.
+fn stop_on_signal(mountpoint: &Path, unmounter: &mut fuser::SessionUnmounter, ended: &AtomicBool) {
+    match unmount_retrying(mountpoint, Duration::from_secs(1)) {
+        Ok(()) => {}
+        // Not root: fuser unmounts through fusermount (lazily).
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            if let Err(e) = unmounter.unmount() {
+                log::error!("unmount failed: {e}");
+            }
+        }
+        Err(e) => log::error!("unmount failed: {e}"),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !ended.load(Ordering::Relaxed) {
+        if std::time::Instant::now() > deadline {
+            log::warn!("files in the mount were still open; stopping anyway");
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `umount2(path, 0)`, retried while EBUSY for up to `busy_for`, then `MNT_DETACH`. A path that
+/// is no longer a mount point (EINVAL: someone else unmounted it) counts as done.
+fn unmount_retrying(mountpoint: &Path, busy_for: Duration) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let deadline = std::time::Instant::now() + busy_for;
+    loop {
+        // SAFETY: valid C string.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINVAL) => return Ok(()),
+            Some(libc::EBUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Some(libc::EBUSY) => {
+                log::info!("{} is busy: detaching it", mountpoint.display());
+                // SAFETY: valid C string.
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+                    return Ok(());
+                }
+                return Err(std::io::Error::last_os_error());
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// One line of /proc/self/mountinfo, the fields coffre needs.
+#[derive(Clone, Debug)]
+pub struct MountInfo {
+    /// `major:minor` of the mounted file system.
+    pub dev: String,
+    pub mount_point: PathBuf,
+    /// `fuse.coffre` for a coffre mount (`fuse` for one made before the subtype was set).
+    pub fstype: String,
+    /// `coffre:<vault>` for a coffre mount.
+    pub source: String,
+}
+
+impl MountInfo {
+    /// True for a mount made by `coffre mount`.
+    pub fn is_coffre(&self) -> bool {
+        self.fstype == "fuse.coffre"
+            || (self.fstype.starts_with("fuse") && self.source.starts_with("coffre:"))
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and tab, newline, backslash).
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let digit = |k: usize| u32::from(b[i + k] - b'0');
+            out.push((digit(1) * 64 + digit(2) * 8 + digit(3)) as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The file system mounted at `path` (the top one, if several are stacked), from
+/// /proc/self/mountinfo. `path` must be absolute and canonical.
+pub fn mount_at(path: &Path) -> Option<MountInfo> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|line| {
+            // id parent major:minor root mount-point options [optional...] - fstype source super
+            let (left, right) = line.split_once(" - ")?;
+            let l: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            Some(MountInfo {
+                dev: l.get(2)?.to_string(),
+                mount_point: PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(l.get(4)?))),
+                fstype: r.first()?.to_string(),
+                source: String::from_utf8_lossy(&unescape_mountinfo(r.get(1)?)).into_owned(),
+            })
+        })
+        .find(|m| m.mount_point == path)
+}
+
 /// Unmounts a coffre mount (`coffre umount`).
 pub fn umount(mountpoint: &Path) -> Result<(), MountError> {
     let err = |e| MountError::Unmount {
@@ -356,4 +468,19 @@ pub fn umount(mountpoint: &Path) -> Result<(), MountError> {
         }
     }
     Err(err(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape_mountinfo(r"/mnt/a\040b\011c\134d"),
+            b"/mnt/a b\tc\\d"
+        );
+        assert_eq!(unescape_mountinfo(r"/x\0"), b"/x\\0");
+        assert_eq!(unescape_mountinfo(r"\134"), b"\\");
+    }
 }

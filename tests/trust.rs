@@ -1,0 +1,104 @@
+//! End-to-end regression tests for the trust findings of issue 7: each test names the guarantee
+//! it proves, through the real `coffre` and `coffre-restore` binaries (and real mounts).
+
+mod common;
+
+use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A vault with one files item `x` holding a few files worth reading through a mount.
+fn vault_with_files() -> TestVault {
+    let t = TestVault::new();
+    let src = t.path("src");
+    for i in 0..8 {
+        write(&src.join(format!("f{i}")), &text(300_000, i));
+    }
+    t.backup("x", &src);
+    t
+}
+
+/// Waits (with a deadline) until `dir` is no longer a mount point.
+fn wait_unmounted(dir: &Path, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while is_fuse_mounted(dir) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn sigterm_and_expect_exit(m: &mut MountGuard, what: &str) {
+    let pid = m.child.as_ref().unwrap().id() as i32;
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = m
+        .wait_exit(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("mount did not exit on SIGTERM ({what})"));
+    assert!(
+        status.success(),
+        "{what}: exit status {status:?} (signal {:?})",
+        status.signal()
+    );
+    assert!(!is_fuse_mounted(&m.dir), "{what}: still mounted");
+}
+
+#[test]
+fn sigterm_ends_the_mount_even_while_a_file_in_it_is_open() {
+    let t = vault_with_files();
+    let mut m = MountGuard::start(&t, &[]);
+    // An open file makes a plain umount(2) fail with EBUSY for as long as it stays open.
+    let mut held = std::fs::File::open(m.latest("x").join("f0")).unwrap();
+    let mut buf = [0u8; 4096];
+    held.read_exact(&mut buf).unwrap();
+    sigterm_and_expect_exit(&mut m, "a file held open");
+}
+
+#[test]
+fn sigterm_ends_the_mount_at_any_moment_while_reads_are_in_flight() {
+    let t = vault_with_files();
+    // SIGTERM right after the mount answers, then after more and more reads have been served
+    // by concurrent readers (the signal lands at varied moments of their open/read/close).
+    for (round, after_reads) in [0u64, 0, 1, 3, 10, 30, 100].into_iter().enumerate() {
+        let mut m = MountGuard::start(&t, &[]);
+        let stop = Arc::new(AtomicBool::new(false));
+        let reads = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..3)
+            .map(|r| {
+                let (stop, reads) = (stop.clone(), reads.clone());
+                let dir = m.dir.join("items/x");
+                std::thread::spawn(move || {
+                    let mut i = r;
+                    while !stop.load(Ordering::Relaxed) {
+                        // Errors are expected once the mount goes away.
+                        let Ok(link) = std::fs::read_link(dir.join("latest")) else {
+                            break;
+                        };
+                        if std::fs::read(dir.join(link).join(format!("f{}", i % 8))).is_err() {
+                            break;
+                        }
+                        reads.fetch_add(1, Ordering::Relaxed);
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while reads.load(Ordering::Relaxed) < after_reads {
+            assert!(Instant::now() < deadline, "readers made no progress");
+            std::thread::yield_now();
+        }
+        sigterm_and_expect_exit(&mut m, &format!("round {round}, after {after_reads} reads"));
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert!(wait_unmounted(&m.dir, Duration::from_secs(1)));
+    }
+}
