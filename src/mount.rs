@@ -44,6 +44,12 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0} is not a mount point")]
+    NotMounted(PathBuf),
+    #[error(
+        "{path} is not a coffre mount (it is a {fstype} file system); coffre umount only unmounts coffre mounts"
+    )]
+    NotCoffre { path: PathBuf, fstype: String },
     #[error("cannot unmount {path}: {source}")]
     Unmount {
         path: PathBuf,
@@ -102,7 +108,10 @@ pub fn session_config(fsname: &str, allow_other: bool, threads: usize) -> Config
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::FSName(fsname.to_string()),
-        MountOption::Subtype("coffre".into()),
+        // fuser's own mount(2) ignores `Subtype` (the type stays plain `fuse`); as a kernel
+        // option the subtype makes the mount `fuse.coffre` in /proc/mounts, so `findmnt -t`,
+        // `updatedb` and `coffre umount` can tell it (fusermount takes it the same way).
+        MountOption::CUSTOM("subtype=coffre".into()),
     ];
     config.acl = if allow_other {
         SessionACL::All
@@ -424,8 +433,35 @@ pub fn mount_at(path: &Path) -> Option<MountInfo> {
         .find(|m| m.mount_point == path)
 }
 
-/// Unmounts a coffre mount (`coffre umount`).
+/// The absolute, canonical form of a mount point, also for a dead FUSE mount (whose `stat` fails
+/// with ENOTCONN): then its parent is resolved instead.
+fn resolve_mount_point(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or(abs),
+        _ => abs,
+    }
+}
+
+/// Unmounts a coffre mount (`coffre umount`); refuses anything else.
 pub fn umount(mountpoint: &Path) -> Result<(), MountError> {
+    let resolved = resolve_mount_point(mountpoint);
+    match mount_at(&resolved) {
+        None => return Err(MountError::NotMounted(mountpoint.to_path_buf())),
+        Some(m) if !m.is_coffre() => {
+            return Err(MountError::NotCoffre {
+                path: mountpoint.to_path_buf(),
+                fstype: m.fstype,
+            });
+        }
+        Some(_) => {}
+    }
+    let mountpoint = resolved.as_path();
     let err = |e| MountError::Unmount {
         path: mountpoint.to_path_buf(),
         source: e,
@@ -436,8 +472,8 @@ pub fn umount(mountpoint: &Path) -> Result<(), MountError> {
     // moment: retry for a second before reporting it.
     let mut tries = 0;
     let e = loop {
-        // SAFETY: valid C string.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        // SAFETY: valid C string. The path was checked as canonical: follow no symlink now.
+        if unsafe { libc::umount2(c.as_ptr(), libc::UMOUNT_NOFOLLOW) } == 0 {
             return Ok(());
         }
         let e = std::io::Error::last_os_error();

@@ -102,3 +102,70 @@ fn sigterm_ends_the_mount_at_any_moment_while_reads_are_in_flight() {
         assert!(wait_unmounted(&m.dir, Duration::from_secs(1)));
     }
 }
+
+/// A tmpfs mounted for a test, unmounted in Drop.
+struct TmpfsGuard(std::path::PathBuf);
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let p = c_path(&self.0);
+        unsafe { libc::umount2(p.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// The fstype /proc/self/mountinfo gives the mount at `dir`, if any.
+fn fstype_at(dir: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .rev()
+        .filter(|l| l.split(' ').nth(4) == Some(dir.to_str().unwrap()))
+        .find_map(|l| l.split(" - ").nth(1)?.split(' ').next().map(String::from))
+}
+
+#[test]
+fn umount_refuses_anything_but_a_coffre_mount_which_shows_as_fuse_coffre() {
+    if !is_root() {
+        eprintln!("skipped: needs root to mount a tmpfs");
+        return;
+    }
+    let t = vault_with_files();
+    let tmp = t.path("tmpfs");
+    std::fs::create_dir(&tmp).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "none"])
+        .arg(&tmp)
+        .output_within();
+    assert!(st.status.success(), "mount tmpfs: {}", stderr(&st));
+    let _tmpfs = TmpfsGuard(tmp.clone());
+    write(&tmp.join("kept"), b"still here");
+
+    let out = t.run(&["umount", tmp.to_str().unwrap()]);
+    assert_fails(&out, "is not a coffre mount");
+    assert_eq!(
+        fstype_at(&tmp).as_deref(),
+        Some("tmpfs"),
+        "the tmpfs was unmounted"
+    );
+    assert_eq!(std::fs::read(tmp.join("kept")).unwrap(), b"still here");
+    // A plain directory is no mount at all.
+    let out = t.run(&["umount", t.path("src").to_str().unwrap()]);
+    assert_fails(&out, "is not a mount point");
+
+    // A coffre mount is typed fuse.coffre, so findmnt -t finds it, and coffre umount ends it.
+    let mut m = MountGuard::start(&t, &[]);
+    assert_eq!(fstype_at(&m.dir).as_deref(), Some("fuse.coffre"));
+    let found = std::process::Command::new("findmnt")
+        .args(["-n", "-o", "TARGET", "-t", "fuse.coffre"])
+        .output_within();
+    assert!(
+        String::from_utf8_lossy(&found.stdout).contains(m.dir.to_str().unwrap()),
+        "findmnt -t fuse.coffre: {}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+    t.ok(&["umount", m.dir.to_str().unwrap()]);
+    assert!(
+        m.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    assert!(!is_fuse_mounted(&m.dir));
+}
