@@ -119,6 +119,25 @@ impl Cli {
     }
 }
 
+/// A bad argument found after parsing (clap finds the others): one `error:` line, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Exit code 2 for a usage error, 1 for any other error.
+pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `vault::check_item_name` as a usage error, for every argument that names a new item.
+pub fn check_item_name(name: &str) -> Result<()> {
+    crate::vault::check_item_name(name).map_err(|e| UsageError(e.to_string()).into())
+}
+
 /// One line for an error and its causes, leaving out a cause whose text the line already holds
 /// (library errors often name their source in their own message).
 pub fn error_line(e: &anyhow::Error) -> String {
@@ -153,7 +172,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_line(&e));
-            ExitCode::FAILURE
+            exit_code_for(&e)
         }
     }
 }

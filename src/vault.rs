@@ -67,6 +67,31 @@ pub enum VaultError {
     ItemNotFound(String),
     #[error("no recovery point {0:?} (see `coffre points`)")]
     PointNotFound(String),
+    #[error(
+        "invalid item name {0:?}: use 1 to {MAX_ITEM_NAME} ASCII letters, digits, '-', '_' or '.', not starting with '.'"
+    )]
+    BadItemName(String),
+}
+
+/// Longest item name, in bytes.
+pub const MAX_ITEM_NAME: usize = 200;
+
+/// Checks the name of an item about to be created (or renamed): every path that does so calls
+/// this. The name becomes a directory in every mount and the part before `@` of point specs, so
+/// it is 1 to 200 ASCII letters, digits, `-`, `_` or `.`, and does not start with `.` (no `/`,
+/// no `@`, no `..`, nothing hidden).
+pub fn check_item_name(name: &str) -> VaultResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_ITEM_NAME
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(VaultError::BadItemName(name.to_string()))
+    }
 }
 
 pub type VaultResult<T> = Result<T, VaultError>;
@@ -412,6 +437,28 @@ pub fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn item_names_are_checked() {
+        for good in ["a", "home", "db-1_x.v2", "A9", &"n".repeat(200)] {
+            assert!(check_item_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".x",
+            "x/y",
+            "/",
+            "a@b",
+            "a b",
+            "é",
+            "x\0",
+            &"n".repeat(201),
+        ] {
+            assert!(check_item_name(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn point_names_are_utc_and_sortable() {

@@ -169,3 +169,102 @@ fn umount_refuses_anything_but_a_coffre_mount_which_shows_as_fuse_coffre() {
     );
     assert!(!is_fuse_mounted(&m.dir));
 }
+
+fn sidecar(t: &TestVault, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_coffre-restore"))
+        .env("COFFRE_VAULT", t.vault())
+        .args(args)
+        .output_within()
+}
+
+/// Asserts a usage error: exit code 2 and `needle` on one `error:` line.
+fn assert_usage(out: &std::process::Output, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn item_names(t: &TestVault) -> Vec<String> {
+    let items: Vec<serde_json::Value> = serde_json::from_str(&t.ok(&["items", "--json"])).unwrap();
+    items
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_way_to_create_an_item_refuses_a_name_the_mount_cannot_show() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("f"), b"x");
+    let img = t.path("disk.raw");
+    write(&img, &[7u8; 65536]);
+    let cfg = t.path("vm.conf");
+    write(&cfg, b"memory=1G\n");
+    t.backup("good", &src);
+    let long = "n".repeat(201);
+    for bad in ["x/y", "", ".", "..", ".hidden", "a@b", "a b", long.as_str()] {
+        let s = src.to_str().unwrap();
+        let out = t.run(&["backup", "--item", bad, s]);
+        assert_usage(&out, "invalid item name");
+        let out = t.run(&["backup-disk", "--item", bad, img.to_str().unwrap()]);
+        assert_usage(&out, "invalid item name");
+        let out = t.run(&[
+            "backup-vm",
+            "--item",
+            bad,
+            "--config",
+            cfg.to_str().unwrap(),
+            "--disk",
+            img.to_str().unwrap(),
+        ]);
+        assert_usage(&out, "invalid item name");
+    }
+    // The sidecar's --protect-as is checked before anything is restored.
+    t.ok(&[
+        "backup-vm",
+        "--item",
+        "vm1",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--disk",
+        img.to_str().unwrap(),
+    ]);
+    for bad in ["x/y", "", "..", "a@b"] {
+        let to = t.path("copy");
+        let out = sidecar(
+            &t,
+            &[
+                "vm",
+                "vm1",
+                "--to",
+                to.to_str().unwrap(),
+                "--protect-as",
+                bad,
+            ],
+        );
+        assert_usage(&out, "invalid item name");
+        assert!(
+            !to.exists(),
+            "{bad:?}: the VM was restored before the name was refused"
+        );
+    }
+    assert_eq!(item_names(&t), ["good", "vm1"]);
+    // A name that got into a catalog anyway (an older coffre, by hand) hides that item only:
+    // items/ stays listable.
+    let conn = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
+    conn.execute(
+        "INSERT INTO items(name, kind, source, created) VALUES ('x/y', 'files', '{}', 0)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let m = MountGuard::start(&t, &[]);
+    let mut listed: Vec<String> = std::fs::read_dir(m.dir.join("items"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["good", "vm1"]);
+}

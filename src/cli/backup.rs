@@ -131,24 +131,9 @@ struct FilesSource {
     one_file_system: bool,
 }
 
-fn valid_item_name(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 200
-        || name.starts_with('.')
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        bail!(
-            "invalid item name {name:?}: use letters, digits, '-', '_' and '.', not starting with '.'"
-        );
-    }
-    Ok(())
-}
-
 /// `coffre backup-disk --item NAME IMAGE...`
 pub fn run_disk(cli: &Cli, args: &BackupDiskArgs) -> Result<ExitCode> {
-    valid_item_name(&args.item)?;
+    super::check_item_name(&args.item)?;
     let mut images = Vec::new();
     for p in &args.images {
         images.push(
@@ -165,7 +150,7 @@ fn canonical(p: &std::path::Path) -> Result<PathBuf> {
 
 /// `coffre backup-vm --item NAME --config FILE --disk IMAGE...`
 pub fn run_vm(cli: &Cli, args: &BackupVmArgs) -> Result<ExitCode> {
-    valid_item_name(&args.item)?;
+    super::check_item_name(&args.item)?;
     let disks = args
         .disks
         .iter()
@@ -184,7 +169,7 @@ pub fn run_vm(cli: &Cli, args: &BackupVmArgs) -> Result<ExitCode> {
 pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
     let mut todo: Vec<(String, Job)> = Vec::new();
     if let Some(name) = &args.item {
-        valid_item_name(name)?;
+        super::check_item_name(name)?;
         let [path] = args.args.as_slice() else {
             bail!("--item NAME takes exactly one PATH (the directory to back up)");
         };

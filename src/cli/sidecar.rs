@@ -97,7 +97,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {}", super::error_line(&e));
-            ExitCode::FAILURE
+            super::exit_code_for(&e)
         }
     }
 }
@@ -264,6 +264,15 @@ fn run(cli: &Sidecar) -> Result<ExitCode> {
             force,
             dry_run,
         } => {
+            // Everything --protect-as needs is checked before anything is written.
+            if let Some(new) = protect_as {
+                super::check_item_name(new)?;
+                if vault.catalog().item(new)?.is_some() {
+                    bail!(
+                        "an item named {new:?} already exists; choose another name for --protect-as"
+                    );
+                }
+            }
             let (item, point) = resolve(&vault, spec, ItemKind::Vm)?;
             let config = item
                 .source

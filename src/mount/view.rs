@@ -19,7 +19,8 @@ use fuser::{Errno, FileAttr, FileType, INodeNo};
 use crate::vault::catalog::{Catalog, ChunkLoc};
 use crate::vault::format::{self, ChunkId};
 use crate::vault::{
-    Content, Entry, Extent, Kind, PointRow, Timestamp, VaultError, VaultRef, point_dir_name,
+    Content, Entry, Extent, Kind, PointRow, Timestamp, VaultError, VaultRef, check_item_name,
+    point_dir_name,
 };
 
 pub const ROOT: u64 = 1;
@@ -51,13 +52,24 @@ impl Points {
     fn build(items: Vec<String>, rows: Vec<PointRow>, signature: (i64, i64, i64)) -> Points {
         let mut by_item: BTreeMap<String, Vec<Arc<PointInfo>>> =
             items.into_iter().map(|i| (i, Vec::new())).collect();
+        // A name no item may have (made before names were checked, or by hand) would make
+        // `items/` unlistable: leave such an item out.
+        by_item.retain(|name, _| match check_item_name(name) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("{e}; item not shown");
+                false
+            }
+        });
         let mut by_id = HashMap::new();
         for row in rows {
             let Ok(root) = format::decode_root(&row.root) else {
                 log::warn!("point {} has a damaged root entry; not shown", row.id);
                 continue;
             };
-            let list = by_item.entry(row.item.clone()).or_default();
+            let Some(list) = by_item.get_mut(&row.item) else {
+                continue;
+            };
             let mut dir_name = point_dir_name(row.time);
             if list.iter().any(|p| p.dir_name == dir_name) {
                 dir_name = format!("{dir_name}-{}", row.id);
