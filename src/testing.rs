@@ -5,6 +5,8 @@
 //! writes fail with ENOSPC once that many bytes were written. Both are read once; with neither
 //! set these are a relaxed load and a branch. They exist so tests can prove the crash story of
 //! `backup` on the real binary; they change nothing else.
+//! `COFFRE_TEST_POINT_TIME=<unix seconds>` sets the time recorded for new points, so a test can
+//! give two points the same second (until a public `backup --time` exists).
 
 use std::sync::OnceLock;
 
@@ -30,4 +32,18 @@ pub fn write_limit() -> Option<u64> {
             .ok()
             .and_then(|v| v.parse().ok())
     })
+}
+
+/// The time to record for a point started at `now_ns`: `now_ns`, unless the tests set
+/// `COFFRE_TEST_POINT_TIME` (whole seconds since the epoch).
+pub fn point_time(now_ns: i64) -> i64 {
+    static FORCED: OnceLock<Option<i64>> = OnceLock::new();
+    FORCED
+        .get_or_init(|| {
+            std::env::var("COFFRE_TEST_POINT_TIME")
+                .ok()
+                .and_then(|v| v.parse::<i64>().ok())
+                .map(|secs| secs.saturating_mul(1_000_000_000))
+        })
+        .unwrap_or(now_ns)
 }

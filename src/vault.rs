@@ -67,6 +67,8 @@ pub enum VaultError {
     ItemNotFound(String),
     #[error("no recovery point {0:?} (see `coffre points`)")]
     PointNotFound(String),
+    #[error("ambiguous: {spec:?} matches points {candidates}; give more of the id")]
+    AmbiguousPoint { spec: String, candidates: String },
     #[error(
         "invalid item name {0:?}: use 1 to {MAX_ITEM_NAME} ASCII letters, digits, '-', '_' or '.', not starting with '.'"
     )]
@@ -363,24 +365,56 @@ impl Vault {
             .ok_or_else(|| VaultError::ItemNotFound(name.to_string()))
     }
 
-    /// Resolves `POINT` of an item: `latest` (or empty), a point id (or unique prefix), or a
-    /// point directory name as the mount shows it (`2026-11-23T140005Z`).
+    /// Resolves `POINT` of an item: `latest` (or empty); a point directory name as the mount
+    /// shows it (`2026-11-23T140005Z`, or `2026-11-23T140005Z-3fa2c1d0` for a later point of
+    /// the same second); a point id or unique prefix; or the UTC time `points` prints
+    /// (`2026-11-23 14:00:05`). Several matches are an error that lists them.
     pub fn resolve_point(&self, item: &Item, spec: &str) -> VaultResult<PointRow> {
-        let points = self.catalog.points(Some(item.id))?;
-        let not_found = || VaultError::PointNotFound(format!("{}@{}", item.name, spec));
+        let mut points = self.catalog.points(Some(item.id))?;
+        let full = format!("{}@{}", item.name, spec);
         if spec.is_empty() || spec == "latest" {
-            return points.into_iter().last().ok_or_else(not_found);
+            return points.pop().ok_or(VaultError::PointNotFound(full));
         }
-        let mut hits: Vec<PointRow> = points
-            .into_iter()
-            .filter(|p| p.id.starts_with(spec) || point_dir_name(p.time) == spec)
+        let names = point_dir_names(&points);
+        // A name the mount shows, or a whole id, is exact: it names one point.
+        if let Some(i) = (0..points.len()).find(|&i| names[i] == spec || points[i].id == spec) {
+            return Ok(points.swap_remove(i));
+        }
+        let hits: Vec<usize> = (0..points.len())
+            .filter(|&i| points[i].id.starts_with(spec) || human_time(points[i].time) == spec)
             .collect();
-        if hits.len() == 1 {
-            Ok(hits.remove(0))
-        } else {
-            Err(not_found())
+        match hits.as_slice() {
+            [] => Err(VaultError::PointNotFound(full)),
+            [i] => Ok(points.swap_remove(*i)),
+            many => Err(VaultError::AmbiguousPoint {
+                spec: full,
+                candidates: many
+                    .iter()
+                    .map(|&i| format!("{} ({})", points[i].id, names[i]))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
         }
     }
+}
+
+/// The directory names of points in the mount, one per row of `points` (oldest first, as
+/// `Catalog::points` lists them; any mix of items): the UTC second (`2026-11-23T140005Z`), or
+/// `<second>-<id>` for a point whose item already has an earlier point in that second. The
+/// mount and `resolve_point` both name points with this, so every name the mount shows resolves.
+pub fn point_dir_names(points: &[PointRow]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    points
+        .iter()
+        .map(|p| {
+            let name = point_dir_name(p.time);
+            if seen.insert((p.item.as_str(), name.clone())) {
+                name
+            } else {
+                format!("{name}-{}", p.id)
+            }
+        })
+        .collect()
 }
 
 /// Held while writing; dropping it releases the lock (so does the process dying).
@@ -437,6 +471,42 @@ pub fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn points_of_one_second_get_their_id_after_the_first() {
+        let row = |item: &str, id: &str, time: i64| PointRow {
+            rowid: 0,
+            id: id.into(),
+            item: item.into(),
+            time,
+            root: Vec::new(),
+            files: 0,
+            dirs: 0,
+            logical_bytes: 0,
+            new_chunks: 0,
+            new_bytes: 0,
+            stored_bytes: 0,
+            warnings: 0,
+            duration_ms: 0,
+            consistency: None,
+        };
+        let t = 1_795_442_405_000_000_000;
+        let rows = [
+            row("a", "00000001", t),
+            row("b", "00000002", t + 1),
+            row("a", "00000003", t + 999_999_999),
+            row("a", "00000004", t + 1_000_000_000),
+        ];
+        assert_eq!(
+            point_dir_names(&rows),
+            [
+                "2026-11-23T140005Z",
+                "2026-11-23T140005Z",
+                "2026-11-23T140005Z-00000003",
+                "2026-11-23T140006Z"
+            ]
+        );
+    }
 
     #[test]
     fn item_names_are_checked() {

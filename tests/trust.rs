@@ -170,6 +170,143 @@ fn umount_refuses_anything_but_a_coffre_mount_which_shows_as_fuse_coffre() {
     assert!(!is_fuse_mounted(&m.dir));
 }
 
+/// `coffre backup --item NAME SRC --json` with the point's time forced to `secs` (test hook).
+fn backup_at(t: &TestVault, item: &str, src: &Path, secs: i64) -> serde_json::Value {
+    let out = t
+        .cmd()
+        .env("COFFRE_TEST_POINT_TIME", secs.to_string())
+        .args(["backup", "--json", "--item", item, src.to_str().unwrap()])
+        .output_within();
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()[0]["point"].clone()
+}
+
+#[test]
+fn every_point_name_the_mount_shows_resolves_and_ambiguous_specs_list_the_candidates() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    const T: i64 = 1_796_152_970; // 2026-12-01 19:22:50 UTC
+    let mut ids = Vec::new();
+    for content in ["one", "two", "three"] {
+        write(&src.join("f"), content.as_bytes());
+        ids.push(
+            backup_at(&t, "x", &src, T)["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // The mount names them by their shared second, the later ones with their id.
+    let names: Vec<String> = {
+        let m = MountGuard::start(&t, &[]);
+        let mut names: Vec<String> = std::fs::read_dir(m.dir.join("items/x"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != "latest")
+            .collect();
+        names.sort();
+        let mut want = vec![
+            "2026-12-01T192250Z".to_string(),
+            format!("2026-12-01T192250Z-{}", ids[1]),
+            format!("2026-12-01T192250Z-{}", ids[2]),
+        ];
+        want.sort();
+        assert_eq!(names, want);
+        for (n, content) in [
+            ("2026-12-01T192250Z".to_string(), "one"),
+            (format!("2026-12-01T192250Z-{}", ids[2]), "three"),
+        ] {
+            assert_eq!(
+                std::fs::read(m.dir.join("items/x").join(n).join("f")).unwrap(),
+                content.as_bytes()
+            );
+        }
+        names
+    };
+    // Every one of those names, every id, a unique prefix and `latest` name the same point for
+    // `coffre restore` as for the mount.
+    let restored = |spec: &str| -> String {
+        let dst = t.path(&format!("r-{}", spec.replace(['@', ' ', ':'], "_")));
+        t.restore(spec, &dst);
+        String::from_utf8(std::fs::read(dst.join("f")).unwrap()).unwrap()
+    };
+    assert_eq!(restored(&format!("x@{}", names[0])), "one");
+    for (i, content) in ["one", "two", "three"].into_iter().enumerate() {
+        assert_eq!(restored(&format!("x@{}", ids[i])), content);
+    }
+    assert_eq!(restored(&format!("x@2026-12-01T192250Z-{}", ids[1])), "two");
+    assert_eq!(
+        restored(&format!("x@2026-12-01T192250Z-{}", ids[2])),
+        "three"
+    );
+    assert_eq!(restored("x@latest"), "three");
+    assert_eq!(restored(&format!("x@{}", &ids[1][..7])), "two");
+
+    // The time `coffre points` prints is shared by three points: ambiguous, with the candidates.
+    let out = t.run(&[
+        "restore",
+        "x@2026-12-01 19:22:50",
+        "--to",
+        t.path("amb").to_str().unwrap(),
+    ]);
+    assert_fails(&out, "ambiguous:");
+    for id in &ids {
+        assert!(stderr(&out).contains(id.as_str()), "{}", stderr(&out));
+    }
+    // An id prefix two points share: back up until two ids start alike (17 points are enough).
+    let prefix = loop {
+        let pts = t.points("x");
+        let firsts: Vec<char> = pts
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().chars().next().unwrap())
+            .collect();
+        if let Some(c) = firsts
+            .iter()
+            .find(|c| firsts.iter().filter(|d| d == c).count() > 1)
+        {
+            break c.to_string();
+        }
+        assert!(pts.len() <= 17);
+        backup_at(&t, "x", &src, T + pts.len() as i64);
+    };
+    let out = t.run(&[
+        "restore",
+        &format!("x@{prefix}"),
+        "--to",
+        t.path("amb").to_str().unwrap(),
+    ]);
+    assert_fails(&out, "ambiguous:");
+    assert!(
+        !stderr(&out).contains("no recovery point"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The sidecar resolves the same way.
+    let img = t.path("disk.raw");
+    for (i, byte) in [1u8, 2].into_iter().enumerate() {
+        write(&img, &vec![byte; 1 << 20]);
+        let out = t
+            .cmd()
+            .env("COFFRE_TEST_POINT_TIME", T.to_string())
+            .args(["backup-disk", "--json", "--item", "d"])
+            .arg(&img)
+            .output_within();
+        assert!(out.status.success(), "backup-disk {i}: {}", stderr(&out));
+    }
+    let second = t.points("d")[1]["id"].as_str().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_coffre-restore"))
+        .env("COFFRE_VAULT", t.vault())
+        .args(["disk", &format!("d@2026-12-01T192250Z-{second}"), "--to"])
+        .arg(t.path("back.raw"))
+        .output_within();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(t.path("back.raw")).unwrap(),
+        vec![2u8; 1 << 20]
+    );
+}
+
 fn sidecar(t: &TestVault, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_coffre-restore"))
         .env("COFFRE_VAULT", t.vault())

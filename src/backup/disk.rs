@@ -315,7 +315,7 @@ pub fn backup_images(
 ) -> Result<BackupReport, BackupError> {
     let stamps_before: Vec<_> = images.iter().map(|p| stamp(p)).collect();
     let started = Instant::now();
-    let start_ns = now_ns();
+    let start_ns = crate::testing::point_time(now_ns());
     let mut names = Vec::new();
     for p in images {
         let n = image_name(p)?;

@@ -619,7 +619,7 @@ pub fn backup_files(
     opts: &FilesOptions,
 ) -> Result<BackupReport, BackupError> {
     let started = Instant::now();
-    let start_ns = now_ns();
+    let start_ns = crate::testing::point_time(now_ns());
     let src_err = |e| BackupError::Source {
         path: source.to_path_buf(),
         source: e,

@@ -20,7 +20,7 @@ use crate::vault::catalog::{Catalog, ChunkLoc};
 use crate::vault::format::{self, ChunkId};
 use crate::vault::{
     Content, Entry, Extent, Kind, PointRow, Timestamp, VaultError, VaultRef, check_item_name,
-    point_dir_name,
+    point_dir_names,
 };
 
 pub const ROOT: u64 = 1;
@@ -62,7 +62,8 @@ impl Points {
             }
         });
         let mut by_id = HashMap::new();
-        for row in rows {
+        let names = point_dir_names(&rows);
+        for (row, dir_name) in rows.into_iter().zip(names) {
             let Ok(root) = format::decode_root(&row.root) else {
                 log::warn!("point {} has a damaged root entry; not shown", row.id);
                 continue;
@@ -70,10 +71,6 @@ impl Points {
             let Some(list) = by_item.get_mut(&row.item) else {
                 continue;
             };
-            let mut dir_name = point_dir_name(row.time);
-            if list.iter().any(|p| p.dir_name == dir_name) {
-                dir_name = format!("{dir_name}-{}", row.id);
-            }
             let p = Arc::new(PointInfo {
                 rowid: row.rowid,
                 id: row.id.clone(),
