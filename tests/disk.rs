@@ -285,11 +285,9 @@ fn a_failing_pre_script_makes_no_point_and_the_post_script_still_runs() {
         "{err}"
     );
     assert!(marker.exists(), "the post-script did not run");
-    assert_eq!(
-        t.points("vm").len(),
-        0,
-        "a point was made despite the failed pre-script"
-    );
+    // No point, and (its first backup having failed) no item either.
+    let out = t.run(&["points", "vm"]);
+    assert_fails(&out, "no item named \"vm\"");
 }
 
 fn sidecar(t: &TestVault, args: &[&str]) -> std::process::Output {

@@ -405,3 +405,194 @@ fn every_way_to_create_an_item_refuses_a_name_the_mount_cannot_show() {
     listed.sort();
     assert_eq!(listed, ["good", "vm1"]);
 }
+
+/// The stored definition of an item, from `coffre items --json`.
+fn item_source(t: &TestVault, name: &str) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = serde_json::from_str(&t.ok(&["items", "--json"])).unwrap();
+    items
+        .into_iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no item {name}"))["source"]
+        .clone()
+}
+
+/// A files item `a`, a VM item `v` whose post-script fails (its points miss something: exit 3)
+/// and a files item `b`; returns the source of `b`.
+fn three_items(t: &TestVault) -> std::path::PathBuf {
+    let (a, b) = (t.path("a"), t.path("b"));
+    write(&a.join("f"), b"a");
+    write(&b.join("f"), b"b");
+    t.backup("a", &a);
+    t.backup("b", &b);
+    let img = t.path("vm.img");
+    write(&img, &[3u8; 65536]);
+    let cfg = t.path("vm.conf");
+    write(&cfg, b"cpus=1\n");
+    let out = t.run(&[
+        "backup-vm",
+        "--item",
+        "v",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--disk",
+        img.to_str().unwrap(),
+        "--post-script",
+        "false",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    b
+}
+
+#[test]
+fn backing_up_several_items_backs_up_each_one_and_exits_with_the_worst_status() {
+    let t = TestVault::new();
+    let b = three_items(&t);
+    // 3 (a point misses something) beats 0.
+    let out = t.run(&["backup", "a", "v"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!((t.points("a").len(), t.points("v").len()), (2, 2));
+
+    // 1 (an item failed) beats 3; the items after a failing one are still backed up.
+    std::fs::remove_dir_all(&b).unwrap();
+    let out = t.run(&["backup", "b", "a", "nosuch", "v", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let items: Vec<&str> = results
+        .iter()
+        .map(|r| r["item"].as_str().unwrap())
+        .collect();
+    assert_eq!(items, ["b", "a", "nosuch", "v"]);
+    assert!(
+        results[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("backup of item \"b\" failed")
+    );
+    assert!(
+        results[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no item named \"nosuch\"")
+    );
+    for ok in [&results[1], &results[3]] {
+        assert!(
+            ok["point"]["id"].is_string() && ok.get("error").is_none(),
+            "{ok}"
+        );
+    }
+    assert_eq!(results[3]["warnings"].as_array().unwrap().len(), 1);
+    assert_eq!((t.points("a").len(), t.points("v").len()), (3, 3));
+    assert_eq!(t.points("b").len(), 1);
+    // Without --json: each failure on its own line, each point as usual.
+    let out = t.run(&["backup", "b", "a"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("error: backup of item \"b\" failed"), "{err}");
+    assert!(err.contains("1 of 2 items failed: b"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("of \"a\""));
+    assert_eq!(t.points("a").len(), 4);
+}
+
+#[test]
+fn options_that_cannot_apply_are_refused_and_a_failed_backup_changes_no_definition() {
+    let t = TestVault::new();
+    three_items(&t);
+    let a = t.path("a");
+    let before = item_source(&t, "a");
+    // Options the stored-item form cannot apply: refused, nothing backed up.
+    let out = t.run(&["backup", "a", "--exclude", "*.tmp"]);
+    assert_usage(&out, "coffre backup --item NAME PATH --exclude");
+    let out = t.run(&["backup", "a", "-x"]);
+    assert_usage(&out, "--one-file-system does not apply");
+    let out = t.run(&["backup"]);
+    assert_usage(&out, "nothing to back up");
+    let out = t.run(&[
+        "backup",
+        "--item",
+        "a",
+        a.to_str().unwrap(),
+        a.to_str().unwrap(),
+    ]);
+    assert_usage(&out, "exactly one PATH");
+    assert_eq!(t.points("a").len(), 1);
+
+    // A bad definition is refused before the catalog changes: not stored, no item created.
+    let out = t.run(&[
+        "backup",
+        "--item",
+        "a",
+        a.to_str().unwrap(),
+        "--exclude",
+        "[",
+    ]);
+    assert_usage(&out, "bad --exclude pattern");
+    let out = t.run(&[
+        "backup",
+        "--item",
+        "fresh",
+        a.to_str().unwrap(),
+        "--exclude",
+        "[",
+    ]);
+    assert_usage(&out, "bad --exclude pattern");
+    assert_eq!(item_source(&t, "a"), before);
+    // A first backup that fails leaves no item behind; a failed backup of an existing item
+    // keeps its stored definition.
+    let (cfg, img) = (t.path("vm.conf"), t.path("vm.img"));
+    for item in ["vmfresh", "v"] {
+        let out = t.run(&[
+            "backup-vm",
+            "--item",
+            item,
+            "--config",
+            cfg.to_str().unwrap(),
+            "--disk",
+            img.to_str().unwrap(),
+            "--pre-script",
+            "false",
+        ]);
+        assert_fails(&out, "pre-script failed");
+    }
+    assert_eq!(item_names(&t), ["a", "b", "v"]);
+    assert_eq!(item_source(&t, "v")["pre_script"], serde_json::Value::Null);
+    assert_eq!(item_source(&t, "v")["post_script"], "false");
+    // A backup that succeeds stores the definition it used.
+    t.ok(&[
+        "backup",
+        "--item",
+        "a",
+        a.to_str().unwrap(),
+        "--exclude",
+        "*.log",
+    ]);
+    assert_eq!(
+        item_source(&t, "a")["excludes"],
+        serde_json::json!(["*.log"])
+    );
+
+    // The sidecar: options the chosen form cannot apply, and an --image that names nothing.
+    let disk = t.path("d.raw");
+    write(&disk, &[5u8; 65536]);
+    t.ok(&["backup-disk", "--item", "d", disk.to_str().unwrap()]);
+    let to = t.path("out.raw");
+    let to_s = to.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["disk", "d", "--in-place", "--force"], "--force"),
+        (vec!["vm", "v", "--in-place", "--force"], "--force"),
+        (vec!["disk", "d"], "--to"),
+        (
+            vec!["disk", "d", "--to", to_s, "--image", "nosuch"],
+            "no such image",
+        ),
+        (
+            vec!["disk", "d", "--in-place", "--image", "nosuch"],
+            "no such image",
+        ),
+    ] {
+        let out = sidecar(&t, &args);
+        assert_usage(&out, needle);
+    }
+    assert!(!to.exists());
+    let items: Vec<serde_json::Value> = serde_json::from_str(&t.ok(&["items", "--json"])).unwrap();
+    assert!(items.iter().all(|i| i["state"] == "protected"), "{items:?}");
+}

@@ -103,6 +103,12 @@ struct Excludes {
     by_path: Vec<glob::Pattern>,
 }
 
+/// Checks `--exclude` patterns without backing anything up (so a bad one is refused before the
+/// catalog changes).
+pub fn check_excludes(patterns: &[String]) -> Result<(), BackupError> {
+    Excludes::new(patterns).map(drop)
+}
+
 impl Excludes {
     fn new(patterns: &[String]) -> Result<Excludes, BackupError> {
         let mut ex = Excludes {

@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Cli, EXIT_PARTIAL};
+use super::{Cli, EXIT_PARTIAL, UsageError};
 use crate::backup::disk::{DiskOptions, backup_disks};
-use crate::backup::files::{FilesOptions, backup_files};
+use crate::backup::files::{BackupReport, FilesOptions, backup_files, check_excludes};
 use crate::backup::vm::{VmOptions, backup_vm};
 use crate::progress::human_bytes;
 use crate::vault::{Item, ItemKind, Vault, human_time, now_ns};
@@ -140,7 +140,7 @@ pub fn run_disk(cli: &Cli, args: &BackupDiskArgs) -> Result<ExitCode> {
             std::fs::canonicalize(p).with_context(|| format!("cannot back up {}", p.display()))?,
         );
     }
-    let todo = vec![(args.item.clone(), Job::Disk(DiskSource { images }))];
+    let todo = vec![(args.item.clone(), Ok(Job::Disk(DiskSource { images })))];
     execute(cli, todo, &args.run)
 }
 
@@ -162,17 +162,23 @@ pub fn run_vm(cli: &Cli, args: &BackupVmArgs) -> Result<ExitCode> {
         pre_script: args.pre_script.clone(),
         post_script: args.post_script.clone(),
     };
-    let todo = vec![(args.item.clone(), Job::Vm(src))];
+    let todo = vec![(args.item.clone(), Ok(Job::Vm(src)))];
     execute(cli, todo, &args.run)
 }
 
+/// `coffre backup --item NAME PATH [--exclude GLOB]... [-x]` or `coffre backup NAME...`
 pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
-    let mut todo: Vec<(String, Job)> = Vec::new();
+    let mut todo: Vec<(String, Result<Job>)> = Vec::new();
     if let Some(name) = &args.item {
         super::check_item_name(name)?;
         let [path] = args.args.as_slice() else {
-            bail!("--item NAME takes exactly one PATH (the directory to back up)");
+            return Err(UsageError(
+                "--item NAME takes exactly one PATH (the directory to back up)".into(),
+            )
+            .into());
         };
+        // A bad pattern is a usage error, found before the vault is touched.
+        check_excludes(&args.exclude).map_err(|e| UsageError(e.to_string()))?;
         let path = std::fs::canonicalize(path)
             .with_context(|| format!("cannot back up {}", path.to_string_lossy()))?;
         if !path.is_dir() {
@@ -183,135 +189,215 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
         }
         todo.push((
             name.clone(),
-            Job::Files(FilesSource {
+            Ok(Job::Files(FilesSource {
                 path,
                 excludes: args.exclude.clone(),
                 one_file_system: args.one_file_system,
-            }),
+            })),
         ));
     } else {
         if args.args.is_empty() {
-            bail!(
+            return Err(UsageError(
                 "nothing to back up: use `coffre backup --item NAME PATH` or `coffre backup NAME...`"
-            );
+                    .into(),
+            )
+            .into());
+        }
+        if let Some(opt) = stored_form_refuses(args) {
+            return Err(UsageError(format!(
+                "{opt} does not apply to `coffre backup NAME...`, which uses each item's stored \
+                 definition; to change it, run `coffre backup --item NAME PATH {opt} ...`"
+            ))
+            .into());
         }
         let vault = cli.open_vault()?;
         for name in &args.args {
-            let name = name
-                .to_str()
-                .with_context(|| format!("no item is named {name:?} (item names are UTF-8)"))?;
-            let item = vault.item(name)?;
-            let bad = || format!("item {name:?} has no usable stored definition");
-            let job = match item.kind {
-                ItemKind::Files => {
-                    Job::Files(serde_json::from_value(item.source.clone()).with_context(bad)?)
-                }
-                ItemKind::Disk => {
-                    Job::Disk(serde_json::from_value(item.source.clone()).with_context(bad)?)
-                }
-                ItemKind::Vm => {
-                    Job::Vm(serde_json::from_value(item.source.clone()).with_context(bad)?)
-                }
-            };
-            todo.push((name.to_string(), job));
+            let shown = name.to_string_lossy().into_owned();
+            todo.push((shown, stored_job(&vault, name)));
         }
     }
     execute(cli, todo, &args.run)
 }
 
-fn execute(cli: &Cli, todo: Vec<(String, Job)>, run: &RunArgs) -> Result<ExitCode> {
-    let (no_wait, threads, json) = (run.no_wait, run.threads, run.json);
+/// The first option given to `coffre backup NAME...` that only `--item NAME PATH` can apply.
+fn stored_form_refuses(args: &BackupArgs) -> Option<&'static str> {
+    if !args.exclude.is_empty() {
+        Some("--exclude")
+    } else if args.one_file_system {
+        Some("--one-file-system")
+    } else {
+        None
+    }
+}
+
+/// The stored definition of item `name`, as a job.
+fn stored_job(vault: &Vault, name: &std::ffi::OsStr) -> Result<Job> {
+    let name = name
+        .to_str()
+        .with_context(|| format!("no item is named {name:?} (item names are UTF-8)"))?;
+    let item = vault.item(name)?;
+    let bad = || format!("item {name:?} has no usable stored definition");
+    Ok(match item.kind {
+        ItemKind::Files => {
+            Job::Files(serde_json::from_value(item.source.clone()).with_context(bad)?)
+        }
+        ItemKind::Disk => Job::Disk(serde_json::from_value(item.source.clone()).with_context(bad)?),
+        ItemKind::Vm => Job::Vm(serde_json::from_value(item.source.clone()).with_context(bad)?),
+    })
+}
+
+/// Backs up every item of `todo` (one failing does not stop the others), reports each result,
+/// and returns the worst status: 1 if any item failed, else 3 if any point misses entries, else 0.
+fn execute(cli: &Cli, todo: Vec<(String, Result<Job>)>, run: &RunArgs) -> Result<ExitCode> {
+    let json = run.json;
     let vault = cli.open_or_init_vault()?;
-    let lock = vault.lock(!no_wait)?;
-    let mut code = ExitCode::SUCCESS;
+    let lock = vault.lock(!run.no_wait)?;
+    let total = todo.len();
+    let (mut failed, mut partial) = (Vec::new(), false);
     let mut json_out = Vec::new();
-    let progress = !cli.quiet && !json;
     for (name, job) in todo {
-        if let Some(item) = vault.catalog().item(&name)?
-            && item.state != crate::vault::PROTECTED
-        {
-            let why = if item.state == crate::vault::NEEDS_REPROTECT {
-                format!("it was restored in place; run `coffre-restore reprotect {name}` first")
-            } else {
-                format!("its protection is stopped; `coffre resume-protection {name}` resumes it")
-            };
-            eprintln!("skipping item {name:?}: {why}");
-            code = ExitCode::FAILURE;
-            continue;
-        }
-        let item = register(&vault, &name, &job)?;
-        let report = match &job {
-            Job::Files(src) => {
-                let opts = FilesOptions {
-                    excludes: src.excludes.clone(),
-                    one_file_system: src.one_file_system,
-                    threads,
-                    progress,
-                };
-                backup_files(&vault, &lock, &item, &src.path, &opts)
+        match job.and_then(|job| backup_one(cli, &vault, &lock, &name, &job, run)) {
+            Ok(report) => {
+                partial |= !report.warnings.is_empty();
+                if json {
+                    json_out.push(serde_json::json!({
+                        "item": name,
+                        "point": report.point,
+                        "catalog_bytes": report.catalog_bytes,
+                        "warnings": report.warnings,
+                    }));
+                } else {
+                    print_report(&name, &report);
+                }
             }
-            Job::Disk(src) => {
-                let opts = DiskOptions { threads, progress };
-                backup_disks(&vault, &lock, &item, &src.images, &opts)
-            }
-            Job::Vm(src) => {
-                let opts = VmOptions {
-                    pre_script: src.pre_script.clone(),
-                    post_script: src.post_script.clone(),
-                    disk: DiskOptions { threads, progress },
-                };
-                backup_vm(&vault, &lock, &item, &src.config, &src.disks, &opts)
-            }
-        }
-        .with_context(|| format!("backup of item {name:?} failed"))?;
-        for w in &report.warnings {
-            eprintln!("warning: {}: {}", w.path, w.message);
-        }
-        if !report.warnings.is_empty() {
-            code = ExitCode::from(EXIT_PARTIAL);
-        }
-        let p = &report.point;
-        if json {
-            json_out.push(serde_json::json!({
-                "point": p,
-                "catalog_bytes": report.catalog_bytes,
-                "warnings": report.warnings,
-            }));
-        } else {
-            println!(
-                "point {} of {:?} at {} UTC: {} files, {} dirs, {}",
-                p.id,
-                name,
-                human_time(p.time),
-                p.files,
-                p.dirs,
-                human_bytes(p.logical_bytes)
-            );
-            println!(
-                "  new data {} in {} chunks, {} written to packs, catalog +{}, {:.2} s",
-                human_bytes(p.new_bytes),
-                p.new_chunks,
-                human_bytes(p.stored_bytes),
-                human_bytes(report.catalog_bytes),
-                p.duration_ms as f64 / 1000.0
-            );
-            if !report.warnings.is_empty() {
-                eprintln!(
-                    "{} entries could not be captured exactly (listed above); the point was made",
-                    report.warnings.len()
-                );
+            Err(e) => {
+                let line = super::error_line(&e);
+                eprintln!("error: {line}");
+                if json {
+                    json_out.push(serde_json::json!({ "item": name, "error": line }));
+                }
+                failed.push(name);
             }
         }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&json_out)?);
     }
-    Ok(code)
+    if !failed.is_empty() {
+        if total > 1 {
+            eprintln!(
+                "error: {} of {total} items failed: {}",
+                failed.len(),
+                failed.join(", ")
+            );
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(if partial {
+        ExitCode::from(EXIT_PARTIAL)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
-/// Finds the item, creating it or updating its stored definition.
-fn register(vault: &Vault, name: &str, job: &Job) -> Result<Item> {
+/// Backs up one item. Its definition is stored only once the backup succeeded, and an item
+/// created for this backup is removed again if the backup fails (no item with 0 points).
+fn backup_one(
+    cli: &Cli,
+    vault: &Vault,
+    lock: &crate::vault::WriteLock,
+    name: &str,
+    job: &Job,
+    run: &RunArgs,
+) -> Result<BackupReport> {
+    let threads = run.threads;
+    let progress = !cli.quiet && !run.json;
+    if let Some(item) = vault.catalog().item(name)?
+        && item.state != crate::vault::PROTECTED
+    {
+        if item.state == crate::vault::NEEDS_REPROTECT {
+            bail!(
+                "skipping item {name:?}: it was restored in place; run `coffre-restore reprotect {name}` first"
+            );
+        }
+        bail!(
+            "skipping item {name:?}: its protection is stopped; `coffre resume-protection {name}` resumes it"
+        );
+    }
+    let (item, created) = register(vault, name, job)?;
+    let report = match job {
+        Job::Files(src) => {
+            let opts = FilesOptions {
+                excludes: src.excludes.clone(),
+                one_file_system: src.one_file_system,
+                threads,
+                progress,
+            };
+            backup_files(vault, lock, &item, &src.path, &opts)
+        }
+        Job::Disk(src) => {
+            let opts = DiskOptions { threads, progress };
+            backup_disks(vault, lock, &item, &src.images, &opts)
+        }
+        Job::Vm(src) => {
+            let opts = VmOptions {
+                pre_script: src.pre_script.clone(),
+                post_script: src.post_script.clone(),
+                disk: DiskOptions { threads, progress },
+            };
+            backup_vm(vault, lock, &item, &src.config, &src.disks, &opts)
+        }
+    };
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            if created && let Err(d) = vault.catalog().delete_item_without_points(item.id) {
+                log::warn!("cannot remove item {name:?} after its failed first backup: {d}");
+            }
+            return Err(anyhow::Error::from(e).context(format!("backup of item {name:?} failed")));
+        }
+    };
+    // The point is committed: now the definition that made it becomes the stored one.
     let value = job.source()?;
+    if !created && item.source != value {
+        vault.catalog().set_item_source(item.id, &value)?;
+    }
+    Ok(report)
+}
+
+fn print_report(name: &str, report: &BackupReport) {
+    for w in &report.warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    let p = &report.point;
+    println!(
+        "point {} of {:?} at {} UTC: {} files, {} dirs, {}",
+        p.id,
+        name,
+        human_time(p.time),
+        p.files,
+        p.dirs,
+        human_bytes(p.logical_bytes)
+    );
+    println!(
+        "  new data {} in {} chunks, {} written to packs, catalog +{}, {:.2} s",
+        human_bytes(p.new_bytes),
+        p.new_chunks,
+        human_bytes(p.stored_bytes),
+        human_bytes(report.catalog_bytes),
+        p.duration_ms as f64 / 1000.0
+    );
+    if !report.warnings.is_empty() {
+        eprintln!(
+            "{} entries could not be captured exactly (listed above); the point was made",
+            report.warnings.len()
+        );
+    }
+}
+
+/// Finds the item, or creates it (`true`: created now). An existing item's stored definition is
+/// left as it is: `backup_one` replaces it once the backup succeeded.
+fn register(vault: &Vault, name: &str, job: &Job) -> Result<(Item, bool)> {
     let catalog = vault.catalog();
     match catalog.item(name)? {
         Some(item) if item.kind != job.kind() => {
@@ -320,12 +406,10 @@ fn register(vault: &Vault, name: &str, job: &Job) -> Result<Item> {
                 item.kind.as_str()
             )
         }
-        Some(item) => {
-            if item.source != value {
-                catalog.set_item_source(item.id, &value)?;
-            }
-            Ok(item)
-        }
-        None => Ok(catalog.create_item(name, job.kind(), &value, now_ns())?),
+        Some(item) => Ok((item, false)),
+        None => Ok((
+            catalog.create_item(name, job.kind(), &job.source()?, now_ns())?,
+            true,
+        )),
     }
 }

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+use super::UsageError;
 use crate::progress::human_bytes;
 use crate::restore::image::{ImagePlan, apply, differs, plan_image};
 use crate::vault::{Item, ItemKind, PointRow, Vault, now_ns};
@@ -38,7 +39,12 @@ enum Cmd {
         #[arg(value_name = "NAME[@POINT]")]
         spec: String,
         /// Target file or block device
-        #[arg(long, value_name = "PATH|DEVICE", conflicts_with = "in_place")]
+        #[arg(
+            long,
+            value_name = "PATH|DEVICE",
+            conflicts_with = "in_place",
+            required_unless_present = "in_place"
+        )]
         to: Option<PathBuf>,
         /// Write the images back where they were backed up from (the item then needs
         /// `coffre-restore reprotect` before its next backup)
@@ -47,8 +53,8 @@ enum Cmd {
         /// Which image of the point, if it has several (as named in the point)
         #[arg(long, value_name = "NAME")]
         image: Option<String>,
-        /// Overwrite an existing target
-        #[arg(long)]
+        /// Overwrite an existing target (with --to; --in-place always overwrites)
+        #[arg(long, conflicts_with = "in_place")]
         force: bool,
         /// Show what would be written, write nothing
         #[arg(long)]
@@ -73,8 +79,10 @@ enum Cmd {
         /// almost nothing new)
         #[arg(long, value_name = "NEW", requires = "to")]
         protect_as: Option<String>,
-        #[arg(long)]
+        /// Overwrite existing files in DIR (with --to; --in-place always overwrites)
+        #[arg(long, conflicts_with = "in_place")]
         force: bool,
+        /// Show what would be written, write nothing
         #[arg(long)]
         dry_run: bool,
     },
@@ -220,6 +228,16 @@ fn run(cli: &Sidecar) -> Result<ExitCode> {
         } => {
             let (item, point) = resolve(&vault, spec, ItemKind::Disk)?;
             let names = images_in(&vault, &point, "")?;
+            if let Some(i) = image
+                && !names.contains(i)
+            {
+                return Err(UsageError(format!(
+                    "--image {i}: point {} has no such image (it has {})",
+                    point.id,
+                    names.join(", ")
+                ))
+                .into());
+            }
             let plans = if *in_place {
                 let originals = paths(&item, "images");
                 let mut plans = Vec::new();
@@ -230,6 +248,17 @@ fn run(cli: &Sidecar) -> Result<ExitCode> {
                         continue;
                     }
                     plans.push(plan_image(&vault, &point, &name, orig, true)?);
+                }
+                if plans.is_empty() {
+                    bail!(
+                        "nothing to restore in place: none of the item's images ({}) is in point {}",
+                        originals
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        point.id
+                    );
                 }
                 plans
             } else {
@@ -325,6 +354,9 @@ fn run(cli: &Sidecar) -> Result<ExitCode> {
             };
             execute(&vault, &plans, *dry_run, cli.quiet)?;
             if *dry_run {
+                if let Some(new) = protect_as {
+                    println!("would protect the restored copy as item {new:?}");
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             if *in_place {

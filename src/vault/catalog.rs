@@ -387,6 +387,15 @@ impl Catalog {
         )?)
     }
 
+    /// Removes an item that has no point rows at all (one whose first backup failed); returns
+    /// whether it was removed.
+    pub fn delete_item_without_points(&self, item: i64) -> VaultResult<bool> {
+        Ok(self.conn.execute(
+            "DELETE FROM items WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM points WHERE item=?1)",
+            [item],
+        )? > 0)
+    }
+
     pub fn set_item_source(&self, item: i64, source: &serde_json::Value) -> VaultResult<()> {
         self.conn.execute(
             "UPDATE items SET source=?2 WHERE id=?1",
