@@ -596,3 +596,51 @@ fn options_that_cannot_apply_are_refused_and_a_failed_backup_changes_no_definiti
     let items: Vec<serde_json::Value> = serde_json::from_str(&t.ok(&["items", "--json"])).unwrap();
     assert!(items.iter().all(|i| i["state"] == "protected"), "{items:?}");
 }
+
+#[test]
+fn items_shows_the_scripts_a_stored_backup_will_run() {
+    let t = TestVault::new();
+    let (cfg, img) = (t.path("vm.conf"), t.path("vm.img"));
+    write(&cfg, b"cpus=1\n");
+    write(&img, &[1u8; 65536]);
+    t.ok(&[
+        "backup-vm",
+        "--item",
+        "v",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--disk",
+        img.to_str().unwrap(),
+        "--pre-script",
+        "echo freeze",
+        "--post-script",
+        "echo thaw",
+    ]);
+    // Whoever can write the vault decides what `coffre backup v` runs: here, a script that
+    // leaves a marker. The listing shows it before anyone runs it.
+    let marker = t.path("ran");
+    let evil = format!("touch {}", marker.display());
+    let conn = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
+    let source: String = conn
+        .query_row("SELECT source FROM items WHERE name='v'", [], |r| r.get(0))
+        .unwrap();
+    let mut source: serde_json::Value = serde_json::from_str(&source).unwrap();
+    source["pre_script"] = evil.clone().into();
+    conn.execute(
+        "UPDATE items SET source=?1 WHERE name='v'",
+        [source.to_string()],
+    )
+    .unwrap();
+    drop(conn);
+
+    let human = t.ok(&["items"]);
+    assert!(human.contains(&format!("pre-script: {evil}")), "{human}");
+    assert!(human.contains("post-script: echo thaw"), "{human}");
+    assert!(human.contains(cfg.to_str().unwrap()), "{human}");
+    let items: Vec<serde_json::Value> = serde_json::from_str(&t.ok(&["items", "--json"])).unwrap();
+    assert_eq!(items[0]["pre_script"], evil.as_str());
+    assert_eq!(items[0]["post_script"], "echo thaw");
+    assert!(!marker.exists());
+    t.ok(&["backup", "v"]);
+    assert!(marker.exists(), "coffre backup ran the stored pre-script");
+}

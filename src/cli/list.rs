@@ -5,12 +5,49 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use crate::progress::human_bytes;
-use crate::vault::{Vault, human_time};
+use crate::vault::{Item, Vault, human_time};
+
+/// The shell commands an item runs around its backups (stored in the vault: whoever can write
+/// the vault decides what `coffre backup NAME` runs).
+fn scripts(item: &Item) -> [(&'static str, Option<&str>); 2] {
+    ["pre", "post"].map(|phase| {
+        let script = item.source.get(format!("{phase}_script"));
+        (phase, script.and_then(|s| s.as_str()))
+    })
+}
+
+/// What an item protects, in one line: the directory, the VM config, or the images.
+fn source_line(item: &Item) -> String {
+    let s = &item.source;
+    if let Some(p) = s.get("path").and_then(|p| p.as_str()) {
+        return p.to_string();
+    }
+    if let Some(c) = s.get("config").and_then(|c| c.as_str()) {
+        return c.to_string();
+    }
+    s.get("images")
+        .and_then(|i| i.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
 
 pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
     let items = vault.catalog().items()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        let mut out = Vec::new();
+        for i in &items {
+            let mut v = serde_json::to_value(i)?;
+            for (phase, script) in scripts(i) {
+                v[format!("{phase}_script")] = script.into();
+            }
+            out.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let points = vault.catalog().points(None)?;
@@ -20,15 +57,20 @@ pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
     );
     for i in items {
         let n = points.iter().filter(|p| p.item == i.name).count();
-        let src = i.source.get("path").and_then(|p| p.as_str()).unwrap_or("");
         println!(
             "{:<24} {:<6} {:<16} {:>6}  {}",
             i.name,
             i.kind.as_str(),
             i.state,
             n,
-            src
+            source_line(&i)
         );
+        // Scripts run as whoever runs `coffre backup NAME`: always show them.
+        for (phase, script) in scripts(&i) {
+            if let Some(s) = script {
+                println!("{:<24} {phase}-script: {s}", "");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
