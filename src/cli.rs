@@ -105,7 +105,9 @@ impl Cli {
 
     fn open_vault(&self) -> Result<Vault> {
         let path = self.vault_path()?;
-        Ok(Vault::open(&path)?)
+        let vault = Vault::open(&path)?;
+        warn_if_exposed(&vault);
+        Ok(vault)
     }
 
     /// Opens the vault, creating it on first use (the first backup needs no `init`).
@@ -115,8 +117,28 @@ impl Cli {
             eprintln!("creating vault {}", path.display());
             return Ok(Vault::init(&path, &InitOptions::default())?);
         }
-        Ok(Vault::open(&path)?)
+        self.open_vault()
     }
+}
+
+/// Says, in one line, when other users can read the vault (made by an older coffre, or
+/// loosened by hand) and how to close it.
+pub fn warn_if_exposed(vault: &Vault) {
+    if let Some((path, mode)) = vault.exposed() {
+        eprintln!(
+            "warning: other users may read vault {} ({} has mode {mode:04o}); fix: chmod -R go-rwx {}",
+            vault.root().display(),
+            path.display(),
+            vault.root().display()
+        );
+    }
+}
+
+/// What both binaries do first: files they create (vault, restored copies) are private to the
+/// user unless coffre sets another mode on purpose.
+pub fn private_umask() {
+    // SAFETY: umask only sets the process's file creation mask.
+    unsafe { libc::umask(0o077) };
 }
 
 /// A bad argument found after parsing (clap finds the others): one `error:` line, exit code 2.
@@ -157,6 +179,7 @@ pub fn error_line(e: &anyhow::Error) -> String {
 
 /// Entry point of the `coffre` binary.
 pub fn main() -> ExitCode {
+    private_umask();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",

@@ -14,6 +14,7 @@ pub mod packs;
 
 use std::fs::{self, File};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -74,6 +75,11 @@ pub enum VaultError {
     )]
     BadItemName(String),
 }
+
+/// Mode of the vault directory and `packs/`: the owner only.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file in a vault: the owner only.
+pub const FILE_MODE: u32 = 0o600;
 
 /// Longest item name, in bytes.
 pub const MAX_ITEM_NAME: usize = 200;
@@ -219,9 +225,26 @@ impl Vault {
                 ),
             });
         }
-        fs::create_dir_all(path.join("packs")).map_err(io_err(path))?;
-        File::create(path.join("lock")).map_err(io_err(path))?;
+        // Owner only, whatever the umask: the vault holds everything that was backed up.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(path.join("packs"))
+            .map_err(io_err(path))?;
+        for dir in [path.to_path_buf(), path.join("packs")] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(DIR_MODE))
+                .map_err(io_err(&dir))?;
+        }
         let db = path.join("vault.db");
+        for file in [path.join("lock"), db.clone()] {
+            // SQLite creates vault.db-wal and -shm with the mode of vault.db.
+            File::options()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&file)
+                .map_err(io_err(&file))?;
+        }
         let id = random_hex(16);
         Catalog::create(
             &db,
@@ -309,6 +332,7 @@ impl Vault {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(FILE_MODE)
             .open(&path)
             .map_err(io_err(&path))?;
         let op = if wait {
@@ -356,6 +380,23 @@ impl Vault {
             sync_dir(&dir)?;
         }
         Ok(())
+    }
+
+    /// The first part of the vault that other users may read or enter (its directory, `packs/`,
+    /// the catalog files, the lock or a pack with any group or other permission bit), with its
+    /// mode. `None` for a vault only its owner can use, as `init` makes it.
+    pub fn exposed(&self) -> Option<(PathBuf, u32)> {
+        let mut paths = vec![self.root.clone(), self.packs_dir()];
+        for f in ["vault.db", "vault.db-wal", "vault.db-shm", "lock"] {
+            paths.push(self.root.join(f));
+        }
+        if let Ok(packs) = fs::read_dir(self.packs_dir()) {
+            paths.extend(packs.filter_map(|e| Some(e.ok()?.path())));
+        }
+        paths.into_iter().find_map(|p| {
+            let mode = fs::symlink_metadata(&p).ok()?.permissions().mode() & 0o7777;
+            (mode & 0o077 != 0).then_some((p, mode))
+        })
     }
 
     /// Finds an item by name.

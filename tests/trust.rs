@@ -644,3 +644,99 @@ fn items_shows_the_scripts_a_stored_backup_will_run() {
     t.ok(&["backup", "v"]);
     assert!(marker.exists(), "coffre backup ran the stored pre-script");
 }
+
+/// Permission bits of a path (not following symlinks).
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Runs a command as user 65534 with no groups; true if it succeeded.
+fn as_nobody(args: &[&std::ffi::OsStr]) -> bool {
+    std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(args)
+        .output_within()
+        .status
+        .success()
+}
+
+#[test]
+fn a_vault_is_private_to_its_owner_whatever_the_umask_and_coffre_warns_when_it_is_not() {
+    if !is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let t = TestVault::new();
+    // Only the vault's own modes may keep others out: open up the directory around it.
+    std::fs::set_permissions(t.dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    let src = t.path("src");
+    write(&src.join("shadow"), &text(100_000, 9));
+    std::fs::set_permissions(&src, PermissionsExt::from_mode(0o755)).unwrap();
+    // Every coffre run below starts with umask 022, as root's shell often does.
+    let with_umask_022 = |args: &[&str]| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", "umask 022; exec \"$0\" \"$@\""])
+            .arg(env!("CARGO_BIN_EXE_coffre"))
+            .args(args)
+            .env("COFFRE_VAULT", t.vault())
+            .output_within();
+        assert!(out.status.success(), "coffre {args:?}: {}", stderr(&out));
+        out
+    };
+    let out = with_umask_022(&["backup", "--item", "x", src.to_str().unwrap()]);
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    // With a mount holding the catalog open, vault.db-wal and -shm stay; a second backup adds a
+    // pack beside the first.
+    let _m = MountGuard::start(&t, &[]);
+    write(&src.join("more"), &noise(100_000, 10));
+    with_umask_022(&["backup", "x"]);
+
+    let v = t.vault();
+    assert_eq!(mode(&v), 0o700, "vault directory");
+    assert_eq!(mode(&v.join("packs")), 0o700, "packs/");
+    for f in ["vault.db", "vault.db-wal", "vault.db-shm", "lock"] {
+        assert_eq!(mode(&v.join(f)), 0o600, "{f}");
+    }
+    let packs: Vec<_> = std::fs::read_dir(v.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(packs.len(), 2);
+    for p in &packs {
+        assert_eq!(mode(p), 0o600, "{}", p.display());
+        assert!(
+            !as_nobody(&["cat".as_ref(), p.as_os_str()]),
+            "nobody read {}",
+            p.display()
+        );
+    }
+    assert!(
+        !as_nobody(&["ls".as_ref(), v.as_os_str()]),
+        "nobody listed the vault"
+    );
+    // `coffre init` into an existing, open directory closes it too.
+    let fresh = t.path("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    std::fs::set_permissions(&fresh, PermissionsExt::from_mode(0o755)).unwrap();
+    with_umask_022(&["--vault", fresh.to_str().unwrap(), "init"]);
+    assert_eq!(mode(&fresh), 0o700);
+
+    // A vault others can read (an older coffre made it, or someone loosened it): one warning line
+    // that says how to fix it, for every command that opens it.
+    std::fs::set_permissions(v.join("vault.db"), PermissionsExt::from_mode(0o644)).unwrap();
+    let out = t.run(&["points"]);
+    assert!(out.status.success());
+    let err = stderr(&out);
+    let warnings: Vec<&str> = err.lines().filter(|l| l.starts_with("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{err}");
+    assert!(
+        warnings[0].contains(&format!("chmod -R go-rwx {}", v.display())),
+        "{err}"
+    );
+    let out = sidecar(&t, &["reprotect", "x"]);
+    assert!(stderr(&out).contains("chmod -R go-rwx"), "{}", stderr(&out));
+    std::fs::set_permissions(v.join("vault.db"), PermissionsExt::from_mode(0o600)).unwrap();
+    assert!(!stderr(&t.run(&["points"])).contains("warning"));
+}

@@ -97,6 +97,7 @@ enum Cmd {
 
 /// Entry point of the `coffre-restore` binary.
 pub fn main() -> ExitCode {
+    super::private_umask();
     let cli = Sidecar::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
@@ -116,7 +117,9 @@ fn open(cli: &Sidecar) -> Result<Vault> {
         .clone()
         .or_else(Vault::default_path)
         .context("no vault given: pass --vault DIR or set COFFRE_VAULT")?;
-    Ok(Vault::open(&path)?)
+    let vault = Vault::open(&path)?;
+    super::warn_if_exposed(&vault);
+    Ok(vault)
 }
 
 fn resolve(vault: &Vault, spec: &str, kind: ItemKind) -> Result<(Item, PointRow)> {

@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::format::ChunkId;
@@ -88,7 +89,12 @@ impl PackWriter {
     /// Creates `dir/<name>.pack`; fails if it exists.
     pub fn create(dir: &Path, name: &str) -> io::Result<PackWriter> {
         let path = dir.join(format!("{name}.pack"));
-        let f = File::options().write(true).create_new(true).open(&path)?;
+        // Owner only, whatever the umask: a pack holds backed-up data.
+        let f = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(super::FILE_MODE)
+            .open(&path)?;
         let mut out = BufWriter::with_capacity(1 << 20, f);
         out.write_all(PACK_MAGIC)?;
         out.write_all(&PACK_VERSION.to_le_bytes())?;
