@@ -42,6 +42,9 @@ pub enum BackupError {
     Aborted(String),
     #[error("{phase}-script failed: {detail}")]
     Script { phase: &'static str, detail: String },
+    /// The system refused a thread the backup cannot do without (see `threads::refused`).
+    #[error("{0}")]
+    Thread(std::io::Error),
 }
 
 /// Something that could not be captured exactly; the backup goes on and exits with code 3.

@@ -160,6 +160,16 @@ pub fn check_item_name(name: &str) -> Result<()> {
     crate::vault::check_item_name(name).map_err(|e| UsageError(e.to_string()).into())
 }
 
+/// Parses `--threads N`: 0 (the default: as many as there are cores) up to
+/// `threads::MAX_THREADS`; anything else is a usage error.
+pub fn threads_arg(s: &str) -> std::result::Result<usize, String> {
+    let max = crate::threads::MAX_THREADS;
+    match s.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("use a number from 0 (automatic) to {max}")),
+    }
+}
+
 /// One line for an error and its causes, leaving out a cause whose text the line already holds
 /// (library errors often name their source in their own message).
 pub fn error_line(e: &anyhow::Error) -> String {

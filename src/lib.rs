@@ -5,7 +5,7 @@
 //! ```text
 //!   coffre (src/main.rs)      coffre-restore (src/bin/coffre-restore.rs)     thin: clap + cli/
 //!        |                              |
-//!   backup/ (files, sink)       restore/ (files)        chunking      progress    fsmeta
+//!   backup/ (files, sink)       restore/ (files)   chunking   progress   fsmeta   threads
 //!        \______________________________|_______________________________/
 //!                  vault/  the only code that touches vault.db and packs/
 //!                    catalog (SQLite)  packs (format, writer)  chunks (pread, cache)
@@ -31,4 +31,5 @@ pub mod mount;
 pub mod progress;
 pub mod restore;
 pub mod testing;
+pub mod threads;
 pub mod vault;

@@ -50,6 +50,8 @@ pub enum MountError {
         "{path} is not a coffre mount (it is a {fstype} file system); coffre umount only unmounts coffre mounts"
     )]
     NotCoffre { path: PathBuf, fstype: String },
+    #[error("{0}")]
+    Thread(std::io::Error),
     #[error("cannot unmount {path}: {source}")]
     Unmount {
         path: PathBuf,
@@ -137,11 +139,7 @@ pub fn mount(
     // SAFETY: mallopt only tunes the allocator; called before any request thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let view = Arc::new(View::new(vault.shared())?);
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
-    } else {
-        opts.threads
-    };
+    let threads = crate::threads::count(opts.threads, 2);
     let config = session_config(
         &format!("coffre:{}", vault.root().display()),
         opts.allow_other,
@@ -166,7 +164,9 @@ pub fn mount(
 
     let sig_stop = stop.clone();
     let sig_mountpoint = mountpoint.clone();
-    let sig_thread = std::thread::spawn(move || {
+    let thread_err = |name, e| MountError::Thread(crate::threads::refused(name, e));
+    let spawn = |name: &'static str| std::thread::Builder::new().name(name.into());
+    let sig_thread = spawn("signals").spawn(move || {
         while !sig_stop.load(Ordering::Relaxed) {
             if wait_signal(&signals, Duration::from_millis(200)) {
                 log::info!("signal received, unmounting");
@@ -175,27 +175,46 @@ pub fn mount(
             }
         }
     });
+    // Without it a signal would be lost: no mount without it (the session unmounts on drop).
+    let sig_thread = sig_thread.map_err(|e| thread_err("signal", e))?;
     let ref_stop = stop.clone();
     let ref_view = view.clone();
     let pf_notifier = notifier.clone();
     let ra_mountpoint = mountpoint.clone();
-    let refresher = std::thread::spawn(move || {
+    let refresher = spawn("refresher").spawn(move || {
         raise_readahead(&ra_mountpoint);
         refresh_loop(&ref_view, &notifier, &ref_stop)
     });
     let pf_view = view.clone();
-    let prefetcher = std::thread::spawn(move || prefetch_loop(&pf_view, &pf_notifier, prefetch_rx));
+    let prefetcher =
+        spawn("prefetcher").spawn(move || prefetch_loop(&pf_view, &pf_notifier, prefetch_rx));
+    // Both only make the mount better (new points show up; read-ahead across files): without
+    // one, the mount still serves, with a warning.
+    let refresher = refresher
+        .map_err(|e| log::warn!("new points will not appear while mounted: {e}"))
+        .ok();
+    let prefetcher = prefetcher
+        .map_err(|e| log::warn!("no read-ahead across files: {e}"))
+        .ok();
 
     ready();
     let result = session.run();
     stop.store(true, Ordering::Relaxed);
     let _ = sig_thread.join();
-    let _ = refresher.join();
+    if let Some(t) = refresher {
+        let _ = t.join();
+    }
     // The session (and with it the prefetch sender) is gone: the prefetcher ends.
-    let _ = prefetcher.join();
-    result.map_err(|e| MountError::Mount {
-        path: mountpoint,
-        source: e,
+    if let Some(t) = prefetcher {
+        let _ = t.join();
+    }
+    result.map_err(|e| match e.raw_os_error() {
+        // fuser could not start its request threads.
+        Some(libc::EAGAIN) => thread_err("request", e),
+        _ => MountError::Mount {
+            path: mountpoint,
+            source: e,
+        },
     })
 }
 

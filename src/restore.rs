@@ -24,4 +24,7 @@ pub enum RestoreError {
     },
     #[error("{0:?} is not in this recovery point")]
     NoSuchPath(String),
+    /// Not even one worker thread could start (see `threads::refused`).
+    #[error("{0}")]
+    Thread(std::io::Error),
 }

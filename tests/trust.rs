@@ -740,3 +740,128 @@ fn a_vault_is_private_to_its_owner_whatever_the_umask_and_coffre_warns_when_it_i
     std::fs::set_permissions(v.join("vault.db"), PermissionsExt::from_mode(0o600)).unwrap();
     assert!(!stderr(&t.run(&["points"])).contains("warning"));
 }
+
+/// A user no other test runs as, so its thread count is this test's alone.
+const THREADS_UID: u32 = 54321;
+
+/// Runs `bin args` as `THREADS_UID` with at most `nproc` processes and threads for that user.
+fn with_nproc(t: &TestVault, nproc: u32, bin: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new("prlimit")
+        .arg(format!("--nproc={nproc}"))
+        .args(["--", "setpriv"])
+        .arg(format!("--reuid={THREADS_UID}"))
+        .arg(format!("--regid={THREADS_UID}"))
+        .args(["--clear-groups", bin])
+        .args(args)
+        .env("COFFRE_VAULT", t.vault())
+        .env("RUST_BACKTRACE", "0")
+        .output_within()
+}
+
+/// A refused thread is either absorbed (fewer workers: exit 0) or one `error:` line (exit 1).
+fn assert_no_thread_panic(out: &std::process::Output, what: &str) -> bool {
+    let err = stderr(out);
+    assert!(!err.contains("panicked"), "{what}: {err}");
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => {
+            let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+            assert_eq!(errors.len(), 1, "{what}: {err}");
+            assert!(errors[0].contains("cannot start a"), "{what}: {err}");
+            false
+        }
+        other => panic!("{what}: exit {other:?}: {err}"),
+    }
+}
+
+#[test]
+fn a_thread_the_system_refuses_means_fewer_workers_or_one_error_line_never_a_panic() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run as another user with a process limit");
+        return;
+    }
+    let t = TestVault::new();
+    let src = t.path("src");
+    for i in 0..40 {
+        write(&src.join(format!("f{i}")), &noise(50_000, i));
+    }
+    let img = t.path("disk.raw");
+    write(&img, &text(3 << 20, 4));
+    let out = t.run(&["init"]);
+    assert!(out.status.success());
+    let chown = |p: &Path| {
+        let out = std::process::Command::new("chown")
+            .args(["-R", &format!("{THREADS_UID}:{THREADS_UID}")])
+            .arg(p)
+            .output_within();
+        assert!(out.status.success(), "{}", stderr(&out));
+    };
+    chown(t.dir.path());
+    let coffre = env!("CARGO_BIN_EXE_coffre");
+    let sidecar_bin = env!("CARGO_BIN_EXE_coffre-restore");
+    let (s, i) = (src.to_str().unwrap(), img.to_str().unwrap());
+
+    // A few threads short of --threads 64: the pool shrinks, the backup is made.
+    let out = with_nproc(
+        &t,
+        6,
+        coffre,
+        &["backup", "--item", "x", s, "--threads", "64"],
+    );
+    assert!(assert_no_thread_panic(&out, "backup"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("of 64 backup worker threads"),
+        "{}",
+        stderr(&out)
+    );
+    let out = with_nproc(
+        &t,
+        6,
+        coffre,
+        &["backup-disk", "--item", "d", i, "--threads", "64"],
+    );
+    assert!(
+        assert_no_thread_panic(&out, "backup-disk"),
+        "{}",
+        stderr(&out)
+    );
+    let dst = t.path("dst");
+    let d = dst.to_str().unwrap();
+    let out = with_nproc(
+        &t,
+        4,
+        coffre,
+        &["restore", "x", "--to", d, "--threads", "64"],
+    );
+    assert!(assert_no_thread_panic(&out, "restore"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(dst.join("f7")).unwrap(), noise(50_000, 7));
+    let back = t.path("back.raw");
+    let out = with_nproc(
+        &t,
+        2,
+        sidecar_bin,
+        &["disk", "d", "--to", back.to_str().unwrap()],
+    );
+    assert!(
+        assert_no_thread_panic(&out, "coffre-restore disk"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read(&back).unwrap(), text(3 << 20, 4));
+    // With almost no threads left, some runs cannot even start what they need: one line.
+    for nproc in 1..=3 {
+        let out = with_nproc(&t, nproc, coffre, &["backup", "x", "--threads", "64"]);
+        assert_no_thread_panic(&out, &format!("backup with nproc {nproc}"));
+        let out = with_nproc(&t, nproc, coffre, &["backup", "d", "--threads", "64"]);
+        assert_no_thread_panic(&out, &format!("backup-disk with nproc {nproc}"));
+    }
+    // Absurd requests are usage errors before anything runs.
+    for cmd in [
+        vec!["backup", "x", "--threads", "100000"],
+        vec!["restore", "x", "--to", d, "--threads", "257"],
+        vec!["mount", d, "--threads", "4096"],
+    ] {
+        let out = t.run(&cmd);
+        assert_usage(&out, "from 0 (automatic) to 256");
+    }
+}

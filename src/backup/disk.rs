@@ -328,11 +328,7 @@ pub fn backup_images(
         }
         names.push(n);
     }
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
+    let threads = crate::threads::count(opts.threads, 1);
     let shared = vault.shared();
     let abort = Abort::default();
     let dedup = Dedup::default();
@@ -350,23 +346,20 @@ pub fn backup_images(
     let result: Result<(Vec<Entry>, Option<Entry>), BackupError> = std::thread::scope(|s| {
         let packs_dir = vault.packs_dir();
         let (abort_ref, stored_ref, shared_ref) = (&abort, &stored, &shared);
-        s.spawn(move || {
+        let thread_err = BackupError::Thread;
+        crate::threads::try_spawn(s, "pack writer", move || {
             if let Err(e) = sink::run_pack_writer(&packs_dir, rec_rx, sealed_tx, stored_ref) {
                 abort_ref.fail(e);
             }
-        });
-        for _ in 0..threads {
-            let (rx, tx) = (block_rx.clone(), rec_tx.clone());
-            s.spawn(move || compress_worker(shared_ref, abort_ref, rx, tx));
-        }
-        drop((block_rx, rec_tx));
+        })
+        .map_err(thread_err)?;
         let readers: Vec<_> = images
             .iter()
             .zip(names.iter().cloned())
             .map(|(path, name)| {
                 let (lists, blocks) = (list_tx.clone(), block_tx.clone());
                 let (dedup, progress) = (&dedup, &progress);
-                s.spawn(move || {
+                let reader = crate::threads::try_spawn(s, "image reader", move || {
                     let r = read_image(
                         path, name, shared_ref, dedup, abort_ref, progress, &lists, &blocks,
                     );
@@ -374,9 +367,20 @@ pub fn backup_images(
                         abort_ref.fail(BackupError::Aborted(e.to_string()));
                     }
                     r
-                })
+                });
+                reader.map_err(|e| abort_ref.fail(BackupError::Thread(e)))
             })
             .collect();
+        // The pool comes last: when the system allows fewer threads than asked, it is the
+        // pool that shrinks, not a reader the backup cannot do without.
+        let pool = crate::threads::spawn_workers(s, "compression", threads, |_| {
+            let (rx, tx) = (block_rx.clone(), rec_tx.clone());
+            move || compress_worker(shared_ref, abort_ref, rx, tx)
+        });
+        drop((block_rx, rec_tx));
+        if let Err(e) = pool {
+            abort.fail(thread_err(e));
+        }
         let mut fail = None;
         let config = match capture {
             Capture::Vm { config } => {
@@ -412,6 +416,9 @@ pub fn backup_images(
         }
         let mut entries = Vec::new();
         for r in readers {
+            let Ok(r) = r else {
+                continue; // not started: the abort holds why
+            };
             match r.join() {
                 Ok(Ok(done)) => entries.push(done.entry),
                 Ok(Err(e)) => {

@@ -662,11 +662,7 @@ pub fn backup_files(
         .and_then(|p| format::decode_root(&p.root).ok())
         .and_then(|e| e.subtree);
 
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
+    let threads = crate::threads::count(opts.threads, 1);
     let abort = Abort::default();
     let dedup = Dedup::default();
     let stored = AtomicU64::new(0);
@@ -700,21 +696,16 @@ pub fn backup_files(
     let outcome: Result<Option<Entry>, BackupError> = std::thread::scope(|s| {
         let packs_dir = vault.packs_dir();
         let (abort_ref, stored_ref) = (&abort, &stored);
-        s.spawn(move || {
+        let thread_err = BackupError::Thread;
+        crate::threads::try_spawn(s, "pack writer", move || {
             if let Err(e) = sink::run_pack_writer(&packs_dir, rec_rx, sealed_tx, stored_ref) {
                 abort_ref.fail(e);
             }
-        });
-        for _ in 0..threads {
-            let (jobs, results, records, ctx) =
-                (job_rx.clone(), res_tx.clone(), rec_tx.clone(), &ctx);
-            let v = &shared_vault;
-            s.spawn(move || run_worker(ctx, v, jobs, results, records));
-        }
-        drop((job_rx, res_tx, rec_tx));
+        })
+        .map_err(thread_err)?;
         let root_fd = Arc::new(root_fd);
         let one_fs = opts.one_file_system;
-        let walker = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("walker".into())
             .stack_size(256 << 20) // one frame per directory level: deep trees need room
             .spawn_scoped(s, move || {
@@ -736,8 +727,18 @@ pub fn backup_files(
                     let _ = w.emit(Event::Leave);
                 }
             })
-            .map_err(|e| BackupError::Aborted(format!("cannot start walker: {e}")));
-        let built = walker.and_then(|_| builder.build(ev_rx, &progress));
+            .map_err(|e| thread_err(crate::threads::refused("walker", e)))?;
+        // The pool comes last: when the system allows fewer threads than asked, it is the
+        // pool that shrinks, not a thread the backup cannot do without.
+        crate::threads::spawn_workers(s, "backup worker", threads, |_| {
+            let (jobs, results, records, ctx) =
+                (job_rx.clone(), res_tx.clone(), rec_tx.clone(), &ctx);
+            let v = &shared_vault;
+            move || run_worker(ctx, v, jobs, results, records)
+        })
+        .map_err(thread_err)?;
+        drop((job_rx, res_tx, rec_tx));
+        let built = builder.build(ev_rx, &progress);
         if built.is_err() {
             abort.flag.store(true, Ordering::SeqCst);
         }

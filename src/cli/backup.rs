@@ -37,8 +37,8 @@ pub struct RunArgs {
     /// Fail at once if another backup holds the vault, instead of waiting
     #[arg(long)]
     no_wait: bool,
-    /// Worker threads [default: one per core]
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads (0 = one per core, at most 256)
+    #[arg(long, default_value_t = 0, value_parser = super::threads_arg)]
     threads: usize,
     /// Print the result as JSON
     #[arg(long)]

@@ -494,19 +494,15 @@ pub fn restore_files(
         errors: Mutex::new(Vec::new()),
         chown,
     };
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
+    let threads = crate::threads::count(opts.threads, 1);
     let progress = Progress::new("restore", opts.progress);
     let (tx, rx) = bounded::<FileJob>(1024);
     let shared_vault = vault.shared();
     let display_root = target.display().to_string();
     let mut report = std::thread::scope(|s| -> Result<_, RestoreError> {
-        for _ in 0..threads {
+        crate::threads::spawn_workers(s, "restore worker", threads, |_| {
             let (rx, shared, progress, vault) = (rx.clone(), &shared, &progress, &shared_vault);
-            s.spawn(move || {
+            move || {
                 let catalog = match vault.connect() {
                     Ok(c) => c,
                     Err(e) => {
@@ -523,8 +519,9 @@ pub fn restore_files(
                     drop(job); // close the file before its directory may be finished
                     parent.release(shared);
                 }
-            });
-        }
+            }
+        })
+        .map_err(RestoreError::Thread)?;
         drop(rx);
         let mut walk = Walk {
             vault,

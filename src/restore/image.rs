@@ -201,35 +201,63 @@ pub fn apply(vault: &Vault, plan: &ImagePlan, progress: bool) -> Result<u64, Res
         .map_or(2, |n| n.get())
         .min(extents.len().max(1));
     let shared = vault.shared();
+    // Each thread takes the next extent not yet taken, so fewer threads (when the system
+    // refuses some) still cover every extent.
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<Result<u64, RestoreError>> = std::thread::scope(|s| {
+        let mut refused = None;
         let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (extents, starts, file, shared, tick, done) =
-                    (&extents, &starts, &file, &shared, &tick, &done);
-                s.spawn(move || -> Result<u64, RestoreError> {
-                    let catalog = shared.connect()?;
-                    let mut w = ExtentWriter {
-                        catalog: &catalog,
-                        reader: shared.chunk_reader(),
-                        file,
-                        written: 0,
-                        data_end: 0,
-                        zero_holes: plan.device,
-                        on_progress: if t == 0 { Some(tick) } else { None },
-                    };
-                    for i in (t..extents.len()).step_by(threads) {
-                        let before = w.written;
-                        w.write(&extents[i..i + 1], starts[i], 0)
-                            .map_err(|e| match e {
-                                WriteError::Vault(v) => RestoreError::Vault(v),
-                                WriteError::Io(e) => terr(e),
-                            })?;
-                        done.fetch_add(w.written - before, std::sync::atomic::Ordering::Relaxed);
+            .map_while(|t| {
+                let (extents, starts, file, shared, tick, done, next) =
+                    (&extents, &starts, &file, &shared, &tick, &done, &next);
+                let spawned = crate::threads::try_spawn(
+                    s,
+                    "restore",
+                    move || -> Result<u64, RestoreError> {
+                        let catalog = shared.connect()?;
+                        let mut w = ExtentWriter {
+                            catalog: &catalog,
+                            reader: shared.chunk_reader(),
+                            file,
+                            written: 0,
+                            data_end: 0,
+                            zero_holes: plan.device,
+                            on_progress: if t == 0 { Some(tick) } else { None },
+                        };
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            if i >= extents.len() {
+                                break;
+                            }
+                            let before = w.written;
+                            w.write(&extents[i..i + 1], starts[i], 0)
+                                .map_err(|e| match e {
+                                    WriteError::Vault(v) => RestoreError::Vault(v),
+                                    WriteError::Io(e) => terr(e),
+                                })?;
+                            done.fetch_add(
+                                w.written - before,
+                                std::sync::atomic::Ordering::Relaxed,
+                            );
+                        }
+                        Ok(w.written)
+                    },
+                );
+                match spawned {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        log::warn!("restoring with {t} of {threads} threads: {e}");
+                        refused = Some(e);
+                        None
                     }
-                    Ok(w.written)
-                })
+                }
             })
             .collect();
+        if handles.is_empty()
+            && let Some(e) = refused
+        {
+            return vec![Err(RestoreError::Thread(e))];
+        }
         handles
             .into_iter()
             .map(|h| {
