@@ -121,10 +121,13 @@ impl Cli {
     }
 }
 
-/// Says, in one line, when other users can read the vault (made by an older coffre, or
-/// loosened by hand) and how to close it.
+/// Says, in one line (once per run, however often the vault is opened), when other users can
+/// read the vault (made by an older coffre, or loosened by hand) and how to close it.
 pub fn warn_if_exposed(vault: &Vault) {
-    if let Some((path, mode)) = vault.exposed() {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some((path, mode)) = vault.exposed()
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
         eprintln!(
             "warning: other users may read vault {} ({} has mode {mode:04o}); fix: chmod -R go-rwx {}",
             vault.root().display(),

@@ -737,6 +737,14 @@ fn a_vault_is_private_to_its_owner_whatever_the_umask_and_coffre_warns_when_it_i
     );
     let out = sidecar(&t, &["reprotect", "x"]);
     assert!(stderr(&out).contains("chmod -R go-rwx"), "{}", stderr(&out));
+    let out = t.run(&["backup", "x"]);
+    assert!(out.status.success());
+    assert_eq!(
+        stderr(&out).matches("warning:").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
     std::fs::set_permissions(v.join("vault.db"), PermissionsExt::from_mode(0o600)).unwrap();
     assert!(!stderr(&t.run(&["points"])).contains("warning"));
 }
