@@ -39,6 +39,9 @@ pub enum BackupError {
     Script { phase: &'static str, detail: String },
     #[error("{0}")]
     NotProtected(String),
+    /// The system refused a thread the backup cannot do without (see `threads::refused`).
+    #[error("{0}")]
+    Thread(std::io::Error),
 }
 
 /// Backs up item `name` as `def` describes it (a new item is registered by its first successful

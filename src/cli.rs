@@ -105,7 +105,9 @@ impl Cli {
 
     fn open_vault(&self) -> Result<Vault> {
         let path = self.vault_path()?;
-        Ok(Vault::open(&path)?)
+        let vault = Vault::open(&path)?;
+        warn_if_exposed(&vault);
+        Ok(vault)
     }
 
     /// Opens the vault, creating it on first use (the first backup needs no `init`).
@@ -115,7 +117,59 @@ impl Cli {
             eprintln!("creating vault {}", path.display());
             return Ok(Vault::init(&path, &InitOptions::default())?);
         }
-        Ok(Vault::open(&path)?)
+        self.open_vault()
+    }
+}
+
+/// Says, in one line (once per run, however often the vault is opened), when other users can
+/// read the vault (made by an older coffre, or loosened by hand) and how to close it.
+pub fn warn_if_exposed(vault: &Vault) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let Some((path, mode)) = vault.exposed()
+        && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        eprintln!(
+            "warning: other users may read vault {} ({} has mode {mode:04o}); fix: chmod -R go-rwx {}",
+            vault.root().display(),
+            path.display(),
+            vault.root().display()
+        );
+    }
+}
+
+/// What both binaries do first: files they create (vault, restored copies) are private to the
+/// user unless coffre sets another mode on purpose.
+pub fn private_umask() {
+    // SAFETY: umask only sets the process's file creation mask.
+    unsafe { libc::umask(0o077) };
+}
+
+/// A bad argument found after parsing (clap finds the others): one `error:` line, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Exit code 2 for a usage error, 1 for any other error.
+pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `vault::check_item_name` as a usage error, for every argument that names a new item.
+pub fn check_item_name(name: &str) -> Result<()> {
+    crate::vault::check_item_name(name).map_err(|e| UsageError(e.to_string()).into())
+}
+
+/// Parses `--threads N`: 0 (the default: as many as there are cores) up to
+/// `threads::MAX_THREADS`; anything else is a usage error.
+pub fn threads_arg(s: &str) -> std::result::Result<usize, String> {
+    let max = crate::threads::MAX_THREADS;
+    match s.parse::<usize>() {
+        Ok(n) if n <= max => Ok(n),
+        _ => Err(format!("use a number from 0 (automatic) to {max}")),
     }
 }
 
@@ -138,6 +192,7 @@ pub fn error_line(e: &anyhow::Error) -> String {
 
 /// Entry point of the `coffre` binary.
 pub fn main() -> ExitCode {
+    private_umask();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -153,7 +208,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_line(&e));
-            ExitCode::FAILURE
+            exit_code_for(&e)
         }
     }
 }

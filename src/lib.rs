@@ -6,7 +6,7 @@
 //!   coffre (src/main.rs)          coffre-restore (src/bin/coffre-restore.rs)      thin: clap
 //!        |                                  |                                     + cli/ (print)
 //!   backup/ (files, disk, vm)   restore/ (files, image plans)   protection   policy/ (pure)
-//!   mount/ (view: pure logic; fuse: the fuser adapter)          chunking  fsmeta  progress
+//!   mount/ (view: pure logic; fuse: the fuser adapter)   chunking  fsmeta  progress  threads
 //!        \_____________________________|_______________________________/
 //!                 vault/  the only code that touches vault.db and packs/
 //!     write (WriteSession, ChunkSink)   reader (VaultReader) -> chunks (read_chunk) -> content
@@ -48,4 +48,5 @@ pub mod progress;
 pub mod protection;
 pub mod restore;
 pub mod testing;
+pub mod threads;
 pub mod vault;

@@ -44,6 +44,14 @@ pub enum MountError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0} is not a mount point")]
+    NotMounted(PathBuf),
+    #[error(
+        "{path} is not a coffre mount (it is a {fstype} file system); coffre umount only unmounts coffre mounts"
+    )]
+    NotCoffre { path: PathBuf, fstype: String },
+    #[error("{0}")]
+    Thread(std::io::Error),
     #[error("cannot unmount {path}: {source}")]
     Unmount {
         path: PathBuf,
@@ -102,7 +110,10 @@ pub fn session_config(fsname: &str, allow_other: bool, threads: usize) -> Config
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::FSName(fsname.to_string()),
-        MountOption::Subtype("coffre".into()),
+        // fuser's own mount(2) ignores `Subtype` (the type stays plain `fuse`); as a kernel
+        // option the subtype makes the mount `fuse.coffre` in /proc/mounts, so `findmnt -t`,
+        // `updatedb` and `coffre umount` can tell it (fusermount takes it the same way).
+        MountOption::CUSTOM("subtype=coffre".into()),
     ];
     config.acl = if allow_other {
         SessionACL::All
@@ -130,11 +141,7 @@ pub fn mount(
     // While mounted, a garbage collection must not delete a pack this mount may still read.
     let _lease = vault.lease()?;
     let view = Arc::new(View::new(vault.reader())?);
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
-    } else {
-        opts.threads
-    };
+    let threads = crate::threads::count(opts.threads, 2);
     let config = session_config(
         &format!("coffre:{}", vault.root().display()),
         opts.allow_other,
@@ -158,55 +165,70 @@ pub fn mount(
     let stop = Arc::new(AtomicBool::new(false));
 
     let sig_stop = stop.clone();
-    let sig_thread = std::thread::spawn(move || {
+    let sig_mountpoint = mountpoint.clone();
+    let thread_err = |name, e| MountError::Thread(crate::threads::refused(name, e));
+    let spawn = |name: &'static str| std::thread::Builder::new().name(name.into());
+    let sig_thread = spawn("signals").spawn(move || {
         while !sig_stop.load(Ordering::Relaxed) {
             if wait_signal(&signals, Duration::from_millis(200)) {
                 log::info!("signal received, unmounting");
-                if let Err(e) = unmounter.unmount() {
-                    log::error!("unmount failed: {e}");
-                }
+                stop_on_signal(&sig_mountpoint, &mut unmounter, &sig_stop);
                 break;
             }
         }
     });
+    // Without it a signal would be lost: no mount without it (the session unmounts on drop).
+    let sig_thread = sig_thread.map_err(|e| thread_err("signal", e))?;
     let ref_stop = stop.clone();
     let ref_view = view.clone();
     let pf_notifier = notifier.clone();
     let ra_mountpoint = mountpoint.clone();
-    let refresher = std::thread::spawn(move || {
+    let refresher = spawn("refresher").spawn(move || {
         raise_readahead(&ra_mountpoint);
         refresh_loop(&ref_view, &notifier, &ref_stop)
     });
     let pf_view = view.clone();
-    let prefetcher = std::thread::spawn(move || prefetch_loop(&pf_view, &pf_notifier, prefetch_rx));
+    let prefetcher =
+        spawn("prefetcher").spawn(move || prefetch_loop(&pf_view, &pf_notifier, prefetch_rx));
+    // Both only make the mount better (new points show up; read-ahead across files): without
+    // one, the mount still serves, with a warning.
+    let refresher = refresher
+        .map_err(|e| log::warn!("new points will not appear while mounted: {e}"))
+        .ok();
+    let prefetcher = prefetcher
+        .map_err(|e| log::warn!("no read-ahead across files: {e}"))
+        .ok();
 
     ready();
     let result = session.run();
     stop.store(true, Ordering::Relaxed);
     let _ = sig_thread.join();
-    let _ = refresher.join();
+    if let Some(t) = refresher {
+        let _ = t.join();
+    }
     // The session (and with it the prefetch sender) is gone: the prefetcher ends.
-    let _ = prefetcher.join();
-    result.map_err(|e| MountError::Mount {
-        path: mountpoint,
-        source: e,
+    if let Some(t) = prefetcher {
+        let _ = t.join();
+    }
+    result.map_err(|e| match e.raw_os_error() {
+        // fuser could not start its request threads.
+        Some(libc::EAGAIN) => thread_err("request", e),
+        _ => MountError::Mount {
+            path: mountpoint,
+            source: e,
+        },
     })
 }
 
 /// Raises the kernel's read-ahead for this mount from 128 KiB to 4 MiB, so a sequential read of a
 /// big file costs one FUSE round trip per MiB instead of one per 128 KiB (root only; best effort).
-/// Runs once the session answers: the `stat` of the mount point is served by it.
+/// The device number comes from /proc/self/mountinfo, not from a `stat` of the mount point: that
+/// would be a request to this very mount, and one in flight makes an unmount fail with EBUSY.
 fn raise_readahead(mountpoint: &Path) {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(m) = std::fs::metadata(mountpoint) else {
+    let Some(m) = mount_at(mountpoint) else {
         return;
     };
-    let dev = m.dev();
-    let path = format!(
-        "/sys/class/bdi/{}:{}/read_ahead_kb",
-        libc::major(dev),
-        libc::minor(dev)
-    );
+    let path = format!("/sys/class/bdi/{}/read_ahead_kb", m.dev);
     if let Err(e) = std::fs::write(&path, "4096") {
         log::info!("cannot raise read-ahead ({path}): {e}");
     }
@@ -314,8 +336,153 @@ fn wait_signal(set: &SignalSet, timeout: Duration) -> bool {
     unsafe { libc::sigtimedwait(&set.0, std::ptr::null_mut(), &ts) > 0 }
 }
 
-/// Unmounts a coffre mount (`coffre umount`).
+/// Ends the mount when a signal asks for it; a signal is never ignored. The unmount is retried
+/// while the kernel answers EBUSY (a request in flight, a process passing through), then done
+/// lazily (a file held open keeps a busy mount for as long as it stays open). If the session
+/// has still not ended a few seconds later, the process exits: the kernel then fails whatever
+/// still uses the mount, as a libfuse file system does on a signal.
+fn stop_on_signal(mountpoint: &Path, unmounter: &mut fuser::SessionUnmounter, ended: &AtomicBool) {
+    match unmount_retrying(mountpoint, Duration::from_secs(1)) {
+        Ok(()) => {}
+        // Not root: fuser unmounts through fusermount (lazily).
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            if let Err(e) = unmounter.unmount() {
+                log::error!("unmount failed: {e}");
+            }
+        }
+        Err(e) => log::error!("unmount failed: {e}"),
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while !ended.load(Ordering::Relaxed) {
+        if std::time::Instant::now() > deadline {
+            log::warn!("files in the mount were still open; stopping anyway");
+            std::process::exit(0);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `umount2(path, 0)`, retried while EBUSY for up to `busy_for`, then `MNT_DETACH`. A path that
+/// is no longer a mount point (EINVAL: someone else unmounted it) counts as done.
+fn unmount_retrying(mountpoint: &Path, busy_for: Duration) -> std::io::Result<()> {
+    let c = std::ffi::CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let deadline = std::time::Instant::now() + busy_for;
+    loop {
+        // SAFETY: valid C string.
+        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINVAL) => return Ok(()),
+            Some(libc::EBUSY) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Some(libc::EBUSY) => {
+                log::info!("{} is busy: detaching it", mountpoint.display());
+                // SAFETY: valid C string.
+                if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+                    return Ok(());
+                }
+                return Err(std::io::Error::last_os_error());
+            }
+            _ => return Err(e),
+        }
+    }
+}
+
+/// One line of /proc/self/mountinfo, the fields coffre needs.
+#[derive(Clone, Debug)]
+pub struct MountInfo {
+    /// `major:minor` of the mounted file system.
+    pub dev: String,
+    pub mount_point: PathBuf,
+    /// `fuse.coffre` for a coffre mount (`fuse` for one made before the subtype was set).
+    pub fstype: String,
+    /// `coffre:<vault>` for a coffre mount.
+    pub source: String,
+}
+
+impl MountInfo {
+    /// True for a mount made by `coffre mount`.
+    pub fn is_coffre(&self) -> bool {
+        self.fstype == "fuse.coffre"
+            || (self.fstype.starts_with("fuse") && self.source.starts_with("coffre:"))
+    }
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and tab, newline, backslash).
+fn unescape_mountinfo(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let digit = |k: usize| u32::from(b[i + k] - b'0');
+            out.push((digit(1) * 64 + digit(2) * 8 + digit(3)) as u8);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The file system mounted at `path` (the top one, if several are stacked), from
+/// /proc/self/mountinfo. `path` must be absolute and canonical.
+pub fn mount_at(path: &Path) -> Option<MountInfo> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines()
+        .rev()
+        .filter_map(|line| {
+            // id parent major:minor root mount-point options [optional...] - fstype source super
+            let (left, right) = line.split_once(" - ")?;
+            let l: Vec<&str> = left.split(' ').collect();
+            let r: Vec<&str> = right.split(' ').collect();
+            Some(MountInfo {
+                dev: l.get(2)?.to_string(),
+                mount_point: PathBuf::from(OsStr::from_bytes(&unescape_mountinfo(l.get(4)?))),
+                fstype: r.first()?.to_string(),
+                source: String::from_utf8_lossy(&unescape_mountinfo(r.get(1)?)).into_owned(),
+            })
+        })
+        .find(|m| m.mount_point == path)
+}
+
+/// The absolute, canonical form of a mount point, also for a dead FUSE mount (whose `stat` fails
+/// with ENOTCONN): then its parent is resolved instead.
+fn resolve_mount_point(p: &Path) -> PathBuf {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return c;
+    }
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => std::fs::canonicalize(dir)
+            .map(|d| d.join(name))
+            .unwrap_or(abs),
+        _ => abs,
+    }
+}
+
+/// Unmounts a coffre mount (`coffre umount`); refuses anything else.
 pub fn umount(mountpoint: &Path) -> Result<(), MountError> {
+    let resolved = resolve_mount_point(mountpoint);
+    match mount_at(&resolved) {
+        None => return Err(MountError::NotMounted(mountpoint.to_path_buf())),
+        Some(m) if !m.is_coffre() => {
+            return Err(MountError::NotCoffre {
+                path: mountpoint.to_path_buf(),
+                fstype: m.fstype,
+            });
+        }
+        Some(_) => {}
+    }
+    let mountpoint = resolved.as_path();
     let err = |e| MountError::Unmount {
         path: mountpoint.to_path_buf(),
         source: e,
@@ -326,8 +493,8 @@ pub fn umount(mountpoint: &Path) -> Result<(), MountError> {
     // moment: retry for a second before reporting it.
     let mut tries = 0;
     let e = loop {
-        // SAFETY: valid C string.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        // SAFETY: valid C string. The path was checked as canonical: follow no symlink now.
+        if unsafe { libc::umount2(c.as_ptr(), libc::UMOUNT_NOFOLLOW) } == 0 {
             return Ok(());
         }
         let e = std::io::Error::last_os_error();
@@ -358,4 +525,19 @@ pub fn umount(mountpoint: &Path) -> Result<(), MountError> {
         }
     }
     Err(err(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(
+            unescape_mountinfo(r"/mnt/a\040b\011c\134d"),
+            b"/mnt/a b\tc\\d"
+        );
+        assert_eq!(unescape_mountinfo(r"/x\0"), b"/x\\0");
+        assert_eq!(unescape_mountinfo(r"\134"), b"\\");
+    }
 }

@@ -26,4 +26,7 @@ pub enum RestoreError {
     NoSuchPath(String),
     #[error("{0}")]
     Plan(String),
+    /// Not even one worker thread could start (see `threads::refused`).
+    #[error("{0}")]
+    Thread(std::io::Error),
 }

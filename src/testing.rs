@@ -3,8 +3,9 @@
 //!
 //! `COFFRE_CRASH_AT=<point>` kills the process with SIGKILL when it reaches the named point
 //! (`pack-sealed`, `before-commit`); `COFFRE_FAIL_WRITE_AFTER=<bytes>` makes pack writes fail
-//! with ENOSPC once that many bytes were written. Both are read once. Without the feature these
-//! functions do nothing, so the variables have no effect.
+//! with ENOSPC once that many bytes were written; `COFFRE_TEST_POINT_TIME=<unix seconds>` sets
+//! the time recorded for new points (two points in the same second). Each is read once. Without
+//! the feature these functions do nothing, so the variables have no effect.
 
 #[cfg(feature = "fault-injection")]
 mod injected {
@@ -33,10 +34,23 @@ mod injected {
                 .and_then(|v| v.parse().ok())
         })
     }
+
+    /// `now_ns`, unless the tests set `COFFRE_TEST_POINT_TIME` (whole seconds).
+    pub fn point_time(now_ns: i64) -> i64 {
+        static FORCED: OnceLock<Option<i64>> = OnceLock::new();
+        FORCED
+            .get_or_init(|| {
+                std::env::var("COFFRE_TEST_POINT_TIME")
+                    .ok()
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .map(|secs| secs.saturating_mul(1_000_000_000))
+            })
+            .unwrap_or(now_ns)
+    }
 }
 
 #[cfg(feature = "fault-injection")]
-pub use injected::{crash_point, write_limit};
+pub use injected::{crash_point, point_time, write_limit};
 
 /// Does nothing: fault injection is not compiled in.
 #[cfg(not(feature = "fault-injection"))]
@@ -46,4 +60,10 @@ pub fn crash_point(_name: &str) {}
 #[cfg(not(feature = "fault-injection"))]
 pub fn write_limit() -> Option<u64> {
     None
+}
+
+/// `now_ns`: fault injection is not compiled in.
+#[cfg(not(feature = "fault-injection"))]
+pub fn point_time(now_ns: i64) -> i64 {
+    now_ns
 }

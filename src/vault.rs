@@ -21,6 +21,7 @@ pub mod store;
 pub mod write;
 
 use std::fs::{self, File};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -74,7 +75,7 @@ pub enum VaultError {
     BadChunk { id: ChunkId, detail: String },
     #[error("item {name:?} already exists as a {kind} item")]
     ItemKind { name: String, kind: &'static str },
-    #[error("cannot start threads: {0} (lower --threads)")]
+    #[error("{0}")]
     Threads(String),
     #[error("{0}")]
     WriteFailed(String),
@@ -86,7 +87,14 @@ pub enum VaultError {
     ItemNotFound(String),
     #[error("no recovery point {0:?} (see `coffre points`)")]
     PointNotFound(String),
+    #[error("ambiguous: {spec:?} matches points {candidates}; give more of the id")]
+    AmbiguousPoint { spec: String, candidates: String },
 }
+
+/// Mode of the vault directory and `packs/`: the owner only.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file in a vault: the owner only.
+pub const FILE_MODE: u32 = 0o600;
 
 pub type VaultResult<T> = Result<T, VaultError>;
 
@@ -194,9 +202,26 @@ impl Vault {
                 ),
             });
         }
-        fs::create_dir_all(path.join("packs")).map_err(io_err(path))?;
-        File::create(path.join("lock")).map_err(io_err(path))?;
+        // Owner only, whatever the umask: the vault holds everything that was backed up.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(path.join("packs"))
+            .map_err(io_err(path))?;
+        for dir in [path.to_path_buf(), path.join("packs")] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(DIR_MODE))
+                .map_err(io_err(&dir))?;
+        }
         let db = path.join("vault.db");
+        for file in [path.join("lock"), db.clone()] {
+            // SQLite creates vault.db-wal and -shm with the mode of vault.db.
+            File::options()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&file)
+                .map_err(io_err(&file))?;
+        }
         let id = random_hex(16);
         Catalog::create(
             &db,
@@ -254,6 +279,10 @@ impl Vault {
 
     pub fn zstd_level(&self) -> i32 {
         self.zstd_level
+    }
+
+    fn packs_dir(&self) -> PathBuf {
+        self.root.join("packs")
     }
 
     fn db_path(&self) -> PathBuf {
@@ -316,6 +345,23 @@ impl Vault {
             self.store.quarantine(&p.name).map_err(io_err(&dir))?;
         }
         Ok(())
+    }
+
+    /// The first part of the vault that other users may read or enter (its directory, `packs/`,
+    /// the catalog files, the lock or a pack with any group or other permission bit), with its
+    /// mode. `None` for a vault only its owner can use, as `init` makes it.
+    pub fn exposed(&self) -> Option<(PathBuf, u32)> {
+        let mut paths = vec![self.root.clone(), self.packs_dir()];
+        for f in ["vault.db", "vault.db-wal", "vault.db-shm", "lock"] {
+            paths.push(self.root.join(f));
+        }
+        if let Ok(packs) = fs::read_dir(self.packs_dir()) {
+            paths.extend(packs.filter_map(|e| Some(e.ok()?.path())));
+        }
+        paths.into_iter().find_map(|p| {
+            let mode = fs::symlink_metadata(&p).ok()?.permissions().mode() & 0o7777;
+            (mode & 0o077 != 0).then_some((p, mode))
+        })
     }
 
     /// Finds an item by name.
@@ -387,24 +433,56 @@ impl Vault {
         self.catalog.delete_points_of(item.id, now_ns())
     }
 
-    /// Resolves `POINT` of an item: `latest` (or empty), a point id (or unique prefix), or a
-    /// point directory name as the mount shows it (`2026-11-23T140005Z`).
+    /// Resolves `POINT` of an item: `latest` (or empty); a point directory name as the mount
+    /// shows it (`2026-11-23T140005Z`, or `2026-11-23T140005Z-3fa2c1d0` for a later point of
+    /// the same second); a point id or unique prefix; or the UTC time `points` prints
+    /// (`2026-11-23 14:00:05`). Several matches are an error that lists them.
     pub fn resolve_point(&self, item: &Item, spec: &str) -> VaultResult<PointRow> {
-        let points = self.catalog.points(Some(item.id))?;
-        let not_found = || VaultError::PointNotFound(format!("{}@{}", item.name, spec));
+        let mut points = self.catalog.points(Some(item.id))?;
+        let full = format!("{}@{}", item.name, spec);
         if spec.is_empty() || spec == "latest" {
-            return points.into_iter().last().ok_or_else(not_found);
+            return points.pop().ok_or(VaultError::PointNotFound(full));
         }
-        let mut hits: Vec<PointRow> = points
-            .into_iter()
-            .filter(|p| p.id.starts_with(spec) || point_dir_name(p.time) == spec)
+        let names = point_dir_names(&points);
+        // A name the mount shows, or a whole id, is exact: it names one point.
+        if let Some(i) = (0..points.len()).find(|&i| names[i] == spec || points[i].id == spec) {
+            return Ok(points.swap_remove(i));
+        }
+        let hits: Vec<usize> = (0..points.len())
+            .filter(|&i| points[i].id.starts_with(spec) || human_time(points[i].time) == spec)
             .collect();
-        if hits.len() == 1 {
-            Ok(hits.remove(0))
-        } else {
-            Err(not_found())
+        match hits.as_slice() {
+            [] => Err(VaultError::PointNotFound(full)),
+            [i] => Ok(points.swap_remove(*i)),
+            many => Err(VaultError::AmbiguousPoint {
+                spec: full,
+                candidates: many
+                    .iter()
+                    .map(|&i| format!("{} ({})", points[i].id, names[i]))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
         }
     }
+}
+
+/// The directory names of points in the mount, one per row of `points` (oldest first, as
+/// `Catalog::points` lists them; any mix of items): the UTC second (`2026-11-23T140005Z`), or
+/// `<second>-<id>` for a point whose item already has an earlier point in that second. The
+/// mount and `resolve_point` both name points with this, so every name the mount shows resolves.
+pub fn point_dir_names(points: &[PointRow]) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    points
+        .iter()
+        .map(|p| {
+            let name = point_dir_name(p.time);
+            if seen.insert((p.item.as_str(), name.clone())) {
+                name
+            } else {
+                format!("{name}-{}", p.id)
+            }
+        })
+        .collect()
 }
 
 /// fsyncs a directory so renames and new files in it survive a crash.
@@ -454,6 +532,43 @@ pub fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn points_of_one_second_get_their_id_after_the_first() {
+        let row = |item: &str, id: &str, time: i64| PointRow {
+            rowid: 0,
+            id: id.into(),
+            item: item.into(),
+            time,
+            root: Vec::new(),
+            files: 0,
+            dirs: 0,
+            logical_bytes: 0,
+            new_chunks: 0,
+            new_bytes: 0,
+            stored_bytes: 0,
+            warnings: 0,
+            duration_ms: 0,
+            consistency: None,
+            started: None,
+        };
+        let t = 1_795_442_405_000_000_000;
+        let rows = [
+            row("a", "00000001", t),
+            row("b", "00000002", t + 1),
+            row("a", "00000003", t + 999_999_999),
+            row("a", "00000004", t + 1_000_000_000),
+        ];
+        assert_eq!(
+            point_dir_names(&rows),
+            [
+                "2026-11-23T140005Z",
+                "2026-11-23T140005Z",
+                "2026-11-23T140005Z-00000003",
+                "2026-11-23T140006Z"
+            ]
+        );
+    }
 
     #[test]
     fn point_names_are_utc_and_sortable() {

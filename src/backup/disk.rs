@@ -276,19 +276,17 @@ fn read_all(
         let mut readers = Vec::new();
         for (path, name) in images.iter().zip(names) {
             let (sink, abort) = (blocks.clone(), &abort);
-            let r = std::thread::Builder::new()
-                .name("image-reader".into())
-                .spawn_scoped(s, move || {
-                    let r = read_image(path, name, session, sink, abort, progress);
-                    if let Err(e) = &r {
-                        abort.fail(BackupError::Aborted(e.to_string()));
-                    }
-                    r
-                });
+            let r = crate::threads::try_spawn(s, "image reader", move || {
+                let r = read_image(path, name, session, sink, abort, progress);
+                if let Err(e) = &r {
+                    abort.fail(BackupError::Aborted(e.to_string()));
+                }
+                r
+            });
             match r {
                 Ok(h) => readers.push(h),
                 Err(e) => {
-                    abort.fail(BackupError::Aborted(format!("cannot start a reader: {e}")));
+                    abort.fail(BackupError::Thread(e));
                     break;
                 }
             }
@@ -390,7 +388,7 @@ pub fn backup_images(
     };
     let stamps_before: Vec<_> = images.iter().map(|p| stamp(p)).collect();
     let started = Instant::now();
-    let start_ns = now_ns();
+    let start_ns = crate::testing::point_time(now_ns());
     let names = image_names(images)?;
     let session = vault.begin_write(
         lock,

@@ -105,6 +105,12 @@ struct Excludes {
     by_path: Vec<glob::Pattern>,
 }
 
+/// Checks `--exclude` patterns without backing anything up (so a bad one is refused before the
+/// catalog changes).
+pub fn check_excludes(patterns: &[String]) -> Result<(), BackupError> {
+    Excludes::new(patterns).map(drop)
+}
+
 impl Excludes {
     fn new(patterns: &[String]) -> Result<Excludes, BackupError> {
         let mut ex = Excludes {
@@ -631,7 +637,7 @@ pub fn backup_files(
     def: &FilesSource,
     opts: &RunOptions,
 ) -> Result<BackupReport, BackupError> {
-    let started = crate::vault::now_ns();
+    let started = crate::testing::point_time(crate::vault::now_ns());
     let excludes = Excludes::new(&def.excludes)?;
     let src = open_source(vault, &def.path)?;
     let (prev_root, racy_after) = previous(vault, name)?;
@@ -678,11 +684,7 @@ struct WalkSetup {
 }
 
 fn worker_count(threads: usize) -> usize {
-    if threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        threads
-    }
+    crate::threads::count(threads, 1)
 }
 
 /// Runs walker, workers and builder; returns the root entry, the warnings and the totals.
@@ -711,21 +713,6 @@ fn run_pipeline(
         progress,
     };
     let root = std::thread::scope(|s| {
-        let sink = session.sink(SinkMode::Group);
-        let mut started = 0;
-        for _ in 0..worker_count(opts.threads) {
-            let (jobs, results, ctx, sink) = (job_rx.clone(), res_tx.clone(), &ctx, sink.clone());
-            let spawned = std::thread::Builder::new()
-                .name("backup-worker".into())
-                .spawn_scoped(s, move || run_worker(ctx, sink, jobs, results));
-            if spawned.is_ok() {
-                started += 1;
-            }
-        }
-        drop((job_rx, res_tx, sink));
-        if started == 0 {
-            return Err(BackupError::Aborted("cannot start worker threads".into()));
-        }
         let mut w = Walker {
             reader: &reader,
             racy_after: walk.racy_after,
@@ -750,8 +737,20 @@ fn run_pipeline(
                     let _ = w.emit(Event::Leave);
                 }
             })
-            .map_err(|e| BackupError::Aborted(format!("cannot start the walker: {e}")));
-        let built = walker.and_then(|_| builder.build(ev_rx, progress));
+            .map_err(|e| BackupError::Thread(crate::threads::refused("walker", e)));
+        // The pool comes last: when the system allows fewer threads than asked, it is the pool
+        // that shrinks, not a thread the backup cannot do without.
+        let sink = session.sink(SinkMode::Group);
+        let pool =
+            crate::threads::spawn_workers(s, "backup worker", worker_count(opts.threads), |_| {
+                let (jobs, results, ctx, sink) =
+                    (job_rx.clone(), res_tx.clone(), &ctx, sink.clone());
+                move || run_worker(ctx, sink, jobs, results)
+            });
+        drop((job_rx, res_tx, sink));
+        let built = walker
+            .and_then(|_| pool.map_err(BackupError::Thread))
+            .and_then(|_| builder.build(ev_rx, progress));
         if built.is_err() {
             abort.flag.store(true, Ordering::SeqCst);
         }

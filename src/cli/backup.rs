@@ -1,14 +1,16 @@
-//! `coffre backup`: register or look up items, run the backup, print the point and warnings.
+//! `coffre backup`: parse the item definitions, back each item up with `backup::backup_item`
+//! (which registers or redefines the item only if its backup succeeds), print the results.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 
-use super::{Cli, EXIT_PARTIAL};
-use crate::backup::{RunOptions, backup_item};
+use super::{Cli, EXIT_PARTIAL, UsageError};
+use crate::backup::files::check_excludes;
+use crate::backup::{BackupReport, RunOptions, backup_item};
 use crate::progress::human_bytes;
-use crate::vault::{DiskSource, FilesSource, ItemSource, VmSource, check_item_name, human_time};
+use crate::vault::{DiskSource, FilesSource, ItemSource, Vault, VmSource, human_time};
 
 #[derive(clap::Args)]
 pub struct BackupArgs {
@@ -35,8 +37,8 @@ pub struct RunArgs {
     /// Fail at once if another backup holds the vault, instead of waiting
     #[arg(long)]
     no_wait: bool,
-    /// Worker threads [default: one per core]
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads (0 = one per core, at most 256)
+    #[arg(long, default_value_t = 0, value_parser = super::threads_arg)]
     threads: usize,
     /// Print the result as JSON
     #[arg(long)]
@@ -78,20 +80,19 @@ pub struct BackupVmArgs {
     run: RunArgs,
 }
 
-fn valid_item_name(name: &str) -> Result<()> {
-    Ok(check_item_name(name)?)
-}
-
 /// `coffre backup-disk --item NAME IMAGE...`
 pub fn run_disk(cli: &Cli, args: &BackupDiskArgs) -> Result<ExitCode> {
-    valid_item_name(&args.item)?;
+    super::check_item_name(&args.item)?;
     let mut images = Vec::new();
     for p in &args.images {
         images.push(
             std::fs::canonicalize(p).with_context(|| format!("cannot back up {}", p.display()))?,
         );
     }
-    let todo = vec![(args.item.clone(), ItemSource::Disk(DiskSource { images }))];
+    let todo = vec![(
+        args.item.clone(),
+        Ok(ItemSource::Disk(DiskSource { images })),
+    )];
     execute(cli, todo, &args.run)
 }
 
@@ -101,7 +102,7 @@ fn canonical(p: &std::path::Path) -> Result<PathBuf> {
 
 /// `coffre backup-vm --item NAME --config FILE --disk IMAGE...`
 pub fn run_vm(cli: &Cli, args: &BackupVmArgs) -> Result<ExitCode> {
-    valid_item_name(&args.item)?;
+    super::check_item_name(&args.item)?;
     let disks = args
         .disks
         .iter()
@@ -113,17 +114,23 @@ pub fn run_vm(cli: &Cli, args: &BackupVmArgs) -> Result<ExitCode> {
         pre_script: args.pre_script.clone(),
         post_script: args.post_script.clone(),
     };
-    let todo = vec![(args.item.clone(), ItemSource::Vm(src))];
+    let todo = vec![(args.item.clone(), Ok(ItemSource::Vm(src)))];
     execute(cli, todo, &args.run)
 }
 
+/// `coffre backup --item NAME PATH [--exclude GLOB]... [-x]` or `coffre backup NAME...`
 pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
-    let mut todo: Vec<(String, ItemSource)> = Vec::new();
+    let mut todo: Vec<(String, Result<ItemSource>)> = Vec::new();
     if let Some(name) = &args.item {
-        valid_item_name(name)?;
+        super::check_item_name(name)?;
         let [path] = args.args.as_slice() else {
-            bail!("--item NAME takes exactly one PATH (the directory to back up)");
+            return Err(UsageError(
+                "--item NAME takes exactly one PATH (the directory to back up)".into(),
+            )
+            .into());
         };
+        // A bad pattern is a usage error, found before the vault is touched.
+        check_excludes(&args.exclude).map_err(|e| UsageError(e.to_string()))?;
         let path = std::fs::canonicalize(path)
             .with_context(|| format!("cannot back up {}", path.to_string_lossy()))?;
         if !path.is_dir() {
@@ -134,88 +141,156 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
         }
         todo.push((
             name.clone(),
-            ItemSource::Files(FilesSource {
+            Ok(ItemSource::Files(FilesSource {
                 path,
                 excludes: args.exclude.clone(),
                 one_file_system: args.one_file_system,
-            }),
+            })),
         ));
     } else {
         if args.args.is_empty() {
-            bail!(
+            return Err(UsageError(
                 "nothing to back up: use `coffre backup --item NAME PATH` or `coffre backup NAME...`"
-            );
+                    .into(),
+            )
+            .into());
+        }
+        if let Some(opt) = stored_form_refuses(args) {
+            return Err(UsageError(format!(
+                "{opt} does not apply to `coffre backup NAME...`, which uses each item's stored \
+                 definition; to change it, run `coffre backup --item NAME PATH {opt} ...`"
+            ))
+            .into());
         }
         let vault = cli.open_vault()?;
         for name in &args.args {
-            let name = name
-                .to_str()
-                .with_context(|| format!("no item is named {name:?} (item names are UTF-8)"))?;
-            let item = vault.item(name)?;
-            let job = item
-                .source
-                .with_context(|| format!("item {name:?} has no usable stored definition"))?;
-            todo.push((name.to_string(), job));
+            let shown = name.to_string_lossy().into_owned();
+            todo.push((shown, stored_job(&vault, name)));
         }
     }
     execute(cli, todo, &args.run)
 }
 
-fn execute(cli: &Cli, todo: Vec<(String, ItemSource)>, run: &RunArgs) -> Result<ExitCode> {
-    let (no_wait, threads, json) = (run.no_wait, run.threads, run.json);
+/// The first option given to `coffre backup NAME...` that only `--item NAME PATH` can apply.
+fn stored_form_refuses(args: &BackupArgs) -> Option<&'static str> {
+    if !args.exclude.is_empty() {
+        Some("--exclude")
+    } else if args.one_file_system {
+        Some("--one-file-system")
+    } else {
+        None
+    }
+}
+
+/// The stored definition of item `name`.
+fn stored_job(vault: &Vault, name: &std::ffi::OsStr) -> Result<ItemSource> {
+    let name = name
+        .to_str()
+        .with_context(|| format!("no item is named {name:?} (item names are UTF-8)"))?;
+    vault
+        .item(name)?
+        .source
+        .with_context(|| format!("item {name:?} has no usable stored definition"))
+}
+
+/// Backs up every item of `todo` (one failing does not stop the others), reports each result,
+/// and returns the worst status: 1 if any item failed, else 3 if any point misses entries, else 0.
+fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) -> Result<ExitCode> {
+    let json = run.json;
     let vault = cli.open_or_init_vault()?;
-    let lock = vault.lock(!no_wait)?;
-    let mut code = ExitCode::SUCCESS;
+    let lock = vault.lock(!run.no_wait)?;
+    let total = todo.len();
+    let (mut failed, mut partial) = (Vec::new(), false);
     let mut json_out = Vec::new();
-    let opts = RunOptions {
-        threads,
-        progress: !cli.quiet && !json,
-        time: None,
-    };
     for (name, job) in todo {
-        let report = backup_item(&vault, &lock, &name, &job, &opts)
-            .with_context(|| format!("backup of item {name:?} failed"))?;
-        for w in &report.warnings {
-            eprintln!("warning: {}: {}", w.path, w.message);
-        }
-        if !report.warnings.is_empty() {
-            code = ExitCode::from(EXIT_PARTIAL);
-        }
-        let p = &report.point;
-        if json {
-            json_out.push(serde_json::json!({
-                "point": p,
-                "catalog_bytes": report.catalog_bytes,
-                "warnings": report.warnings,
-            }));
-        } else {
-            println!(
-                "point {} of {:?} at {} UTC: {} files, {} dirs, {}",
-                p.id,
-                name,
-                human_time(p.time),
-                p.files,
-                p.dirs,
-                human_bytes(p.logical_bytes)
-            );
-            println!(
-                "  new data {} in {} chunks, {} written to packs, catalog +{}, {:.2} s",
-                human_bytes(p.new_bytes),
-                p.new_chunks,
-                human_bytes(p.stored_bytes),
-                human_bytes(report.catalog_bytes),
-                p.duration_ms as f64 / 1000.0
-            );
-            if !report.warnings.is_empty() {
-                eprintln!(
-                    "{} entries could not be captured exactly (listed above); the point was made",
-                    report.warnings.len()
-                );
+        match job.and_then(|job| backup_one(cli, &vault, &lock, &name, &job, run)) {
+            Ok(report) => {
+                partial |= !report.warnings.is_empty();
+                if json {
+                    json_out.push(serde_json::json!({
+                        "item": name,
+                        "point": report.point,
+                        "catalog_bytes": report.catalog_bytes,
+                        "warnings": report.warnings,
+                    }));
+                } else {
+                    print_report(&name, &report);
+                }
+            }
+            Err(e) => {
+                let line = super::error_line(&e);
+                eprintln!("error: {line}");
+                if json {
+                    json_out.push(serde_json::json!({ "item": name, "error": line }));
+                }
+                failed.push(name);
             }
         }
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&json_out)?);
     }
-    Ok(code)
+    if !failed.is_empty() {
+        if total > 1 {
+            eprintln!(
+                "error: {} of {total} items failed: {}",
+                failed.len(),
+                failed.join(", ")
+            );
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(if partial {
+        ExitCode::from(EXIT_PARTIAL)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Backs up one item (see `backup::backup_item`).
+fn backup_one(
+    cli: &Cli,
+    vault: &Vault,
+    lock: &crate::vault::WriteLock,
+    name: &str,
+    job: &ItemSource,
+    run: &RunArgs,
+) -> Result<BackupReport> {
+    let opts = RunOptions {
+        threads: run.threads,
+        progress: !cli.quiet && !run.json,
+        time: None,
+    };
+    backup_item(vault, lock, name, job, &opts)
+        .with_context(|| format!("backup of item {name:?} failed"))
+}
+
+fn print_report(name: &str, report: &BackupReport) {
+    for w in &report.warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    let p = &report.point;
+    println!(
+        "point {} of {:?} at {} UTC: {} files, {} dirs, {}",
+        p.id,
+        name,
+        human_time(p.time),
+        p.files,
+        p.dirs,
+        human_bytes(p.logical_bytes)
+    );
+    println!(
+        "  new data {} in {} chunks, {} written to packs, catalog +{}, {:.2} s",
+        human_bytes(p.new_bytes),
+        p.new_chunks,
+        human_bytes(p.stored_bytes),
+        human_bytes(report.catalog_bytes),
+        p.duration_ms as f64 / 1000.0
+    );
+    if !report.warnings.is_empty() {
+        eprintln!(
+            "{} entries could not be captured exactly (listed above); the point was made",
+            report.warnings.len()
+        );
+    }
 }

@@ -17,7 +17,17 @@ fn join_paths(p: &[std::path::PathBuf]) -> String {
 pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
     let items = vault.items()?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&items)?);
+        let mut out = Vec::new();
+        for i in &items {
+            let mut v = serde_json::to_value(i)?;
+            // Scripts at the top level too: whoever can write the vault decides what
+            // `coffre backup NAME` runs, so scripts are never hidden inside the definition.
+            for (phase, script) in i.source.iter().flat_map(|s| s.scripts()) {
+                v[format!("{phase}_script")] = script.into();
+            }
+            out.push(v);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     let points = vault.points(None)?;
@@ -41,6 +51,10 @@ pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
             n,
             src
         );
+        // Scripts run as whoever runs `coffre backup NAME`: always show them.
+        for (phase, script) in i.source.iter().flat_map(|s| s.scripts()) {
+            println!("{:<24} {phase}-script: {script}", "");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -20,8 +20,8 @@ pub struct MountArgs {
     /// Detach once the mount is ready (the mount stays until `coffre umount`)
     #[arg(long)]
     daemon: bool,
-    /// Request threads [default: two per core]
-    #[arg(long, default_value_t = 0)]
+    /// Request threads (0 = two per core, at most 256)
+    #[arg(long, default_value_t = 0, value_parser = super::threads_arg)]
     threads: usize,
 }
 

@@ -21,8 +21,8 @@ pub struct RestoreArgs {
     /// Target directory (created if missing; existing files in the way are replaced)
     #[arg(long, value_name = "DIR")]
     to: PathBuf,
-    /// Worker threads [default: one per core]
-    #[arg(long, default_value_t = 0)]
+    /// Worker threads (0 = one per core, at most 256)
+    #[arg(long, default_value_t = 0, value_parser = super::threads_arg)]
     threads: usize,
     /// Print the result as JSON
     #[arg(long)]

@@ -9,12 +9,13 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+use super::UsageError;
 use crate::progress::human_bytes;
 use crate::protection::{Reprotected, reprotect};
 use crate::restore::image::{
-    ImagePlan, RestorePlan, RestoreTarget, apply_plan, plan_disk, plan_vm,
+    ImagePlan, RestorePlan, RestoreTarget, apply_plan, images_in, plan_disk, plan_vm,
 };
-use crate::vault::{Item, PointRow, Vault};
+use crate::vault::{Item, ItemKind, PointRow, Vault};
 
 /// Restore whole disks and virtual machines from a coffre vault, and re-protect an item after an
 /// in-place restore so its next backup continues incrementally.
@@ -40,7 +41,12 @@ enum Cmd {
         #[arg(value_name = "NAME[@POINT]")]
         spec: String,
         /// Target file or block device
-        #[arg(long, value_name = "PATH|DEVICE", conflicts_with = "in_place")]
+        #[arg(
+            long,
+            value_name = "PATH|DEVICE",
+            conflicts_with = "in_place",
+            required_unless_present = "in_place"
+        )]
         to: Option<PathBuf>,
         /// Write the images back where they were backed up from (the item then needs
         /// `coffre-restore reprotect` before its next backup)
@@ -49,8 +55,8 @@ enum Cmd {
         /// Which image of the point, if it has several (as named in the point)
         #[arg(long, value_name = "NAME")]
         image: Option<String>,
-        /// Overwrite an existing target
-        #[arg(long)]
+        /// Overwrite an existing target (with --to; --in-place always overwrites)
+        #[arg(long, conflicts_with = "in_place")]
         force: bool,
         /// Show what would be written, write nothing
         #[arg(long)]
@@ -75,8 +81,10 @@ enum Cmd {
         /// almost nothing new)
         #[arg(long, value_name = "NEW", requires = "to")]
         protect_as: Option<String>,
-        #[arg(long)]
+        /// Overwrite existing files in DIR (with --to; --in-place always overwrites)
+        #[arg(long, conflicts_with = "in_place")]
         force: bool,
+        /// Show what would be written, write nothing
         #[arg(long)]
         dry_run: bool,
     },
@@ -91,6 +99,7 @@ enum Cmd {
 
 /// Entry point of the `coffre-restore` binary.
 pub fn main() -> ExitCode {
+    super::private_umask();
     let cli = Sidecar::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
@@ -99,7 +108,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {}", super::error_line(&e));
-            ExitCode::FAILURE
+            super::exit_code_for(&e)
         }
     }
 }
@@ -110,12 +119,22 @@ fn open(cli: &Sidecar) -> Result<Vault> {
         .clone()
         .or_else(Vault::default_path)
         .context("no vault given: pass --vault DIR or set COFFRE_VAULT")?;
-    Ok(Vault::open(&path)?)
+    let vault = Vault::open(&path)?;
+    super::warn_if_exposed(&vault);
+    Ok(vault)
 }
 
-fn resolve(vault: &Vault, spec: &str) -> Result<(Item, PointRow)> {
+fn resolve(vault: &Vault, spec: &str, kind: ItemKind) -> Result<(Item, PointRow)> {
     let (name, point) = spec.split_once('@').unwrap_or((spec, "latest"));
     let item = vault.item(name)?;
+    if item.kind != kind {
+        let hint = match item.kind {
+            ItemKind::Files => "restore its files with `coffre restore` or from `coffre mount`",
+            ItemKind::Disk => "use `coffre-restore disk`",
+            ItemKind::Vm => "use `coffre-restore vm`",
+        };
+        bail!("item {name:?} is a {} item; {hint}", item.kind.as_str());
+    }
     let point = vault.resolve_point(&item, point)?;
     Ok((item, point))
 }
@@ -181,11 +200,24 @@ fn run(cli: &Sidecar) -> Result<ExitCode> {
             force,
             dry_run,
         } => {
-            let (item, point) = resolve(&vault, spec)?;
+            let (item, point) = resolve(&vault, spec, ItemKind::Disk)?;
+            let names = images_in(&vault, &point, "")?;
+            if let Some(i) = image
+                && !names.contains(i)
+            {
+                return Err(UsageError(format!(
+                    "--image {i}: point {} has no such image (it has {})",
+                    point.id,
+                    names.join(", ")
+                ))
+                .into());
+            }
             let target = match (to, in_place) {
                 (_, true) => RestoreTarget::InPlace,
                 (Some(to), false) => RestoreTarget::To(to.clone()),
-                (None, false) => bail!("give --to PATH|DEVICE or --in-place"),
+                (None, false) => {
+                    return Err(UsageError("give --to PATH|DEVICE or --in-place".into()).into());
+                }
             };
             let plan = plan_disk(&vault, &item, &point, &target, image.as_deref(), *force)?;
             execute(&vault, &plan, *dry_run, cli.quiet)?;
@@ -198,11 +230,16 @@ fn run(cli: &Sidecar) -> Result<ExitCode> {
             force,
             dry_run,
         } => {
-            let (item, point) = resolve(&vault, spec)?;
+            if let Some(new) = protect_as {
+                super::check_item_name(new)?;
+            }
+            let (item, point) = resolve(&vault, spec, ItemKind::Vm)?;
             let target = match (to, in_place) {
                 (_, true) => RestoreTarget::InPlace,
                 (Some(to), false) => RestoreTarget::To(to.clone()),
-                (None, false) => bail!("give --to DIR or --in-place"),
+                (None, false) => {
+                    return Err(UsageError("give --to DIR or --in-place".into()).into());
+                }
             };
             let plan = plan_vm(
                 &vault,

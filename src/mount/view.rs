@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::vault::format;
 use crate::vault::{
     Content, ContentReader, Entry, Kind, PointRow, Timestamp, TreeId, VaultError, VaultReader,
-    point_dir_name,
+    check_item_name, point_dir_names,
 };
 
 pub const ROOT: u64 = 1;
@@ -103,17 +103,25 @@ impl Points {
     fn build(items: Vec<String>, rows: Vec<PointRow>, signature: (i64, i64, i64)) -> Points {
         let mut by_item: BTreeMap<String, Vec<Arc<PointInfo>>> =
             items.into_iter().map(|i| (i, Vec::new())).collect();
+        // A name no item may have (made before names were checked, or by hand) would make
+        // `items/` unlistable: leave such an item out.
+        by_item.retain(|name, _| match check_item_name(name) {
+            Ok(()) => true,
+            Err(e) => {
+                log::warn!("{e}; item not shown");
+                false
+            }
+        });
         let mut by_id = HashMap::new();
-        for row in rows {
+        let names = point_dir_names(&rows);
+        for (row, dir_name) in rows.into_iter().zip(names) {
             let Ok(root) = format::decode_root(&row.root) else {
                 log::warn!("point {} has a damaged root entry; not shown", row.id);
                 continue;
             };
-            let list = by_item.entry(row.item.clone()).or_default();
-            let mut dir_name = point_dir_name(row.time);
-            if list.iter().any(|p| p.dir_name == dir_name) {
-                dir_name = format!("{dir_name}-{}", row.id);
-            }
+            let Some(list) = by_item.get_mut(&row.item) else {
+                continue;
+            };
             let p = Arc::new(PointInfo {
                 rowid: row.rowid,
                 id: row.id.clone(),

@@ -368,34 +368,26 @@ pub fn restore_files(
         errors: Mutex::new(Vec::new()),
         chown,
     };
-    let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        opts.threads
-    };
+    let threads = crate::threads::count(opts.threads, 1);
     let progress = Progress::new("restore", opts.progress);
     let (tx, rx) = bounded::<FileJob>(1024);
     let display_root = target.display().to_string();
     let mut report = std::thread::scope(|s| -> Result<_, RestoreError> {
-        for _ in 0..threads {
+        crate::threads::spawn_workers(s, "restore worker", threads, |_| {
             let (rx, shared, progress, reader) = (rx.clone(), &shared, &progress, &reader);
-            let spawned = std::thread::Builder::new()
-                .name("restore-worker".into())
-                .spawn_scoped(s, move || {
-                    for job in rx {
-                        match write_file(reader, &job, shared.chown) {
-                            Ok(n) => progress.add(1, n),
-                            Err(e) => shared.error(&job.path, e),
-                        }
-                        let parent = job.parent.clone();
-                        drop(job); // close the file before its directory may be finished
-                        parent.release(shared);
+            move || {
+                for job in rx {
+                    match write_file(reader, &job, shared.chown) {
+                        Ok(n) => progress.add(1, n),
+                        Err(e) => shared.error(&job.path, e),
                     }
-                });
-            if let Err(e) = spawned {
-                log::warn!("cannot start a restore worker ({e}); going on with fewer");
+                    let parent = job.parent.clone();
+                    drop(job); // close the file before its directory may be finished
+                    parent.release(shared);
+                }
             }
-        }
+        })
+        .map_err(RestoreError::Thread)?;
         drop(rx);
         let mut walk = Walk {
             reader: &reader,

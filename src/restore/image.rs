@@ -541,6 +541,17 @@ pub fn plan_disk(
                 }
                 plans.push(plan_image(vault, point, &name, orig, true)?);
             }
+            if plans.is_empty() {
+                return Err(plan_err(format!(
+                    "nothing to restore in place: none of the item's images ({}) is in point {}",
+                    def.images
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    point.id
+                )));
+            }
             plans
         }
         RestoreTarget::To(to) => {

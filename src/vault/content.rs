@@ -301,16 +301,26 @@ impl ContentReader {
         let l = self.layout.clone();
         let n = l.pieces.len();
         let threads = opts.threads.clamp(1, n.max(1));
+        // Each thread takes the next top-level piece not taken yet, so fewer threads (when the
+        // system refuses some) still cover every piece.
+        let next = std::sync::atomic::AtomicUsize::new(0);
         let written = if threads == 1 {
-            self.write_stripe(&l, file, opts, 0, 1)?
+            self.write_pieces(&l, file, opts, &next)?
         } else {
             std::thread::scope(|s| {
-                let handles: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let l = &l;
-                        s.spawn(move || self.write_stripe(l, file, opts, t, threads))
-                    })
-                    .collect();
+                let mut handles = Vec::new();
+                for _ in 0..threads {
+                    let (l, next) = (&l, &next);
+                    let body = move || self.write_pieces(l, file, opts, next);
+                    match crate::threads::try_spawn(s, "restore", body) {
+                        Ok(h) => handles.push(h),
+                        Err(e) if handles.is_empty() => return Err(ContentError::Target(e)),
+                        Err(e) => {
+                            log::warn!("writing with {} threads: {e}", handles.len());
+                            break;
+                        }
+                    }
+                }
                 let mut total = 0;
                 for h in handles {
                     total += h
@@ -327,18 +337,21 @@ impl ContentReader {
         Ok(written)
     }
 
-    /// Writes top-level pieces `first`, `first + step`, ... (disjoint ranges of the file).
-    fn write_stripe(
+    /// Writes top-level pieces, each the next one not taken yet (disjoint ranges of the file).
+    fn write_pieces(
         &self,
         l: &Layout,
         file: &File,
         opts: &WriteOptions,
-        first: usize,
-        step: usize,
+        next: &std::sync::atomic::AtomicUsize,
     ) -> Result<u64, ContentError> {
         static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
         let mut written = 0u64;
-        for i in (first..l.pieces.len()).step_by(step) {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if i >= l.pieces.len() {
+                break;
+            }
             self.visit::<ContentError>(l, i..i + 1, 0, 0, &mut |at, len, span| {
                 match span {
                     Span::Data(id) => {

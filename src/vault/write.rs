@@ -1,7 +1,9 @@
 //! The write session: the only way to add data to a vault.
 //!
 //! `Vault::begin_write(&lock, opts)` opens a catalog transaction on a connection of its own and
-//! starts a compression pool and the pack-writer thread. Backup code hands chunk bytes to
+//! starts the pack-writer thread; the compression pool starts with the first record (after the
+//! backup's own threads, so a thread limit shrinks the pool; with no pool thread at all, sinks
+//! compress on their own threads). Backup code hands chunk bytes to
 //! `ChunkSink`s (cloneable, `Send`: one per worker thread), which deduplicate (against the vault and
 //! this session), group small chunks into one record (256 KiB: grouping small files compresses
 //! better and faster than one frame per file), and pass records to the pool; the writer appends
@@ -108,11 +110,26 @@ impl Failure {
 /// What every sink shares (`Sync`).
 struct SinkShared {
     raw: Sender<RawRecord>,
+    /// The compression pool, started by the first record (so a backup's own required threads
+    /// start first and the pool takes what the system allows).
+    pool: Mutex<Pool>,
+    records: Sender<Record>,
+    level: i32,
     claimed: Mutex<HashSet<ChunkId>>,
     new_chunks: AtomicU64,
     new_bytes: AtomicU64,
     failure: Arc<Failure>,
     db: std::path::PathBuf,
+}
+
+/// The compression threads, once started.
+struct Pool {
+    /// Until the pool starts: the receiving end its threads take.
+    input: Option<Receiver<RawRecord>>,
+    want: usize,
+    handles: Vec<JoinHandle<()>>,
+    /// No thread could start: sinks compress on their own thread.
+    inline: bool,
 }
 
 /// The catalog side, owned by whichever thread builds trees.
@@ -130,7 +147,7 @@ pub struct WriteSession<'v> {
     store: Arc<dyn PackStore>,
     tx: Mutex<TxSide>,
     shared: Option<SinkShared>,
-    threads: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
     stored: Arc<AtomicU64>,
     started: Instant,
     /// Wall-clock time the session began (before any source was read).
@@ -148,46 +165,20 @@ impl Vault {
     ) -> VaultResult<WriteSession<'l>> {
         let catalog = Catalog::open(&self.db_path())?;
         catalog.begin()?;
-        let threads = if opts.threads == 0 {
-            std::thread::available_parallelism().map_or(2, |n| n.get())
-        } else {
-            opts.threads
-        };
+        let threads = crate::threads::count(opts.threads, 1);
         let failure = Arc::new(Failure::default());
         let stored = Arc::new(AtomicU64::new(0));
         let (raw_tx, raw_rx) = bounded::<RawRecord>(2 * threads);
         let (rec_tx, rec_rx) = bounded::<Record>(2 * threads);
         let (sealed_tx, sealed_rx) = unbounded::<SealedPack>();
-        let mut handles = Vec::new();
-        for _ in 0..threads {
-            let (rx, tx, f, level) = (
-                raw_rx.clone(),
-                rec_tx.clone(),
-                failure.clone(),
-                self.zstd_level(),
-            );
-            match std::thread::Builder::new()
-                .name("compress".into())
-                .spawn(move || compress_loop(level, rx, tx, &f))
-            {
-                Ok(h) => handles.push(h),
-                Err(e) if handles.is_empty() => {
-                    return Err(VaultError::Threads(e.to_string()));
-                }
-                Err(_) => break, // fewer threads than asked: still correct
-            }
-        }
-        drop((raw_rx, rec_tx));
+        // The writer is the one thread a session cannot do without.
         let (store, f, st) = (self.store(), failure.clone(), stored.clone());
         let writer = std::thread::Builder::new()
-            .name("pack-writer".into())
-            .spawn(move || {
-                if let Err(e) = write_packs(&*store, rec_rx, &sealed_tx, &st) {
-                    f.set(e);
-                }
-            })
-            .map_err(|e| VaultError::Threads(e.to_string()))?;
-        handles.push(writer);
+            .name("pack writer".into())
+            .spawn(move || write_packs(&*store, rec_rx, &sealed_tx, &st, &f))
+            .map_err(|e| {
+                VaultError::Threads(crate::threads::refused("pack writer", e).to_string())
+            })?;
         Ok(WriteSession {
             _lock: std::marker::PhantomData,
             store: self.store(),
@@ -199,13 +190,21 @@ impl Vault {
             }),
             shared: Some(SinkShared {
                 raw: raw_tx,
+                pool: Mutex::new(Pool {
+                    input: Some(raw_rx),
+                    want: threads,
+                    handles: Vec::new(),
+                    inline: false,
+                }),
+                records: rec_tx,
+                level: self.zstd_level(),
                 claimed: Mutex::new(HashSet::new()),
                 new_chunks: AtomicU64::new(0),
                 new_bytes: AtomicU64::new(0),
                 failure,
                 db: self.db_path(),
             }),
-            threads: handles,
+            writer: Some(writer),
             stored,
             started: Instant::now(),
             started_ns: now_ns(),
@@ -293,11 +292,11 @@ impl WriteSession<'_> {
             shared.new_bytes.load(Ordering::Relaxed),
         );
         let failure = shared.failure.clone();
-        drop(shared); // closes the pool's input: the threads drain and end
-        for h in self.threads.drain(..) {
-            if h.join().is_err() {
-                failure.set("a storage thread panicked");
-            }
+        if !shared.stop() {
+            failure.set("a storage thread panicked");
+        }
+        if self.writer.take().is_some_and(|h| h.join().is_err()) {
+            failure.set("the pack writer panicked");
         }
         if let Some(e) = failure.get() {
             return Err(VaultError::WriteFailed(e));
@@ -344,8 +343,10 @@ impl Drop for WriteSession<'_> {
         if self.done {
             return;
         }
-        self.shared.take();
-        for h in self.threads.drain(..) {
+        if let Some(shared) = self.shared.take() {
+            shared.stop();
+        }
+        if let Some(h) = self.writer.take() {
             let _ = h.join();
         }
         let Ok(mut tx) = self.tx.lock() else { return };
@@ -355,6 +356,62 @@ impl Drop for WriteSession<'_> {
         for name in &tx.packs {
             let _ = self.store.delete(name);
         }
+    }
+}
+
+impl SinkShared {
+    /// Hands a group of plain chunks to the compression pool, starting the pool on first use;
+    /// compresses here when no pool thread could start.
+    fn send(&self, raw: RawRecord) -> Result<(), ()> {
+        let inline = {
+            let mut pool = self.pool.lock().expect("pool lock");
+            if let Some(input) = pool.input.take() {
+                self.start_pool(&mut pool, input);
+            }
+            pool.inline
+        };
+        if inline {
+            let mut z = zstd::bulk::Compressor::new(self.level).map_err(|e| {
+                self.failure.set(format!("zstd level {}: {e}", self.level));
+            })?;
+            return match compress(&mut z, raw) {
+                Ok(rec) => self.records.send(rec).map_err(|_| ()),
+                Err(e) => {
+                    self.failure.set(format!("zstd level {}: {e}", self.level));
+                    Err(())
+                }
+            };
+        }
+        self.raw.send(raw).map_err(|_| ())
+    }
+
+    fn start_pool(&self, pool: &mut Pool, input: Receiver<RawRecord>) {
+        for i in 0..pool.want {
+            let (rx, tx, f, level) = (
+                input.clone(),
+                self.records.clone(),
+                self.failure.clone(),
+                self.level,
+            );
+            let spawned = std::thread::Builder::new()
+                .name("compression".into())
+                .spawn(move || compress_loop(level, rx, tx, &f));
+            match spawned {
+                Ok(h) => pool.handles.push(h),
+                Err(e) => {
+                    log::warn!("running with {i} of {} compression threads: {e}", pool.want);
+                    break;
+                }
+            }
+        }
+        pool.inline = pool.handles.is_empty();
+    }
+
+    /// Closes the pool's input and waits for its threads; false if one panicked.
+    fn stop(self) -> bool {
+        let handles = std::mem::take(&mut self.pool.lock().expect("pool lock").handles);
+        drop(self); // the senders: pool threads drain their input and end, then the writer
+        handles.into_iter().all(|h| h.join().is_ok())
     }
 }
 
@@ -444,17 +501,14 @@ impl ChunkSink<'_> {
     }
 
     fn send(&self, plain: Vec<u8>, chunks: Vec<(ChunkId, u32)>) -> VaultResult<()> {
-        self.shared
-            .raw
-            .send(RawRecord { plain, chunks })
-            .map_err(|_| {
-                VaultError::WriteFailed(
-                    self.shared
-                        .failure
-                        .get()
-                        .unwrap_or_else(|| "the pack writer stopped".into()),
-                )
-            })
+        self.shared.send(RawRecord { plain, chunks }).map_err(|_| {
+            VaultError::WriteFailed(
+                self.shared
+                    .failure
+                    .get()
+                    .unwrap_or_else(|| "the pack writer stopped".into()),
+            )
+        })
     }
 
     /// True if the caller must store this chunk: it is neither in the vault as a good chunk
@@ -487,29 +541,16 @@ impl Drop for ChunkSink<'_> {
     }
 }
 
-/// A compression thread: raw groups in, records out. Incompressible data is stored raw.
+/// A compression thread: raw groups in, records out.
 fn compress_loop(level: i32, rx: Receiver<RawRecord>, tx: Sender<Record>, failure: &Failure) {
     let mut z = match zstd::bulk::Compressor::new(level) {
         Ok(z) => z,
         Err(e) => return failure.set(format!("zstd level {level}: {e}")),
     };
     for raw in rx {
-        let packed = match z.compress(&raw.plain) {
-            Ok(p) => p,
+        let rec = match compress(&mut z, raw) {
+            Ok(r) => r,
             Err(e) => return failure.set(format!("zstd level {level}: {e}")),
-        };
-        let plain_len = raw.plain.len() as u32;
-        // Reading a raw record back costs a copy, not a decompression.
-        let (codec, payload) = if packed.len() + raw.plain.len() / 64 < raw.plain.len() {
-            (Codec::Zstd, packed)
-        } else {
-            (Codec::Raw, raw.plain)
-        };
-        let rec = Record {
-            codec,
-            plain_len,
-            payload,
-            chunks: raw.chunks,
         };
         if tx.send(rec).is_err() {
             return; // the writer stopped; it recorded why
@@ -517,12 +558,45 @@ fn compress_loop(level: i32, rx: Receiver<RawRecord>, tx: Sender<Record>, failur
     }
 }
 
-/// The pack-writing thread: appends records, seals packs at `PACK_TARGET`, reports each sealed
-/// pack once it and its directory entry are durable. On a write error the open pack is removed
-/// and the error returned (sealed packs are deleted by the session's rollback).
+/// One record from a group of plain chunks. Incompressible data is stored raw: reading it back
+/// costs a copy, not a decompression.
+fn compress(z: &mut zstd::bulk::Compressor, raw: RawRecord) -> std::io::Result<Record> {
+    let packed = z.compress(&raw.plain)?;
+    let plain_len = raw.plain.len() as u32;
+    let (codec, payload) = if packed.len() + raw.plain.len() / 64 < raw.plain.len() {
+        (Codec::Zstd, packed)
+    } else {
+        (Codec::Raw, raw.plain)
+    };
+    Ok(Record {
+        codec,
+        plain_len,
+        payload,
+        chunks: raw.chunks,
+    })
+}
+
+/// The pack-writing thread: see `append_packs`. A failure is recorded before `records` closes,
+/// so whoever finds the channel closed also finds why.
 fn write_packs(
     store: &dyn PackStore,
     records: Receiver<Record>,
+    sealed: &Sender<SealedPack>,
+    stored: &AtomicU64,
+    failure: &Failure,
+) {
+    if let Err(e) = append_packs(store, &records, sealed, stored) {
+        failure.set(e);
+    }
+    drop(records);
+}
+
+/// Appends records, seals packs at `PACK_TARGET`, reports each sealed pack once it and its
+/// directory entry are durable. On a write error the open pack is removed and the error
+/// returned (sealed packs are deleted by the session's rollback).
+fn append_packs(
+    store: &dyn PackStore,
+    records: &Receiver<Record>,
     sealed: &Sender<SealedPack>,
     stored: &AtomicU64,
 ) -> Result<(), String> {
@@ -534,7 +608,7 @@ fn write_packs(
     };
     let mut cur: Option<(PackWriter, Vec<PackChunk>)> = None;
     let mut done: Vec<SealedPack> = Vec::new();
-    for rec in records {
+    for rec in records.iter() {
         if cur.is_none() {
             let w = PackWriter::create(store, &random_hex(12)).map_err(|e| fail("create", e))?;
             cur = Some((w, Vec::new()));

@@ -40,6 +40,7 @@ impl TestVault {
         c.env("COFFRE_VAULT", self.vault())
             .env_remove("COFFRE_CRASH_AT")
             .env_remove("COFFRE_FAIL_WRITE_AFTER")
+            .env_remove("COFFRE_TEST_POINT_TIME")
             .env("RUST_BACKTRACE", "0");
         c
     }
