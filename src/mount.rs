@@ -1,7 +1,8 @@
 //! `coffre mount`: every recovery point of every item as a read-only FUSE file system.
 //!
-//! `view` is the pure logic (inodes, attributes, listings, reads), `fuse` the fuser adapter. This
-//! module checks the mount point, mounts with fuser's own mount code (no libfuse needed), runs the
+//! `view` is the pure logic (inodes, attributes, listings, reads), `fuse` the fuser adapter (the
+//! only code that knows fuser). This module checks the mount point, mounts (fuser's own mount
+//! code: no libfuse needed), runs the
 //! request threads, keeps the point list fresh (a poll of the catalog every second, with kernel
 //! invalidations for the virtual directories) and unmounts on SIGINT/SIGTERM.
 //! It only reads: it never takes the vault's writer lock, so backups run while mounted.
@@ -11,7 +12,7 @@
 mod fuse;
 pub mod view;
 
-pub use fuse::{configure_kernel, reply_xattr};
+pub use fuse::{configure_kernel, reply_xattr, session_config};
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -19,8 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-use fuser::{Config, MountOption, Notifier, SessionACL};
 
 use crate::vault::{Vault, VaultError};
 use view::View;
@@ -99,32 +98,6 @@ pub fn check_mount_point(p: &Path) -> Result<PathBuf, MountError> {
     Ok(p)
 }
 
-/// The mount options and threading of a coffre mount. `examples/memfs.rs` (the benchmark's FUSE
-/// floor) uses the same, so the two differ only in what answers the requests.
-pub fn session_config(fsname: &str, allow_other: bool, threads: usize) -> Config {
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::RO,
-        MountOption::DefaultPermissions,
-        MountOption::NoAtime,
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::FSName(fsname.to_string()),
-        // fuser's own mount(2) ignores `Subtype` (the type stays plain `fuse`); as a kernel
-        // option the subtype makes the mount `fuse.coffre` in /proc/mounts, so `findmnt -t`,
-        // `updatedb` and `coffre umount` can tell it (fusermount takes it the same way).
-        MountOption::CUSTOM("subtype=coffre".into()),
-    ];
-    config.acl = if allow_other {
-        SessionACL::All
-    } else {
-        SessionACL::Owner
-    };
-    config.n_threads = Some(threads);
-    config.clone_fd = true;
-    config
-}
-
 /// Mounts `vault` on `mountpoint` and serves it until unmounted (SIGINT, SIGTERM, `umount`).
 /// `ready` is called once the mount answers.
 pub fn mount(
@@ -142,26 +115,21 @@ pub fn mount(
     let _lease = vault.lease()?;
     let view = Arc::new(View::new(vault.reader())?);
     let threads = crate::threads::count(opts.threads, 2);
-    let config = session_config(
-        &format!("coffre:{}", vault.root().display()),
-        opts.allow_other,
-        threads,
-    );
+    let fsname = format!("coffre:{}", vault.root().display());
 
     // Signals are taken by one thread with sigwait: block them before any thread starts.
     let signals = block_signals();
     let (prefetch_tx, prefetch_rx) = crossbeam_channel::bounded(256);
-    let fs = fuse::CoffreFs {
-        view: view.clone(),
-        prefetch: prefetch_tx,
-    };
-    let mut session =
-        fuser::Session::new(fs, &mountpoint, &config).map_err(|e| MountError::Mount {
-            path: mountpoint.clone(),
-            source: e,
-        })?;
-    let notifier = session.notifier();
-    let mut unmounter = session.unmount_callable();
+    let (session, notifier, mut unmounter) = fuse::Served::start(
+        view.clone(),
+        prefetch_tx,
+        &mountpoint,
+        &session_config(&fsname, opts.allow_other, threads),
+    )
+    .map_err(|e| MountError::Mount {
+        path: mountpoint.clone(),
+        source: e,
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
 
     let sig_stop = stop.clone();
@@ -237,7 +205,7 @@ fn raise_readahead(mountpoint: &Path) {
 /// Read-ahead across files: when a file is read from its start, the files that follow it in its
 /// directory are decompressed and pushed into the kernel's page cache (FUSE_NOTIFY_STORE), so a
 /// copy in directory order (cp -a, rsync, tar) reads most files without a FUSE round trip.
-fn prefetch_loop(view: &View, notifier: &Notifier, rx: crossbeam_channel::Receiver<u64>) {
+fn prefetch_loop(view: &View, notifier: &fuse::Kernel, rx: crossbeam_channel::Receiver<u64>) {
     const FILES: usize = 64;
     const BYTES: u64 = 8 << 20;
     for ino in rx {
@@ -247,7 +215,7 @@ fn prefetch_loop(view: &View, notifier: &Notifier, rx: crossbeam_channel::Receiv
             };
             for (i, piece) in data.chunks(1 << 20).enumerate() {
                 let at = (i << 20) as u64;
-                if notifier.store(fuser::INodeNo(child), at, piece).is_err() {
+                if !notifier.store(child, at, piece) {
                     break;
                 }
             }
@@ -257,7 +225,7 @@ fn prefetch_loop(view: &View, notifier: &Notifier, rx: crossbeam_channel::Receiv
 
 /// Polls the catalog for new or removed points and invalidates what the kernel cached of the
 /// virtual directories, so a finished backup shows up within about a second.
-fn refresh_loop(view: &View, notifier: &Notifier, stop: &AtomicBool) {
+fn refresh_loop(view: &View, notifier: &fuse::Kernel, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(500));
         let changed = match view.refresh() {
@@ -271,10 +239,10 @@ fn refresh_loop(view: &View, notifier: &Notifier, stop: &AtomicBool) {
             continue;
         };
         let inval_inode = |ino: u64| {
-            let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+            notifier.inval_inode(ino);
         };
         let inval_entry = |parent: u64, name: &[u8]| {
-            let _ = notifier.inval_entry(fuser::INodeNo(parent), OsStr::from_bytes(name));
+            notifier.inval_entry(parent, OsStr::from_bytes(name));
         };
         inval_inode(View::ITEMS);
         inval_inode(View::IDS);
@@ -341,7 +309,7 @@ fn wait_signal(set: &SignalSet, timeout: Duration) -> bool {
 /// lazily (a file held open keeps a busy mount for as long as it stays open). If the session
 /// has still not ended a few seconds later, the process exits: the kernel then fails whatever
 /// still uses the mount, as a libfuse file system does on a signal.
-fn stop_on_signal(mountpoint: &Path, unmounter: &mut fuser::SessionUnmounter, ended: &AtomicBool) {
+fn stop_on_signal(mountpoint: &Path, unmounter: &mut fuse::Unmounter, ended: &AtomicBool) {
     match unmount_retrying(mountpoint, Duration::from_secs(1)) {
         Ok(()) => {}
         // Not root: fuser unmounts through fusermount (lazily).

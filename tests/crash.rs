@@ -5,6 +5,7 @@
 
 mod common;
 
+#[cfg(feature = "fault-injection")]
 use std::os::unix::process::ExitStatusExt;
 use std::time::Duration;
 

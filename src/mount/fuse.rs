@@ -9,9 +9,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, MountOption, Notifier, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request, SessionACL,
 };
 
 use super::view::{Attr, View, ViewError};
@@ -70,6 +71,88 @@ fn has_sys_admin(pid: u32) -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .is_some_and(|caps| caps & (1 << 21) != 0)
+}
+
+/// The mount options and threading of a coffre mount. `examples/memfs.rs` (the benchmark's FUSE
+/// floor) uses the same, so the two differ only in what answers the requests.
+pub fn session_config(fsname: &str, allow_other: bool, threads: usize) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::FSName(fsname.to_string()),
+        // fuser's own mount(2) ignores `Subtype` (the type stays plain `fuse`); as a kernel
+        // option the subtype makes the mount `fuse.coffre` in /proc/mounts, so `findmnt -t`,
+        // `updatedb` and `coffre umount` can tell it (fusermount takes it the same way).
+        MountOption::CUSTOM("subtype=coffre".into()),
+    ];
+    config.acl = if allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    config
+}
+
+/// A mounted session, served by `run` until unmounted.
+pub struct Served(fuser::Session<CoffreFs>);
+
+/// Tells the kernel what changed or what to cache (FUSE notifications).
+#[derive(Clone)]
+pub struct Kernel(Notifier);
+
+/// Unmounts the session (through fusermount when not root).
+pub struct Unmounter(fuser::SessionUnmounter);
+
+impl Served {
+    /// Mounts `view` on `mountpoint`; files read from their start are sent on `prefetch`.
+    pub fn start(
+        view: Arc<View>,
+        prefetch: crossbeam_channel::Sender<u64>,
+        mountpoint: &std::path::Path,
+        config: &Config,
+    ) -> std::io::Result<(Served, Kernel, Unmounter)> {
+        let fs = CoffreFs { view, prefetch };
+        let mut session = fuser::Session::new(fs, mountpoint, config)?;
+        let (kernel, unmounter) = (
+            Kernel(session.notifier()),
+            Unmounter(session.unmount_callable()),
+        );
+        Ok((Served(session), kernel, unmounter))
+    }
+
+    /// Serves requests until the file system is unmounted.
+    pub fn run(self) -> std::io::Result<()> {
+        self.0.run()
+    }
+}
+
+impl Kernel {
+    /// Pushes `data` into the page cache of `ino` at `at`; false if the kernel refused.
+    pub fn store(&self, ino: u64, at: u64, data: &[u8]) -> bool {
+        self.0.store(INodeNo(ino), at, data).is_ok()
+    }
+
+    /// Drops what the kernel cached of `ino` (attributes and data).
+    pub fn inval_inode(&self, ino: u64) {
+        let _ = self.0.inval_inode(INodeNo(ino), 0, 0);
+    }
+
+    /// Drops the kernel's cached entry `name` of directory `parent`.
+    pub fn inval_entry(&self, parent: u64, name: &OsStr) {
+        let _ = self.0.inval_entry(INodeNo(parent), name);
+    }
+}
+
+impl Unmounter {
+    pub fn unmount(&mut self) -> std::io::Result<()> {
+        self.0.unmount()
+    }
 }
 
 pub struct CoffreFs {
