@@ -12,6 +12,7 @@
 mod catalog;
 mod chunks;
 pub mod content;
+pub mod damage;
 pub mod format;
 mod lock;
 pub mod model;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 pub use catalog::{CatalogTotals, PointRow};
 pub use chunks::ChunkBytes;
 pub use content::{ContentError, ContentReader};
+pub use damage::DamageSet;
 pub use format::{ChunkId, Content, Entry, Extent, Kind, ListId, Timestamp, TreeId};
 pub use lock::{Lease, WriteLock};
 pub use model::{

@@ -197,3 +197,112 @@ fn recovery_quarantines_unknown_packs_and_touches_nothing_else() {
             > 200_000
     );
 }
+
+/// A source with one big incompressible file (its own pack region) and small files.
+fn damage_source(t: &TestVault) -> std::path::PathBuf {
+    let src = t.path("src");
+    write(&src.join("big.bin"), &noise(3 << 20, 11));
+    for i in 0..20 {
+        write(
+            &src.join(format!("small/{i}.txt")),
+            &text(2000 + i, i as u64),
+        );
+    }
+    src
+}
+
+fn biggest_pack(t: &TestVault) -> std::path::PathBuf {
+    std::fs::read_dir(t.vault().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap()
+}
+
+/// Backs up again and checks the point heals: it says it repaired, and restores exactly.
+fn backup_heals(t: &TestVault, src: &Path, tag: &str) {
+    let out = t.ok(&["backup", "--json", "--item", "c", src.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v[0]["repaired"].as_u64().unwrap() > 0,
+        "{tag}: the backup did not store the damaged data again: {out}"
+    );
+    let dst = t.path(&format!("healed-{tag}"));
+    t.restore("c", &dst);
+    assert_same(&snapshot(src, false), &snapshot(&dst, false));
+    // And the point after it needs nothing more.
+    let out = t.ok(&["backup", "--json", "--item", "c", src.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["repaired"], 0, "{tag}: {out}");
+}
+
+#[test]
+fn a_lost_or_truncated_pack_is_stored_again_by_the_next_backup() {
+    for how in ["lost", "truncated"] {
+        let t = TestVault::new();
+        let src = damage_source(&t);
+        t.backup("c", &src);
+        let pack = biggest_pack(&t);
+        if how == "lost" {
+            std::fs::remove_file(&pack).unwrap();
+        } else {
+            let len = std::fs::metadata(&pack).unwrap().len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&pack)
+                .unwrap()
+                .set_len(len / 2)
+                .unwrap();
+        }
+        backup_heals(&t, &src, how);
+    }
+}
+
+#[test]
+fn a_chunk_found_damaged_by_a_read_is_stored_again_by_the_next_backup() {
+    let t = TestVault::new();
+    let src = damage_source(&t);
+    t.backup("c", &src);
+    let pack = biggest_pack(&t);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 64] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&pack, bytes).unwrap();
+    // A restore finds the damage (and says so); the backup after it heals it.
+    let out = t.run(&["restore", "c", "--to", t.path("first").to_str().unwrap()]);
+    assert_fails(&out, "damaged");
+    backup_heals(&t, &src, "flipped");
+}
+
+#[test]
+fn a_damaged_catalog_tree_is_written_again_by_the_next_backup() {
+    let t = TestVault::new();
+    let src = damage_source(&t);
+    t.backup("c", &src);
+    // Flip a byte in every stored tree: the root's and small/'s.
+    let _ = t.ok(&["points"]); // checkpoints the WAL into vault.db on close
+    {
+        let db = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = db
+            .prepare("SELECT id, data FROM trees")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(rows.len() >= 2);
+        for (id, mut data) in rows {
+            let n = data.len();
+            data[n / 2] ^= 0xff;
+            db.execute(
+                "UPDATE trees SET data=?2 WHERE id=?1",
+                rusqlite::params![id, data],
+            )
+            .unwrap();
+        }
+    }
+    backup_heals(&t, &src, "tree");
+}

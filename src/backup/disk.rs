@@ -431,5 +431,6 @@ pub fn backup_images(
         point: committed.point,
         warnings: Vec::new(),
         catalog_bytes: committed.catalog_bytes,
+        repaired: committed.repaired,
     })
 }

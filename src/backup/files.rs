@@ -26,8 +26,9 @@ use crate::chunking;
 use crate::fsmeta;
 use crate::progress::Progress;
 use crate::vault::{
-    ChunkId, ChunkSink, Content, Entry, Extent, FilesSource, ItemSource, Kind, NewPoint, PointRow,
-    SessionOptions, SinkMode, Timestamp, TreeId, Vault, VaultReader, WriteLock, WriteSession,
+    ChunkId, ChunkSink, Content, DamageSet, Entry, Extent, FilesSource, ItemSource, Kind, NewPoint,
+    PointRow, SessionOptions, SinkMode, Timestamp, TreeId, Vault, VaultReader, WriteLock,
+    WriteSession,
 };
 
 /// How close to the start of the previous backup a file may have changed and still be trusted
@@ -53,6 +54,8 @@ pub struct BackupReport {
     pub warnings: Vec<Warning>,
     /// Bytes of new trees and content lists added to the catalog.
     pub catalog_bytes: u64,
+    /// Damaged chunks, trees and lists this backup stored again from the source.
+    pub repaired: u64,
 }
 
 enum Event {
@@ -156,6 +159,8 @@ impl Excludes {
 
 struct Walker<'a> {
     reader: &'a VaultReader,
+    /// What is known damaged: a cached entry that points at it is read again.
+    damage: &'a DamageSet,
     /// Cache entries changed at or after this time (ns) are not trusted (see the module header).
     racy_after: i64,
     excludes: Excludes,
@@ -192,10 +197,33 @@ impl Walker<'_> {
         match self.reader.tree(&id) {
             Ok(t) => t,
             Err(e) => {
+                // Rebuilt from the source below; the builder writes it again over the damage.
+                self.damage.add_tree(id);
                 // The files cache is an optimisation: a damaged previous tree only costs re-reading.
                 log::warn!("previous point's tree {id:?} unreadable, re-reading files: {e}");
                 Vec::new()
             }
+        }
+    }
+
+    /// True if a cached content points at nothing known damaged (else the file is read again
+    /// and its chunks stored anew).
+    fn reusable(&self, c: &Content) -> bool {
+        match c {
+            Content::None => true,
+            Content::Chunk(id) => !self.damage.chunk(id),
+            Content::List(id) if self.damage.list(id) => false,
+            Content::List(id) if self.damage.has_chunks() => match self.reader.list(id) {
+                Ok(list) => list.iter().all(|x| match x {
+                    Extent::Data { id, .. } => !self.damage.chunk(id),
+                    _ => true,
+                }),
+                Err(_) => {
+                    self.damage.add_list(*id);
+                    false
+                }
+            },
+            Content::List(_) => true,
         }
     }
 
@@ -257,6 +285,7 @@ impl Walker<'_> {
                             && p.ctime == entry.ctime
                             && p.ino == entry.ino
                             && !self.racy(p)
+                            && self.reusable(&p.content)
                     }) {
                         entry.content = p.content;
                         self.emit(Event::Entry(entry, None))?;
@@ -672,6 +701,7 @@ pub fn backup_files(
         point: committed.point,
         warnings,
         catalog_bytes: committed.catalog_bytes,
+        repaired: committed.repaired,
     })
 }
 
@@ -715,6 +745,7 @@ fn run_pipeline(
     let root = std::thread::scope(|s| {
         let mut w = Walker {
             reader: &reader,
+            damage: session.damage(),
             racy_after: walk.racy_after,
             excludes: walk.excludes,
             one_fs: walk.one_fs,

@@ -211,6 +211,7 @@ fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) ->
                         "item": name,
                         "point": report.point,
                         "catalog_bytes": report.catalog_bytes,
+                        "repaired": report.repaired,
                         "warnings": report.warnings,
                     }));
                 } else {
@@ -287,6 +288,12 @@ fn print_report(name: &str, report: &BackupReport) {
         human_bytes(report.catalog_bytes),
         p.duration_ms as f64 / 1000.0
     );
+    if report.repaired > 0 {
+        println!(
+            "  repaired: {} damaged chunks or catalog blobs were stored again from the source",
+            report.repaired
+        );
+    }
     if !report.warnings.is_empty() {
         eprintln!(
             "{} entries could not be captured exactly (listed above); the point was made",

@@ -27,7 +27,7 @@ const MIGRATIONS: &[&str] = &[
     // 3: pack ids are never reused (AUTOINCREMENT): readers cache records by pack id, so an id
     // given to a new pack after a delete could hand them another pack's bytes. Points record
     // when their backup really started (the files cache's racy check), apart from the time they
-    // are recorded as taken.
+    // are recorded as taken. Chunks marked bad are found without a scan.
     "CREATE TABLE packs_v3(
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         name TEXT NOT NULL UNIQUE,
@@ -39,7 +39,8 @@ const MIGRATIONS: &[&str] = &[
         SELECT id, name, size, created, verified FROM packs;
      DROP TABLE packs;
      ALTER TABLE packs_v3 RENAME TO packs;
-     ALTER TABLE points ADD COLUMN started INTEGER;",
+     ALTER TABLE points ADD COLUMN started INTEGER;
+     CREATE INDEX chunks_bad ON chunks(bad) WHERE bad = 1;",
 ];
 /// The value of `meta.format` that marks a coffre vault.
 pub const FORMAT_NAME: &str = "coffre-vault";
@@ -473,6 +474,43 @@ impl Catalog {
             .optional()?)
     }
 
+    /// Every pack the catalog names: id, name, size.
+    pub fn packs(&self) -> VaultResult<Vec<(i64, String, u64)>> {
+        let mut st = self.conn.prepare("SELECT id, name, size FROM packs")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Marks bad the chunks of `pack` whose record does not end within `valid` bytes (all of
+    /// them when `valid` is 0: the pack is missing). Returns how many were marked.
+    pub fn mark_pack_damaged(&self, pack: i64, valid: u64) -> VaultResult<usize> {
+        Ok(self.conn.execute(
+            "UPDATE chunks SET bad=1 WHERE pack=?1 AND bad=0 AND rec_offset + rec_stored > ?2",
+            params![pack, valid],
+        )?)
+    }
+
+    /// Marks a chunk bad (a read found it damaged).
+    pub fn mark_chunk_bad(&self, id: &ChunkId) -> VaultResult<()> {
+        self.conn
+            .prepare_cached("UPDATE chunks SET bad=1 WHERE id=?1")?
+            .execute([&id.0[..]])?;
+        Ok(())
+    }
+
+    /// Ids of every chunk marked bad.
+    pub fn bad_chunks(&self) -> VaultResult<Vec<ChunkId>> {
+        let mut st = self.conn.prepare("SELECT id FROM chunks WHERE bad=1")?;
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Some(id) = ChunkId::from_slice(&r?) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
     pub fn pack_names(&self) -> VaultResult<Vec<String>> {
         let mut st = self.conn.prepare("SELECT name FROM packs")?;
         let rows = st.query_map([], |r| r.get(0))?;
@@ -574,14 +612,22 @@ impl Catalog {
     }
 
     /// Stores a blob under its id; returns the stored (compressed) size if it was new, else 0.
-    fn put_blob(&self, table: &str, id: &[u8; 32], plain: &[u8]) -> VaultResult<u64> {
+    /// With `replace`, a blob already there is written again (it was found damaged).
+    fn put_blob(
+        &self,
+        table: &str,
+        id: &[u8; 32],
+        plain: &[u8],
+        replace: bool,
+    ) -> VaultResult<u64> {
         let exists_sql = format!("SELECT 1 FROM {table} WHERE id=?1");
-        if self
-            .conn
-            .prepare_cached(&exists_sql)?
-            .query_row([&id[..]], |_| Ok(()))
-            .optional()?
-            .is_some()
+        if !replace
+            && self
+                .conn
+                .prepare_cached(&exists_sql)?
+                .query_row([&id[..]], |_| Ok(()))
+                .optional()?
+                .is_some()
         {
             return Ok(0);
         }
@@ -589,11 +635,28 @@ impl Catalog {
             path: "vault.db".into(),
             source: e,
         })?;
-        let sql = format!("INSERT INTO {table}(id, data) VALUES (?1, ?2)");
+        let sql = format!("INSERT OR REPLACE INTO {table}(id, data) VALUES (?1, ?2)");
         self.conn
             .prepare_cached(&sql)?
             .execute(params![&id[..], z])?;
         Ok(z.len() as u64)
+    }
+
+    /// True if a blob is stored under `id` in `table` ("trees" or "lists") but is damaged.
+    fn blob_damaged(&self, table: &str, id: &[u8; 32]) -> VaultResult<bool> {
+        match self.get_blob(table, id) {
+            Ok(_) => Ok(false),
+            Err(VaultError::Damaged { .. }) => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn tree_damaged(&self, id: &TreeId) -> VaultResult<bool> {
+        self.blob_damaged("trees", &id.0)
+    }
+
+    pub fn list_damaged(&self, id: &ListId) -> VaultResult<bool> {
+        self.blob_damaged("lists", &id.0)
     }
 
     pub fn tree(&self, id: &TreeId) -> VaultResult<Vec<Entry>> {
@@ -605,8 +668,8 @@ impl Catalog {
     }
 
     /// Stores an encoded tree; returns bytes added to the catalog (0 if it was already there).
-    pub fn put_tree(&self, id: &TreeId, encoded: &[u8]) -> VaultResult<u64> {
-        self.put_blob("trees", &id.0, encoded)
+    pub fn put_tree(&self, id: &TreeId, encoded: &[u8], replace: bool) -> VaultResult<u64> {
+        self.put_blob("trees", &id.0, encoded, replace)
     }
 
     pub fn list(&self, id: &ListId) -> VaultResult<Vec<Extent>> {
@@ -617,8 +680,8 @@ impl Catalog {
         Ok(format::decode_list(&plain)?)
     }
 
-    pub fn put_list(&self, id: &ListId, encoded: &[u8]) -> VaultResult<u64> {
-        self.put_blob("lists", &id.0, encoded)
+    pub fn put_list(&self, id: &ListId, encoded: &[u8], replace: bool) -> VaultResult<u64> {
+        self.put_blob("lists", &id.0, encoded, replace)
     }
 
     // ---- totals ----

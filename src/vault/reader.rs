@@ -8,19 +8,21 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::VaultResult;
 use super::catalog::{CatalogPool, CatalogTotals, PointRow};
 use super::chunks::{ChunkBytes, ChunkSource};
 use super::content::ContentReader;
+use super::damage::{Damaged, Journal};
 use super::format::{self, ChunkId, Entry, Extent, ListId, TreeId, check_name};
 use super::model::Item;
 use super::store::PackStore;
+use super::{VaultError, VaultResult};
 
 /// Read access to a vault for any number of threads.
 pub struct VaultReader {
     root: PathBuf,
     pool: Arc<CatalogPool>,
     chunks: ChunkSource,
+    journal: Journal,
 }
 
 impl VaultReader {
@@ -31,6 +33,7 @@ impl VaultReader {
         cache_bytes: usize,
     ) -> VaultReader {
         VaultReader {
+            journal: Journal::new(&root),
             root,
             chunks: ChunkSource::new(store, pool.clone(), cache_bytes),
             pool,
@@ -44,17 +47,37 @@ impl VaultReader {
 
     /// A directory listing, sorted by name.
     pub fn tree(&self, id: &TreeId) -> VaultResult<Vec<Entry>> {
-        self.pool.with(|c| c.tree(id))
+        self.pool
+            .with(|c| c.tree(id))
+            .inspect_err(|e| self.note(e, Damaged::Tree(*id)))
     }
 
     /// A content list.
     pub fn list(&self, id: &ListId) -> VaultResult<Vec<Extent>> {
-        self.pool.with(|c| c.list(id))
+        self.pool
+            .with(|c| c.list(id))
+            .inspect_err(|e| self.note(e, Damaged::List(*id)))
     }
 
     /// The verified bytes of a chunk: the only way to read chunk data.
     pub fn read_chunk(&self, id: &ChunkId) -> VaultResult<ChunkBytes> {
-        self.chunks.read_chunk(id)
+        self.chunks
+            .read_chunk(id)
+            .inspect_err(|e| self.note(e, Damaged::Chunk(*id)))
+    }
+
+    /// Records in the damage journal an id whose data failed its check, so the next backup
+    /// stores it again (see `vault::damage`).
+    fn note(&self, e: &VaultError, what: Damaged) {
+        if matches!(
+            e,
+            VaultError::BadChunk { .. }
+                | VaultError::Missing { .. }
+                | VaultError::Damaged { .. }
+                | VaultError::Format(_)
+        ) {
+            self.journal.report(what);
+        }
     }
 
     /// A seekable reader over a regular file's (or image's) content.

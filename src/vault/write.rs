@@ -25,6 +25,7 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
 use super::catalog::{Catalog, ChunkLoc, PointRow};
+use super::damage::{DamageSet, Damaged, Journal};
 use super::format::{self, ChunkId, Entry, Extent, ListId, TreeId};
 use super::model::{ItemSource, check_item_name};
 use super::packs::{Codec, PACK_TARGET, PackWriter, Record, RecordPos};
@@ -73,6 +74,8 @@ pub struct Committed {
     pub point: PointRow,
     /// Bytes of new trees and content lists added to the catalog.
     pub catalog_bytes: u64,
+    /// Chunks, trees and lists known damaged that this session stored again.
+    pub repaired: u64,
 }
 
 /// A group of plain chunk bytes on its way to the compression pool.
@@ -116,6 +119,7 @@ struct SinkShared {
     records: Sender<Record>,
     level: i32,
     claimed: Mutex<HashSet<ChunkId>>,
+    damage: Arc<DamageSet>,
     new_chunks: AtomicU64,
     new_bytes: AtomicU64,
     failure: Arc<Failure>,
@@ -152,6 +156,8 @@ pub struct WriteSession<'v> {
     started: Instant,
     /// Wall-clock time the session began (before any source was read).
     started_ns: i64,
+    damage: Arc<DamageSet>,
+    journal: Journal,
     done: bool,
 }
 
@@ -165,6 +171,8 @@ impl Vault {
     ) -> VaultResult<WriteSession<'l>> {
         let catalog = Catalog::open(&self.db_path())?;
         catalog.begin()?;
+        let journal = Journal::new(self.root());
+        let damage = Arc::new(gather_damage(&catalog, &*self.store(), &journal)?);
         let threads = crate::threads::count(opts.threads, 1);
         let failure = Arc::new(Failure::default());
         let stored = Arc::new(AtomicU64::new(0));
@@ -199,6 +207,7 @@ impl Vault {
                 records: rec_tx,
                 level: self.zstd_level(),
                 claimed: Mutex::new(HashSet::new()),
+                damage: damage.clone(),
                 new_chunks: AtomicU64::new(0),
                 new_bytes: AtomicU64::new(0),
                 failure,
@@ -208,6 +217,8 @@ impl Vault {
             stored,
             started: Instant::now(),
             started_ns: now_ns(),
+            damage,
+            journal,
             done: false,
         })
     }
@@ -223,6 +234,11 @@ impl WriteSession<'_> {
             buf: Vec::new(),
             chunks: Vec::new(),
         }
+    }
+
+    /// What is known to be damaged: a backup must not reuse it (the files cache checks here).
+    pub fn damage(&self) -> &DamageSet {
+        &self.damage
     }
 
     /// The first failure of a session thread, if any (a backup can stop early on it).
@@ -245,7 +261,12 @@ impl WriteSession<'_> {
         let enc = format::encode_tree(entries);
         let id = TreeId::of(&enc);
         self.with_tx(|tx| {
-            tx.catalog_bytes += tx.catalog.put_tree(&id, &enc)?;
+            let replace = self.damage.take_tree(&id)
+                || (self.damage.check_blobs() && tx.catalog.tree_damaged(&id)?);
+            if replace {
+                self.damage.repaired(id.0);
+            }
+            tx.catalog_bytes += tx.catalog.put_tree(&id, &enc, replace)?;
             Ok(id)
         })
     }
@@ -255,7 +276,12 @@ impl WriteSession<'_> {
         let enc = format::encode_list(extents);
         let id = ListId::of(&enc);
         self.with_tx(|tx| {
-            tx.catalog_bytes += tx.catalog.put_list(&id, &enc)?;
+            let replace = self.damage.take_list(&id)
+                || (self.damage.check_blobs() && tx.catalog.list_damaged(&id)?);
+            if replace {
+                self.damage.repaired(id.0);
+            }
+            tx.catalog_bytes += tx.catalog.put_list(&id, &enc, replace)?;
             Ok(id)
         })
     }
@@ -329,9 +355,15 @@ impl WriteSession<'_> {
         let catalog_bytes = tx.catalog_bytes;
         drop(tx);
         self.done = true;
+        // Damaged chunks are marked bad in the catalog now; keep only blobs not repaired.
+        self.journal.clear();
+        for d in self.damage.unrepaired_blobs() {
+            self.journal.report(d);
+        }
         Ok(Committed {
             point,
             catalog_bytes,
+            repaired: self.damage.repaired_count(),
         })
     }
 }
@@ -435,6 +467,53 @@ fn register_pack(tx: &mut TxSide, p: SealedPack) -> VaultResult<()> {
     Ok(())
 }
 
+/// Everything known damaged, marked in the session's transaction: chunks of packs that are
+/// missing or shorter than the catalog says, and ids readers recorded in the journal.
+fn gather_damage(
+    catalog: &Catalog,
+    store: &dyn PackStore,
+    journal: &Journal,
+) -> VaultResult<DamageSet> {
+    let listed: std::collections::HashMap<String, u64> = store
+        .list()
+        .map_err(|e| VaultError::Io {
+            path: store.describe().into(),
+            source: e,
+        })?
+        .into_iter()
+        .map(|p| (p.name, p.size))
+        .collect();
+    for (id, name, size) in catalog.packs()? {
+        match listed.get(&name) {
+            None => {
+                let n = catalog.mark_pack_damaged(id, 0)?;
+                if n > 0 {
+                    log::warn!(
+                        "pack {name} is missing: {n} chunks will be stored again from their sources"
+                    );
+                }
+            }
+            Some(&have) if have < size => {
+                let n = catalog.mark_pack_damaged(id, have)?;
+                if n > 0 {
+                    log::warn!(
+                        "pack {name} is truncated: {n} chunks will be stored again from their sources"
+                    );
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    let found = journal.read();
+    for d in &found {
+        if let Damaged::Chunk(id) = d {
+            catalog.mark_chunk_bad(id)?;
+        }
+    }
+    let bad: HashSet<ChunkId> = catalog.bad_chunks()?.into_iter().collect();
+    Ok(DamageSet::new(bad, &found))
+}
+
 /// A fresh point id (8 hex digits) not used in this vault yet.
 fn new_point_id(catalog: &Catalog) -> VaultResult<String> {
     loop {
@@ -518,17 +597,23 @@ impl ChunkSink<'_> {
         if shared.claimed.lock().expect("dedup lock").contains(id) {
             return Ok(false);
         }
-        if self.catalog.is_none() {
-            self.catalog = Some(Catalog::open(&shared.db)?);
-        }
-        let catalog = self.catalog.as_ref().expect("opened above");
-        if catalog.has_good_chunk(id)? {
-            return Ok(false);
+        let damaged = shared.damage.chunk(id);
+        if !damaged {
+            if self.catalog.is_none() {
+                self.catalog = Some(Catalog::open(&shared.db)?);
+            }
+            let catalog = self.catalog.as_ref().expect("opened above");
+            if catalog.has_good_chunk(id)? {
+                return Ok(false);
+            }
         }
         let fresh = shared.claimed.lock().expect("dedup lock").insert(*id);
         if fresh {
             shared.new_chunks.fetch_add(1, Ordering::Relaxed);
             shared.new_bytes.fetch_add(len as u64, Ordering::Relaxed);
+            if damaged {
+                shared.damage.repaired(id.0);
+            }
         }
         Ok(fresh)
     }
