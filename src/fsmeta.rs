@@ -1,11 +1,14 @@
 //! Directory-relative file system calls that std does not offer: `fstatat`, xattrs, `readlinkat`,
-//! `openat` of directories and files without following symlinks.
+//! `openat` of directories and files without following symlinks, and metadata setters that act
+//! on a descriptor.
 //!
 //! Everything works relative to an open directory fd plus one name, so trees deeper than
-//! PATH_MAX work and no path is ever resolved through a symlink. Xattrs of an entry are reached
-//! through `/proc/self/fd/<dirfd>/<name>` with the `l*xattr` calls (no fd can be opened on a
-//! symlink or a fifo without side effects). The setters that take a descriptor
-//! also work on `O_PATH` ones (symlinks, fifos, devices). Pure wrappers: no state, no policy.
+//! PATH_MAX work and no path is ever resolved through a symlink. Metadata is only ever *set*
+//! through a descriptor of the node itself (an `O_PATH | O_NOFOLLOW` one for symlinks, fifos and
+//! devices), never by name, so a node swapped for a symlink after it was made cannot redirect a
+//! chmod or chown. Xattrs of an entry are *read* through `/proc/self/fd/<dirfd>/<name>` with the
+//! `l*xattr` calls (no fd can be opened on a fifo without side effects). Pure wrappers: no state,
+//! no policy.
 
 use std::ffi::{CStr, CString};
 use std::io;
@@ -168,23 +171,6 @@ pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u
     Ok(out)
 }
 
-/// Sets one extended attribute on `name` in `dir` (not following a symlink).
-pub fn set_xattr_at(dir: BorrowedFd, name: &[u8], key: &[u8], value: &[u8]) -> io::Result<()> {
-    let path = proc_path(dir, name)?;
-    let k = cstr(key)?;
-    // SAFETY: valid C strings; value pointer and length describe `value`.
-    check(unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            k.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })?;
-    Ok(())
-}
-
 /// Reads a directory's entry names (without `.` and `..`), unsorted.
 pub fn read_dir_names(dir: BorrowedFd) -> io::Result<Vec<Vec<u8>>> {
     // opendir takes ownership of its fd, so hand it a duplicate.
@@ -297,50 +283,6 @@ pub fn unlink_at(dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
     let c = cstr(name)?;
     // SAFETY: valid C string.
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
-}
-
-/// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`.
-pub fn lchown_at(dir: BorrowedFd, name: &[u8], uid: u32, gid: u32) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: valid C string.
-    check(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            uid,
-            gid,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(drop)
-}
-
-/// `fchmodat(dir, name, mode, 0)` (never used on symlinks: Linux cannot chmod them).
-pub fn chmod_at(dir: BorrowedFd, name: &[u8], mode: u32) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: valid C string.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode, 0) }).map(drop)
-}
-
-/// Sets atime and mtime of `name` in `dir` without following a symlink.
-pub fn set_times_at(
-    dir: BorrowedFd,
-    name: &[u8],
-    atime: (i64, u32),
-    mtime: (i64, u32),
-) -> io::Result<()> {
-    let c = cstr(name)?;
-    let t = [timespec(atime.0, atime.1), timespec(mtime.0, mtime.1)];
-    // SAFETY: valid C string and a two-element timespec array.
-    check(unsafe {
-        libc::utimensat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            t.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(drop)
 }
 
 fn timespec(sec: i64, nsec: u32) -> libc::timespec {

@@ -18,7 +18,8 @@ pub struct RestoreArgs {
     /// Paths inside the point to restore (default: everything); each is restored as DIR/<name>
     #[arg(value_name = "PATH")]
     paths: Vec<std::ffi::OsString>,
-    /// Target directory (created if missing; existing files in the way are replaced)
+    /// Target directory (created if missing; an entry in the way is replaced once its
+    /// replacement is complete, an existing directory is merged into)
     #[arg(long, value_name = "DIR")]
     to: PathBuf,
     /// Worker threads [default: one per core]
@@ -50,8 +51,9 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "restored {} files, {} dirs, {} from point {} of {:?} into {}",
+            "restored {} files ({} replacing existing ones), {} dirs, {} from point {} of {:?} into {}",
             report.files,
+            report.replaced,
             report.dirs,
             human_bytes(report.bytes),
             point.id,
@@ -63,7 +65,8 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "error: {} entries could not be restored (listed above)",
+            "error: {} entries could not be restored (listed above); whatever was at their paths \
+             was left as it was",
             report.errors.len()
         );
         Ok(ExitCode::FAILURE)
