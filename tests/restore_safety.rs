@@ -1,7 +1,8 @@
 //! End-to-end: `coffre restore` never destroys what it replaces before it has the new entry
-//! complete, gives restored entries exactly the captured permissions (no inherited ACLs,
-//! `security.capability` kept), never acts on a node swapped under it, and handles trees 10,000
-//! directories deep with a small descriptor limit (issue 7, items 2, 11, 13, 15, 21).
+//! complete, restores chosen paths under their relative paths, gives restored entries exactly the
+//! captured permissions (no inherited ACLs, `security.capability` kept, the target directory's
+//! own owner and mode left alone), never acts on a node swapped under it, and handles trees
+//! 10,000 directories deep with a small descriptor limit (issue 7, items 2, 6, 11, 13, 15, 21).
 
 mod common;
 
@@ -145,6 +146,51 @@ fn a_device_that_cannot_be_made_leaves_the_existing_file_as_it_was() {
     );
     assert_eq!(std::fs::read(dst.join("plain")).unwrap(), b"plain");
     assert_eq!(names_under(&dst), ["null-dev", "plain"]);
+}
+
+// Item 6: chosen paths are restored under their relative paths, so none can clash.
+#[test]
+fn chosen_paths_are_restored_under_their_relative_paths() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("a/f"), b"a's f");
+    write(&src.join("b/f"), b"b's f");
+    write(&src.join("a/sub/x"), b"a's x");
+    write(&src.join("b/sub/y"), b"b's y");
+    write(&src.join("b/other"), b"not chosen");
+    write(&src.join("c/g"), b"not chosen");
+    std::fs::set_permissions(src.join("b"), PermissionsExt::from_mode(0o750)).unwrap();
+    set_mtime(&src.join("b"), 1_500_000_000, 5);
+    set_mtime(&src.join("a"), 1_400_000_000, 6);
+    set_mtime(&src, 1_300_000_000, 7);
+    t.backup("item", &src);
+
+    let dst = t.path("dst");
+    t.ok(&[
+        "restore",
+        "item",
+        "a/f",
+        "b/f",
+        "a/sub",
+        "b/sub",
+        "b/f",   // the same path twice
+        "/a/",   // a parent of paths already given
+        "./b/f", // another spelling
+        "--to",
+        dst.to_str().unwrap(),
+    ]);
+    let chosen = |k: &[u8]| {
+        k.is_empty()
+            || k == b"b"
+            || [&b"a"[..], b"b/f", b"b/sub"]
+                .iter()
+                .any(|p| k == *p || (k.starts_with(p) && k[p.len()] == b'/'))
+    };
+    let mut want = snapshot(&src, true);
+    want.retain(|k, _| chosen(k));
+    // The directories on the way (`b`) and the target itself were created by the restore, so
+    // they carry their captured metadata too.
+    assert_same(&want, &snapshot(&dst, true));
 }
 
 /// `getfacl` of a path, without comments.
@@ -568,4 +614,56 @@ fn file_capabilities_survive_a_restore() {
         String::from_utf8_lossy(&out.stdout).contains("cap_net_raw=ep"),
         "{out:?}"
     );
+}
+
+// Item 21: a whole point restored into an existing directory leaves that directory's owner and
+// mode alone unless --root-metadata asks for them.
+#[test]
+fn an_existing_target_keeps_its_owner_and_mode() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("f"), b"f");
+    std::fs::set_permissions(&src, PermissionsExt::from_mode(0o750)).unwrap();
+    if is_root() {
+        std::os::unix::fs::lchown(&src, Some(1234), Some(5678)).unwrap();
+    }
+    t.backup("item", &src);
+    let owner_mode = |p: &Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.mode() & 0o7777, m.uid(), m.gid())
+    };
+    let existing = |name: &str| {
+        let d = t.path(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::set_permissions(&d, PermissionsExt::from_mode(0o711)).unwrap();
+        if is_root() {
+            std::os::unix::fs::lchown(&d, Some(4321), Some(8765)).unwrap();
+        }
+        d
+    };
+    let captured = owner_mode(&src);
+
+    let dst = existing("dst");
+    let before = owner_mode(&dst);
+    t.restore("item", &dst);
+    assert_eq!(
+        owner_mode(&dst),
+        before,
+        "the target took the point's owner and mode"
+    );
+    assert_eq!(std::fs::read(dst.join("f")).unwrap(), b"f");
+
+    let asked = existing("asked");
+    t.ok(&[
+        "restore",
+        "item",
+        "--root-metadata",
+        "--to",
+        asked.to_str().unwrap(),
+    ]);
+    assert_eq!(owner_mode(&asked), captured);
+
+    let fresh = t.path("fresh/new");
+    t.restore("item", &fresh);
+    assert_eq!(owner_mode(&fresh), captured);
 }

@@ -21,7 +21,7 @@
 //! fsync'd before the rename, so a power cut leaves the old file or the new one, never an empty
 //! one (new files are not fsync'd, like restic and borg: nothing is lost if they are).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
@@ -42,6 +42,9 @@ pub struct RestoreOptions {
     /// Worker threads (0 = one per core).
     pub threads: usize,
     pub progress: bool,
+    /// Give an existing target directory the point root's owner, mode, xattrs and times (a
+    /// directory the restore creates always gets them).
+    pub root_metadata: bool,
 }
 
 /// What a restore did.
@@ -63,6 +66,40 @@ pub struct RestoreReport {
 /// from a default ACL at the target never widens the captured permissions.
 const ACCESS_ACL: &[u8] = b"system.posix_acl_access";
 const DEFAULT_ACL: &[u8] = b"system.posix_acl_default";
+
+/// Which entries of a directory to restore: all of them, or only those on the way to the chosen
+/// paths (by name).
+#[derive(Clone, Debug, PartialEq)]
+enum Selection {
+    All,
+    Only(BTreeMap<Vec<u8>, Selection>),
+}
+
+impl Selection {
+    /// The selection of `paths`, each a list of names from the point's root: the same path twice
+    /// is one path, and a path inside another chosen one adds nothing. No path, or the root
+    /// itself, selects everything.
+    fn of(paths: &[Vec<Vec<u8>>]) -> Selection {
+        if paths.is_empty() || paths.iter().any(|p| p.is_empty()) {
+            return Selection::All;
+        }
+        let mut top = Selection::Only(BTreeMap::new());
+        for path in paths {
+            let mut node = &mut top;
+            for (i, name) in path.iter().enumerate() {
+                let Selection::Only(map) = node else { break };
+                if i + 1 == path.len() {
+                    map.insert(name.clone(), Selection::All);
+                    break;
+                }
+                node = map
+                    .entry(name.clone())
+                    .or_insert_with(|| Selection::Only(BTreeMap::new()));
+            }
+        }
+        top
+    }
+}
 
 /// A fresh temporary name for the target (`.coffre-tmp.PID.N`).
 fn tmp_name() -> Vec<u8> {
@@ -471,6 +508,7 @@ struct DirWork {
     parent: Arc<DirDone>,
     rel: Vec<u8>,
     entry: Entry,
+    sel: Selection,
 }
 
 /// The walk: runs on the calling thread, creates directories and special files, and hands
@@ -492,11 +530,17 @@ fn rel_join(base: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 impl Walk<'_, '_> {
-    /// Restores the subdirectories on the stack, and everything below them.
-    fn drain(&mut self) -> Result<(), RestoreError> {
+    /// Restores everything `sel` chooses below `root` into `top` (the target).
+    fn run(
+        &mut self,
+        top: &Arc<DirDone>,
+        root: &Entry,
+        sel: &Selection,
+    ) -> Result<(), RestoreError> {
+        self.fill(top, b"", root, sel)?;
         while let Some(w) = self.stack.pop() {
             if let Some(dir) = self.open(&w) {
-                self.fill(&dir, &w.rel, &w.entry)?;
+                self.fill(&dir, &w.rel, &w.entry, &w.sel)?;
             }
         }
         Ok(())
@@ -518,8 +562,8 @@ impl Walk<'_, '_> {
             None
         };
         let mut tmp = None;
-        match fsmeta::mkdir_at(pdir, name, 0o700) {
-            Ok(()) => {}
+        let created = match fsmeta::mkdir_at(pdir, name, 0o700) {
+            Ok(()) => true,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 let is_dir = fsmeta::lstat_at(pdir, name)
                     .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
@@ -529,9 +573,10 @@ impl Walk<'_, '_> {
                         Err(err) => return give_up(format!("cannot create directory: {err}")),
                     }
                 }
+                !is_dir
             }
             Err(err) => return give_up(format!("cannot create directory: {err}")),
-        }
+        };
         let fd = match fsmeta::open_dir_at(pdir, tmp.as_deref().unwrap_or(name)) {
             Ok(fd) => fd,
             Err(err) => {
@@ -541,7 +586,9 @@ impl Walk<'_, '_> {
                 return give_up(format!("cannot open directory: {err}"));
             }
         };
-        let meta = Some(w.entry.clone());
+        // A directory the restore made, or one chosen (or inside a chosen one), gets its
+        // captured metadata; an existing one merely on the way keeps its own.
+        let meta = (created || w.sel == Selection::All).then(|| w.entry.clone());
         let swap = tmp.map(|tmp| Swap {
             parent: w.parent.clone(),
             tmp,
@@ -555,10 +602,16 @@ impl Walk<'_, '_> {
         Some(dir)
     }
 
-    /// Restores the entries of directory entry `e` into `dir`: non-directories now,
-    /// subdirectories pushed on the stack (in order); then releases the walk's token.
-    fn fill(&mut self, dir: &Arc<DirDone>, rel: &[u8], e: &Entry) -> Result<(), RestoreError> {
-        let result = self.fill_inner(dir, rel, e);
+    /// Restores the entries `sel` chooses of directory entry `e` into `dir`: non-directories
+    /// now, subdirectories pushed on the stack (in order); then releases the walk's token.
+    fn fill(
+        &mut self,
+        dir: &Arc<DirDone>,
+        rel: &[u8],
+        e: &Entry,
+        sel: &Selection,
+    ) -> Result<(), RestoreError> {
+        let result = self.fill_inner(dir, rel, e, sel);
         dir.release(self.sh);
         result
     }
@@ -568,6 +621,7 @@ impl Walk<'_, '_> {
         dir: &Arc<DirDone>,
         rel: &[u8],
         e: &Entry,
+        sel: &Selection,
     ) -> Result<(), RestoreError> {
         let sh = self.sh;
         let Some(tree) = e.subtree else { return Ok(()) };
@@ -582,6 +636,13 @@ impl Walk<'_, '_> {
         sh.dirs.fetch_add(1, Ordering::Relaxed);
         let mut subdirs = Vec::new();
         for child in entries {
+            let child_sel = match sel {
+                Selection::All => Selection::All,
+                Selection::Only(map) => match map.get(&child.name) {
+                    Some(s) => s.clone(),
+                    None => continue,
+                },
+            };
             let child_rel = rel_join(rel, &child.name);
             if child.kind() == Kind::Dir {
                 dir.hold();
@@ -589,6 +650,7 @@ impl Walk<'_, '_> {
                     parent: dir.clone(),
                     rel: child_rel,
                     entry: child,
+                    sel: child_sel,
                 });
             } else {
                 self.non_dir(dir, rel, &child_rel, child)?;
@@ -728,10 +790,43 @@ pub(crate) fn lookup(
         .ok_or_else(|| RestoreError::NoSuchPath(path.to_string_lossy().into_owned()))
 }
 
+/// The names of `path` from the point's root (`.` and empty components dropped), after checking
+/// the point has it.
+fn path_names(
+    vault: &Vault,
+    root: &Entry,
+    path: &std::ffi::OsStr,
+) -> Result<Vec<Vec<u8>>, RestoreError> {
+    use std::os::unix::ffi::OsStrExt;
+    lookup(vault, root, path)?;
+    Ok(path
+        .as_bytes()
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+/// Creates the target directory (and its parents) unless it exists. Returns whether it did.
+fn make_target(target: &Path) -> io::Result<bool> {
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::create_dir(target) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Restores `point` (all of it, or the given `paths` inside it) into `target`.
 ///
-/// With no paths, the point's root directory becomes `target` itself (its metadata included).
-/// Each path is restored as `target/<last component>`.
+/// Each path is restored under its own path inside the point (`target/a/b` for `a/b`), like
+/// borg's extract and restic's `--include`, so no two can clash; the same path twice, or a path
+/// inside another chosen one, is restored once. The directories on the way are created as they
+/// were captured, or left as they are when they exist. With no paths, the point's root is
+/// `target` itself. The target gets the root's metadata only when the restore creates it, or
+/// with `opts.root_metadata`.
 pub fn restore_files(
     vault: &Vault,
     point: &PointRow,
@@ -742,21 +837,16 @@ pub fn restore_files(
     let _lease = vault.lease()?;
     let reader = vault.reader();
     let root = reader.root_entry(point)?;
-    let selected: Vec<Entry> = paths
+    let names = paths
         .iter()
-        .map(|p| {
-            let mut e = lookup(vault, &root, p)?;
-            if e.name.is_empty() {
-                e.name = b".".to_vec();
-            }
-            Ok(e)
-        })
-        .collect::<Result<_, RestoreError>>()?;
+        .map(|p| path_names(vault, &root, p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sel = Selection::of(&names);
     let terr = |e| RestoreError::Target {
         path: target.to_path_buf(),
         source: e,
     };
-    std::fs::create_dir_all(target).map_err(terr)?;
+    let created = make_target(target).map_err(terr)?;
     // Each queued file holds its descriptor (and its directory's): keep the queue well inside
     // the descriptor limit.
     let queue = (fsmeta::raise_fd_limit() / 4).clamp(16, 1024) as usize;
@@ -783,7 +873,7 @@ pub fn restore_files(
         replaced: AtomicU64::new(0),
     };
     let (tx, rx) = bounded::<FileJob>(queue);
-    let top_meta = selected.is_empty().then(|| root.clone());
+    let top_meta = (created || opts.root_metadata).then(|| root.clone());
     let top = DirDone::new(
         target_fd.try_clone().map_err(terr)?,
         top_meta,
@@ -806,30 +896,7 @@ pub fn restore_files(
             jobs: tx,
             stack: Vec::new(),
         };
-        if selected.is_empty() {
-            walk.fill(&top, b"", &root)?;
-            walk.drain()?;
-        } else {
-            for e in selected {
-                if e.name == b"." {
-                    top.hold();
-                    walk.fill(&top, b"", &e)?;
-                } else if e.kind() == Kind::Dir {
-                    top.hold();
-                    walk.stack.push(DirWork {
-                        parent: top.clone(),
-                        rel: e.name.clone(),
-                        entry: e,
-                    });
-                } else {
-                    let name = e.name.clone();
-                    walk.non_dir(&top, b"", &name, e)?;
-                }
-                walk.drain()?;
-            }
-            top.release(&sh);
-        }
-        Ok(())
+        walk.run(&top, &root, &sel)
         // The walk (and with it the job sender) is dropped here: the workers finish the queue.
     })?;
     // Names still waiting for a first link that never came (the walk stopped early).
@@ -864,4 +931,50 @@ pub fn restore_files(
             .push("not running as root: file owners were not restored".into());
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(paths: &[&str]) -> Vec<Vec<Vec<u8>>> {
+        paths
+            .iter()
+            .map(|p| {
+                p.split('/')
+                    .filter(|c| !c.is_empty())
+                    .map(|c| c.as_bytes().to_vec())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn only(entries: Vec<(&str, Selection)>) -> Selection {
+        Selection::Only(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_selection_merges_repeated_and_nested_paths() {
+        assert_eq!(Selection::of(&[]), Selection::All);
+        assert_eq!(Selection::of(&names(&["a", ""])), Selection::All);
+        let want = only(vec![
+            ("a", Selection::All),
+            (
+                "b",
+                only(vec![("f", Selection::All), ("sub", Selection::All)]),
+            ),
+        ]);
+        for order in [
+            &["a/f", "b/f", "a/sub", "b/sub", "b/f", "a"][..],
+            &["a", "a/f", "b/sub", "b/f", "b/sub/deeper"],
+            &["b/sub/deeper", "b/sub", "a/x/y", "b/f", "a", "a"],
+        ] {
+            assert_eq!(Selection::of(&names(order)), want, "{order:?}");
+        }
+    }
 }
