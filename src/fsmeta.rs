@@ -1,14 +1,18 @@
 //! Directory-relative file system calls that std does not offer: `fstatat`, xattrs, `readlinkat`,
-//! `openat` of directories and files without following symlinks.
+//! `openat` of directories and files without following symlinks, and metadata setters that act
+//! on a descriptor.
 //!
 //! Everything works relative to an open directory fd plus one name, so trees deeper than
-//! PATH_MAX work and no path is ever resolved through a symlink. Xattrs of an entry are reached
-//! through `/proc/self/fd/<dirfd>/<name>` with the `l*xattr` calls (no fd can be opened on a
-//! symlink or a fifo without side effects). Pure wrappers: no state, no policy.
+//! PATH_MAX work and no path is ever resolved through a symlink. Metadata is only ever *set*
+//! through a descriptor of the node itself (an `O_PATH | O_NOFOLLOW` one for symlinks, fifos and
+//! devices), never by name, so a node swapped for a symlink after it was made cannot redirect a
+//! chmod or chown. Xattrs of an entry are *read* through `/proc/self/fd/<dirfd>/<name>` with the
+//! `l*xattr` calls (no fd can be opened on a fifo without side effects). Pure wrappers: no state,
+//! no policy.
 
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 fn cstr(name: &[u8]) -> io::Result<CString> {
@@ -167,23 +171,6 @@ pub fn xattrs_at(dir: BorrowedFd, name: &[u8]) -> io::Result<Vec<(Vec<u8>, Vec<u
     Ok(out)
 }
 
-/// Sets one extended attribute on `name` in `dir` (not following a symlink).
-pub fn set_xattr_at(dir: BorrowedFd, name: &[u8], key: &[u8], value: &[u8]) -> io::Result<()> {
-    let path = proc_path(dir, name)?;
-    let k = cstr(key)?;
-    // SAFETY: valid C strings; value pointer and length describe `value`.
-    check(unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            k.as_ptr(),
-            value.as_ptr().cast(),
-            value.len(),
-            0,
-        )
-    })?;
-    Ok(())
-}
-
 /// Reads a directory's entry names (without `.` and `..`), unsorted.
 pub fn read_dir_names(dir: BorrowedFd) -> io::Result<Vec<Vec<u8>>> {
     // opendir takes ownership of its fd, so hand it a duplicate.
@@ -225,18 +212,32 @@ pub fn read_dir_names(dir: BorrowedFd) -> io::Result<Vec<Vec<u8>>> {
     result.map(|_| names)
 }
 
-/// Makes sure at most a few descriptors limit deep walks: raises the soft open-file limit to the
-/// hard limit (a walk keeps one fd per directory level).
-pub fn raise_fd_limit() {
+/// Raises the soft open-file limit to the hard limit (a backup walk keeps one fd per directory
+/// level; a restore one per file in its queue and per directory with entries still to come).
+/// Returns the soft limit now in force (`u64::MAX` if unlimited or unknown).
+pub fn raise_fd_limit() -> u64 {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: valid out pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 && rl.rlim_cur < rl.rlim_max {
-        rl.rlim_cur = rl.rlim_max;
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return u64::MAX;
+    }
+    if rl.rlim_cur < rl.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: rl.rlim_max,
+            rlim_max: rl.rlim_max,
+        };
         // SAFETY: valid in pointer.
-        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &rl) };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            rl = raised;
+        }
+    }
+    if rl.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        rl.rlim_cur
     }
 }
 
@@ -284,29 +285,6 @@ pub fn unlink_at(dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
     check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) }).map(drop)
 }
 
-/// `fchownat(dir, name, uid, gid, AT_SYMLINK_NOFOLLOW)`.
-pub fn lchown_at(dir: BorrowedFd, name: &[u8], uid: u32, gid: u32) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: valid C string.
-    check(unsafe {
-        libc::fchownat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            uid,
-            gid,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(drop)
-}
-
-/// `fchmodat(dir, name, mode, 0)` (never used on symlinks: Linux cannot chmod them).
-pub fn chmod_at(dir: BorrowedFd, name: &[u8], mode: u32) -> io::Result<()> {
-    let c = cstr(name)?;
-    // SAFETY: valid C string.
-    check(unsafe { libc::fchmodat(dir.as_raw_fd(), c.as_ptr(), mode, 0) }).map(drop)
-}
-
 fn timespec(sec: i64, nsec: u32) -> libc::timespec {
     libc::timespec {
         tv_sec: sec,
@@ -314,51 +292,93 @@ fn timespec(sec: i64, nsec: u32) -> libc::timespec {
     }
 }
 
-/// Sets atime and mtime of `name` in `dir` without following a symlink.
-pub fn set_times_at(
-    dir: BorrowedFd,
-    name: &[u8],
-    atime: (i64, u32),
-    mtime: (i64, u32),
-) -> io::Result<()> {
-    let c = cstr(name)?;
+/// The `/proc/self/fd/N` path of a descriptor: following it reaches exactly the node the
+/// descriptor holds (a symlink itself, for an `O_PATH | O_NOFOLLOW` one), nothing further.
+fn proc_fd_path(fd: BorrowedFd) -> io::Result<CString> {
+    cstr(format!("/proc/self/fd/{}", fd.as_raw_fd()).as_bytes())
+}
+
+/// Is this the error a `f*` call gives for an `O_PATH` descriptor?
+fn is_o_path_refusal(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EBADF)
+}
+
+/// Sets atime and mtime of the node `fd` holds (any descriptor, `O_PATH` ones included; a
+/// symlink's own times for an `O_PATH | O_NOFOLLOW` one).
+pub fn set_times(fd: BorrowedFd, atime: (i64, u32), mtime: (i64, u32)) -> io::Result<()> {
     let t = [timespec(atime.0, atime.1), timespec(mtime.0, mtime.1)];
-    // SAFETY: valid C string and a two-element timespec array.
-    check(unsafe {
+    // SAFETY: valid fd, an empty C string and a two-element timespec array.
+    let r = check(unsafe {
         libc::utimensat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
+            fd.as_raw_fd(),
+            c"".as_ptr(),
             t.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    });
+    match r {
+        // Kernels before AT_EMPTY_PATH support in utimensat.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let p = proc_fd_path(fd)?;
+            // SAFETY: valid C string and timespec array.
+            check(unsafe { libc::utimensat(libc::AT_FDCWD, p.as_ptr(), t.as_ptr(), 0) }).map(drop)
+        }
+        r => r.map(drop),
+    }
+}
+
+/// Sets the owner of the node `fd` holds (any descriptor, `O_PATH` ones included), never
+/// following a symlink.
+pub fn fchown(fd: BorrowedFd, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: valid fd and an empty C string.
+    check(unsafe {
+        libc::fchownat(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            uid,
+            gid,
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
         )
     })
     .map(drop)
 }
 
-/// Sets atime and mtime of an open file.
-pub fn set_times(fd: BorrowedFd, atime: (i64, u32), mtime: (i64, u32)) -> io::Result<()> {
-    let t = [timespec(atime.0, atime.1), timespec(mtime.0, mtime.1)];
-    // SAFETY: valid fd and a two-element timespec array.
-    check(unsafe { libc::futimens(fd.as_raw_fd(), t.as_ptr()) }).map(drop)
-}
-
-/// `fchown(fd, uid, gid)`.
-pub fn fchown(fd: BorrowedFd, uid: u32, gid: u32) -> io::Result<()> {
-    // SAFETY: valid fd.
-    check(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) }).map(drop)
-}
-
-/// `fchmod(fd, mode)`.
+/// Sets the mode of the node `fd` holds (any descriptor, `O_PATH` ones included: through
+/// `fchmodat2(AT_EMPTY_PATH)` on Linux 6.6 and later, else `/proc/self/fd/N`). Never used on
+/// symlinks (Linux cannot chmod them).
 pub fn fchmod(fd: BorrowedFd, mode: u32) -> io::Result<()> {
     // SAFETY: valid fd.
-    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }).map(drop)
+    match check(unsafe { libc::fchmod(fd.as_raw_fd(), mode) }) {
+        Err(e) if is_o_path_refusal(&e) => {}
+        r => return r.map(drop),
+    }
+    // SAFETY: valid fd and an empty C string; fchmodat2 takes (dirfd, path, mode, flags).
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fchmodat2,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            mode,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL)) {
+        return Err(e);
+    }
+    let p = proc_fd_path(fd)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::chmod(p.as_ptr(), mode) }).map(drop)
 }
 
-/// `fsetxattr(fd, key, value)`.
+/// Sets one extended attribute on the node `fd` holds (any descriptor, `O_PATH` ones included).
 pub fn fset_xattr(fd: BorrowedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
     let k = cstr(key)?;
     // SAFETY: valid fd and C string; value pointer and length describe `value`.
-    check(unsafe {
+    let r = check(unsafe {
         libc::fsetxattr(
             fd.as_raw_fd(),
             k.as_ptr(),
@@ -366,8 +386,94 @@ pub fn fset_xattr(fd: BorrowedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
             value.len(),
             0,
         )
-    })
-    .map(drop)
+    });
+    match r {
+        Err(e) if is_o_path_refusal(&e) => {
+            let p = proc_fd_path(fd)?;
+            // SAFETY: valid C strings; value pointer and length describe `value`.
+            check(unsafe {
+                libc::setxattr(
+                    p.as_ptr(),
+                    k.as_ptr(),
+                    value.as_ptr().cast(),
+                    value.len(),
+                    0,
+                )
+            })
+            .map(drop)
+        }
+        r => r.map(drop),
+    }
+}
+
+/// Removes one extended attribute from the node `fd` holds (any descriptor, `O_PATH` ones
+/// included). Not there, or not supported by the file system: nothing to do.
+pub fn fremove_xattr(fd: BorrowedFd, key: &[u8]) -> io::Result<()> {
+    let k = cstr(key)?;
+    // SAFETY: valid fd and C string.
+    let mut r = check(unsafe { libc::fremovexattr(fd.as_raw_fd(), k.as_ptr()) });
+    if let Err(e) = &r
+        && is_o_path_refusal(e)
+    {
+        let p = proc_fd_path(fd)?;
+        // SAFETY: valid C strings.
+        r = check(unsafe { libc::removexattr(p.as_ptr(), k.as_ptr()) });
+    }
+    match r {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)) => Ok(()),
+        r => r.map(drop),
+    }
+}
+
+/// Opens `name` in `dir` with `O_PATH | O_NOFOLLOW`: a handle on the node itself, whatever it is
+/// (a symlink is not followed, a fifo is not opened for I/O).
+pub fn open_path_at(dir: BorrowedFd, name: &[u8]) -> io::Result<OwnedFd> {
+    open_at(dir, name, libc::O_PATH, 0)
+}
+
+/// `renameat2(old_dir, old, new_dir, new, flags)` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE` or 0).
+pub fn rename_at(
+    old_dir: BorrowedFd,
+    old: &[u8],
+    new_dir: BorrowedFd,
+    new: &[u8],
+    flags: libc::c_uint,
+) -> io::Result<()> {
+    let (o, n) = (cstr(old)?, cstr(new)?);
+    // SAFETY: valid fds and C strings.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            old_dir.as_raw_fd(),
+            o.as_ptr(),
+            new_dir.as_raw_fd(),
+            n.as_ptr(),
+            flags,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `unlinkat(dir, name, AT_REMOVEDIR)`: removes an empty directory.
+pub fn rmdir_at(dir: BorrowedFd, name: &[u8]) -> io::Result<()> {
+    let c = cstr(name)?;
+    // SAFETY: valid C string.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), libc::AT_REMOVEDIR) }).map(drop)
+}
+
+/// Opens the directory at relative path `rel` (slash-separated names) under `dir` one component
+/// at a time, never following a symlink and holding one descriptor at a time, so paths longer
+/// than PATH_MAX work.
+pub fn open_dir_components(dir: BorrowedFd, rel: &[u8]) -> io::Result<OwnedFd> {
+    let mut cur = open_dir_at(dir, b".")?;
+    for name in rel.split(|&b| b == b'/').filter(|n| !n.is_empty()) {
+        cur = open_dir_at(cur.as_fd(), name)?;
+    }
+    Ok(cur)
 }
 
 /// Opens the directory at relative path `rel` under `dir`, refusing symlinks anywhere on the way

@@ -104,12 +104,13 @@ fn restoring_chosen_paths_and_older_points() {
         "--to",
         dst.to_str().unwrap(),
     ]);
+    // Each path is restored under its own path inside the point.
     assert_eq!(
-        std::fs::read(dst.join("one.txt")).unwrap(),
+        std::fs::read(dst.join("a/one.txt")).unwrap(),
         b"one, first version"
     );
     assert_eq!(std::fs::read(dst.join("b/two.txt")).unwrap(), b"two");
-    assert!(!dst.join("a").exists());
+    assert!(!dst.join("one.txt").exists());
 
     let out = t.run(&[
         "restore",

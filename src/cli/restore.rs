@@ -15,12 +15,18 @@ pub struct RestoreArgs {
     /// NAME@2026-11-23T140005Z (point directory name)
     #[arg(value_name = "NAME[@POINT]")]
     spec: String,
-    /// Paths inside the point to restore (default: everything); each is restored as DIR/<name>
+    /// Paths inside the point to restore (default: everything); each is restored under its own
+    /// path, DIR/<path>
     #[arg(value_name = "PATH")]
     paths: Vec<std::ffi::OsString>,
-    /// Target directory (created if missing; existing files in the way are replaced)
+    /// Target directory (created if missing; an entry in the way is replaced once its
+    /// replacement is complete, an existing directory is merged into)
     #[arg(long, value_name = "DIR")]
     to: PathBuf,
+    /// Give an existing DIR the point root's owner, mode, xattrs and times (a DIR the restore
+    /// creates always gets them)
+    #[arg(long)]
+    root_metadata: bool,
     /// Worker threads (0 = one per core, at most 256)
     #[arg(long, default_value_t = 0, value_parser = super::threads_arg)]
     threads: usize,
@@ -37,6 +43,7 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     let opts = RestoreOptions {
         threads: args.threads,
         progress: !cli.quiet && !args.json,
+        root_metadata: args.root_metadata,
     };
     let report = restore_files(&vault, &point, &args.paths, &args.to, &opts)
         .with_context(|| format!("restore of {name}@{} failed", point.id))?;
@@ -50,8 +57,9 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "restored {} files, {} dirs, {} from point {} of {:?} into {}",
+            "restored {} files ({} replacing existing ones), {} dirs, {} from point {} of {:?} into {}",
             report.files,
+            report.replaced,
             report.dirs,
             human_bytes(report.bytes),
             point.id,
@@ -63,7 +71,8 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "error: {} entries could not be restored (listed above)",
+            "error: {} entries could not be restored (listed above); whatever was at their paths \
+             was left as it was",
             report.errors.len()
         );
         Ok(ExitCode::FAILURE)
