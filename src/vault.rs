@@ -85,6 +85,11 @@ pub enum VaultError {
     BadName(#[from] BadItemName),
     #[error("vault {0} is locked by another writer; wait for it or drop --no-wait")]
     Locked(PathBuf),
+    #[error(
+        "vault {0} can only be read (a read-only file system, a full disk, or no write permission): \
+         listing, restoring and mounting work; this command needs it writable"
+    )]
+    ReadOnly(PathBuf),
     #[error("no item named {0:?} (see `coffre items`)")]
     ItemNotFound(String),
     #[error("no recovery point {0:?} (see `coffre points`)")]
@@ -283,6 +288,11 @@ impl Vault {
         self.zstd_level
     }
 
+    /// True if the vault can only be read (read-only media, a full disk, no write permission).
+    pub fn read_only(&self) -> bool {
+        self.catalog.read_only()
+    }
+
     fn packs_dir(&self) -> PathBuf {
         self.root.join("packs")
     }
@@ -303,6 +313,9 @@ impl Vault {
     /// Takes the writer lock (waiting for it unless `wait` is false) and recovers from a killed
     /// writer.
     pub fn lock(&self, wait: bool) -> VaultResult<WriteLock> {
+        if self.catalog.read_only() {
+            return Err(VaultError::ReadOnly(self.root.clone()));
+        }
         let lock = lock::write_lock(&self.root, wait)?;
         self.recover()?;
         Ok(lock)

@@ -306,3 +306,74 @@ fn a_damaged_catalog_tree_is_written_again_by_the_next_backup() {
     }
     backup_heals(&t, &src, "tree");
 }
+
+/// Copies a vault directory with `cp -a` (its catalog closed: no WAL left behind).
+fn copy_vault(from: &Path, to: &Path) {
+    let out = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output_within();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Lists, restores and mounts the vault at `v`, and checks a backup is refused clearly.
+fn still_read(t: &TestVault, v: &Path, src: &Path, tag: &str) {
+    let vs = v.to_str().unwrap();
+    let out = t.ok(&["--vault", vs, "points", "--json"]);
+    let points: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(points.len(), 1, "{tag}");
+    let dst = t.path(&format!("from-{tag}"));
+    t.ok(&["--vault", vs, "restore", "c", "--to", dst.to_str().unwrap()]);
+    assert_same(&snapshot(src, false), &snapshot(&dst, false));
+    {
+        let m = MountGuard::start(t, &["--vault", vs]);
+        let got = std::fs::read(m.latest("c").join("a")).unwrap();
+        assert_eq!(got, std::fs::read(src.join("a")).unwrap(), "{tag}");
+    }
+    let out = t.run(&["--vault", vs, "backup", "c"]);
+    assert_fails(&out, "can only be read");
+}
+
+#[test]
+#[ignore = "needs root: a read-only loop mount and a small tmpfs"]
+fn a_vault_on_read_only_media_or_a_full_disk_can_still_be_read() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("a"), &noise(200_000, 3));
+    write(&src.join("d/b"), b"small");
+    t.backup("c", &src);
+    // Read-only media: a backup disk mounted ro.
+    let mut fs = Ext4::new(&t);
+    copy_vault(&t.vault(), &fs.dir.join("vault"));
+    fs.umount();
+    sh(Command::new("mount")
+        .args(["-o", "loop,ro"])
+        .arg(&fs.img)
+        .arg(&fs.dir));
+    fs.mounted = true;
+    still_read(&t, &fs.dir.join("vault"), &src, "ro");
+    // A full disk.
+    let small = t.path("small");
+    std::fs::create_dir(&small).unwrap();
+    sh(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&small));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .output_within();
+        }
+    }
+    let _guard = Unmount(small.clone());
+    copy_vault(&t.vault(), &small.join("vault"));
+    let filler = std::fs::File::create(small.join("filler")).unwrap();
+    let block = vec![1u8; 1 << 20];
+    let mut w = std::io::BufWriter::new(filler);
+    while std::io::Write::write_all(&mut w, &block).is_ok() {}
+    drop(w.into_inner());
+    still_read(&t, &small.join("vault"), &src, "full");
+}

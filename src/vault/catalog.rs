@@ -148,6 +148,21 @@ pub struct CatalogTotals {
 /// A connection to `vault.db`.
 pub struct Catalog {
     conn: Connection,
+    read_only: bool,
+}
+
+/// `path` as the path part of an SQLite `file:` URI.
+fn uri_escape(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 fn sql_err(path: &Path, e: rusqlite::Error) -> VaultError {
@@ -165,12 +180,31 @@ fn sql_err(path: &Path, e: rusqlite::Error) -> VaultError {
 impl Catalog {
     /// Opens an existing catalog and checks it is a coffre vault this build understands.
     pub fn open(path: &Path) -> VaultResult<Catalog> {
+        match Self::open_writable(path) {
+            Ok(c) => Ok(c),
+            Err(e @ (VaultError::Foreign(_) | VaultError::Newer { .. })) => Err(e),
+            // A vault on read-only media (a backup disk mounted ro), or on a full disk, is still
+            // read: without the WAL index if need be (immutable), as long as no committed data
+            // waits in the WAL.
+            Err(e) => Self::open_read_only(path, false)
+                .or_else(|_| Self::open_read_only(path, true))
+                .map_err(|ro| match ro {
+                    VaultError::Foreign(_) | VaultError::Newer { .. } => ro,
+                    _ => e,
+                }),
+        }
+    }
+
+    fn open_writable(path: &Path) -> VaultResult<Catalog> {
         let conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| sql_err(path, e))?;
-        let c = Catalog { conn };
+        let c = Catalog {
+            conn,
+            read_only: false,
+        };
         // Check before configuring: switching a foreign database to WAL would change it.
         c.conn
             .busy_timeout(std::time::Duration::from_secs(30))
@@ -179,6 +213,58 @@ impl Catalog {
         c.configure().map_err(|e| sql_err(path, e))?;
         c.migrate().map_err(|e| sql_err(path, e))?;
         Ok(c)
+    }
+
+    /// Opens without writing anything (`mode=ro`, or `immutable=1` when even the WAL index
+    /// cannot be made). Needs the current schema: an older one is migrated on writable storage.
+    fn open_read_only(path: &Path, immutable: bool) -> VaultResult<Catalog> {
+        if immutable {
+            let wal = path.with_file_name("vault.db-wal");
+            if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+                return Err(VaultError::Damaged {
+                    path: path.to_path_buf(),
+                    detail: "read-only, and committed data still waits in vault.db-wal; \
+                             copy the vault to writable storage to open it"
+                        .into(),
+                });
+            }
+        }
+        let uri = format!(
+            "file:{}?{}",
+            uri_escape(path),
+            if immutable { "immutable=1" } else { "mode=ro" }
+        );
+        let conn = Connection::open_with_flags(
+            uri,
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+                | OpenFlags::SQLITE_OPEN_URI
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| sql_err(path, e))?;
+        let c = Catalog {
+            conn,
+            read_only: true,
+        };
+        c.check(path)?;
+        let v: i64 = c
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|e| sql_err(path, e))?;
+        if v < SCHEMA_VERSION {
+            return Err(VaultError::Damaged {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "read-only, and in an older format (schema {v}); open it once on writable \
+                     storage to upgrade it"
+                ),
+            });
+        }
+        Ok(c)
+    }
+
+    /// True if this connection cannot write (read-only media, or a full disk).
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     /// Brings an older catalog up to `SCHEMA_VERSION`, one transaction per step (a crash leaves
@@ -211,7 +297,10 @@ impl Catalog {
                 | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| sql_err(path, e))?;
-        let c = Catalog { conn };
+        let c = Catalog {
+            conn,
+            read_only: false,
+        };
         c.configure().map_err(|e| sql_err(path, e))?;
         let tx = c.conn.unchecked_transaction()?;
         tx.execute_batch(SCHEMA_V1)?;

@@ -7,8 +7,8 @@
 //! *epoch* when it started. Garbage collection raises the epoch when it commits that packs are no
 //! longer named, and deletes such a pack only when no live lease is older than that commit: a
 //! reader that started before may still ask for it. A lease whose flock can be taken exclusively
-//! belongs to a dead process and is stale. Readers on a read-only vault run without a lease (no
-//! gc can run there either).
+//! belongs to a dead process and is stale. A reader that cannot write the vault (read-only
+//! media, where no gc can run either; a full disk; another user's vault) reads without a lease.
 //! Crash story: locks die with their process; a stale lease file is ignored and removed by the
 //! next garbage collection.
 
@@ -91,22 +91,31 @@ impl Lease {
         });
         let (path, file) = match made {
             Ok((p, f)) => (Some(p), Some(f)),
-            // A read-only vault: nothing can delete packs under us.
-            Err(e) if e.raw_os_error() == Some(libc::EROFS) => (None, None),
-            Err(e) => return Err(io_err(&dir)(e)),
+            // A vault this reader cannot write (read-only media: nothing can delete packs under
+            // us; a full disk; another user's vault): read without a lease rather than not at all.
+            Err(e) => {
+                log::debug!("reading {} without a lease: {e}", root.display());
+                (None, None)
+            }
         };
         let epoch = epoch()?;
-        if let (Some(p), Some(f)) = (&path, &file) {
-            use std::io::Write;
-            let mut w = f;
-            w.write_all(format!("{epoch} {}\n", std::process::id()).as_bytes())
-                .map_err(io_err(p))?;
-        }
-        Ok(Lease {
+        let mut lease = Lease {
             path,
             _file: file,
             epoch,
-        })
+        };
+        if let (Some(p), Some(f)) = (&lease.path, &lease._file) {
+            use std::io::Write;
+            let mut w = f;
+            if let Err(e) = w.write_all(format!("{epoch} {}\n", std::process::id()).as_bytes()) {
+                // A full disk: an empty lease would hold back every collection; go without.
+                log::debug!("reading {} without a lease: {e}", p.display());
+                let _ = std::fs::remove_file(p);
+                lease.path = None;
+                lease._file = None;
+            }
+        }
+        Ok(lease)
     }
 
     /// The vault's epoch when this lease was taken.
