@@ -368,3 +368,30 @@ fn trusted_xattr_names_are_hidden_from_unprivileged_callers() {
     assert_eq!(list(65534).trim(), "['user.note']");
     assert_eq!(list(0).trim(), "['trusted.overlay', 'user.note']");
 }
+
+#[test]
+fn hundreds_of_packs_read_through_a_mount_with_a_low_file_limit() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    let points = 300;
+    for i in 0..points {
+        // One new chunk per backup: one new pack per point.
+        write(&src.join("f"), &noise(5000, i));
+        t.ok(&["backup", "-q", "--item", "x", src.to_str().unwrap()]);
+    }
+    let packs = std::fs::read_dir(t.vault().join("packs")).unwrap().count();
+    assert!(packs >= points as usize, "{packs} packs");
+    let ids: Vec<String> = t
+        .points("x")
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), points as usize);
+    let m = MountGuard::start_wrapped(&t, &["prlimit", "--nofile=64", "--"], &[]);
+    // Oldest first: point i holds noise(5000, i).
+    for (i, id) in ids.iter().enumerate() {
+        let got = std::fs::read(m.dir.join("ids").join(id).join("f"))
+            .unwrap_or_else(|e| panic!("point {i} ({id}): {e}"));
+        assert!(got == noise(5000, i as u64), "point {i} read wrong bytes");
+    }
+}

@@ -51,7 +51,8 @@ pub trait PackStore: Send + Sync {
     fn sync(&self) -> io::Result<()>;
 }
 
-/// Open packs kept by a local store at most; older ones are closed first.
+/// Open packs kept by a local store at most; older ones are closed first. Fewer when the
+/// process may open few files (a quarter of RLIMIT_NOFILE, raised to its hard limit first).
 const MAX_OPEN_PACKS: usize = 128;
 /// Where quarantined packs go, under the packs directory.
 pub const ORPHANED_DIR: &str = "orphaned";
@@ -60,6 +61,7 @@ pub const ORPHANED_DIR: &str = "orphaned";
 pub struct LocalStore {
     dir: PathBuf,
     open: Mutex<OpenPacks>,
+    max_open: usize,
 }
 
 #[derive(Default)]
@@ -70,9 +72,11 @@ struct OpenPacks {
 
 impl LocalStore {
     pub fn new(dir: PathBuf) -> LocalStore {
+        let limit = crate::fsmeta::raise_fd_limit();
         LocalStore {
             dir,
             open: Mutex::new(OpenPacks::default()),
+            max_open: ((limit / 4).min(MAX_OPEN_PACKS as u64) as usize).max(4),
         }
     }
 
@@ -91,7 +95,7 @@ impl LocalStore {
         drop(open);
         let f = Arc::new(File::open(self.path(name))?);
         let mut open = self.open.lock().expect("open packs lock");
-        if open.files.len() >= MAX_OPEN_PACKS {
+        if open.files.len() >= self.max_open {
             // Close the older half: amortised O(1), and readers still holding one keep it open.
             let mut ticks: Vec<u64> = open.files.values().map(|(_, t)| *t).collect();
             ticks.sort_unstable();
@@ -248,6 +252,6 @@ mod tests {
             store.read_at(&format!("p{i}"), 3, &mut b).unwrap();
             assert_eq!(b[0], i as u8);
         }
-        assert!(store.open.lock().unwrap().files.len() <= MAX_OPEN_PACKS);
+        assert!(store.open.lock().unwrap().files.len() <= store.max_open);
     }
 }

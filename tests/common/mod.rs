@@ -583,14 +583,27 @@ pub struct MountGuard {
 impl MountGuard {
     /// Mounts the vault of `t` on a fresh directory with extra `args`.
     pub fn start(t: &TestVault, args: &[&str]) -> MountGuard {
+        Self::start_wrapped(t, &[], args)
+    }
+
+    /// Like `start`, with `coffre` run under `wrapper` (e.g. `prlimit --nofile=64 --`).
+    pub fn start_wrapped(t: &TestVault, wrapper: &[&str], args: &[&str]) -> MountGuard {
         let dir = t.path(&format!(
             "mnt-{}",
             std::process::id() as u64 * 1000
                 + COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let child = t
-            .cmd()
+        let mut cmd = match wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_coffre"));
+                c.env("COFFRE_VAULT", t.vault());
+                c
+            }
+            None => t.cmd(),
+        };
+        let child = cmd
             .arg("mount")
             .arg(&dir)
             .args(args)
