@@ -2,12 +2,17 @@
 //!
 //! The only layer that uses `anyhow`; it turns library errors into one `error: ...` line and an
 //! exit code (0 ok, 1 error, 2 usage, 3 backup finished but some entries could not be read).
-//! It holds no storage logic: every command calls `backup`, `restore` or `vault`.
+//! It holds no storage logic: every command calls `backup`, `restore`, `maintenance`,
+//! `schedule` or `vault`.
 
 mod backup;
 mod list;
 mod mount;
+mod policy;
+mod prune;
 mod restore;
+mod schedule;
+mod settings;
 pub mod sidecar;
 
 use std::path::PathBuf;
@@ -62,10 +67,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List recovery points (of one item, or all)
+    /// List recovery points (of one item, or all) with when each expires
     Points {
         /// Item name
         item: Option<String>,
+        /// List soft-deleted points instead, with their purge time
+        #[arg(long)]
+        deleted: bool,
         #[arg(long)]
         json: bool,
     },
@@ -93,6 +101,20 @@ enum Command {
         /// The mount point
         mountpoint: PathBuf,
     },
+    /// Manage policies: when items are backed up and how long their points are kept
+    Policy(policy::PolicyArgs),
+    /// Apply retention: soft-delete expired points, purge those whose soft-delete period ended
+    Prune(prune::PruneArgs),
+    /// Soft-delete chosen points (recoverable with `coffre undelete` for the soft-delete period)
+    Forget(prune::ForgetArgs),
+    /// Bring back a soft-deleted point
+    Undelete(prune::UndeleteArgs),
+    /// Purge soft-deleted points now, before their soft-delete period ends
+    Purge(prune::PurgeArgs),
+    /// Show each item's last point, next scheduled slot and whether it is due
+    Schedule(schedule::ScheduleArgs),
+    /// Show or change the vault's settings (soft-delete period, immutability)
+    Vault(settings::VaultArgs),
 }
 
 impl Cli {
@@ -116,6 +138,20 @@ impl Cli {
             return Ok(Vault::init(&path, &InitOptions::default())?);
         }
         Ok(Vault::open(&path)?)
+    }
+}
+
+/// A bad argument found after parsing (clap finds the others): one `error:` line, exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Exit code 2 for a usage error, 1 for any other error.
+pub fn exit_code_for(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<UsageError>().is_some() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -153,7 +189,7 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_line(&e));
-            ExitCode::FAILURE
+            exit_code_for(&e)
         }
     }
 }
@@ -176,7 +212,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::BackupDisk(args) => backup::run_disk(cli, args),
         Command::BackupVm(args) => backup::run_vm(cli, args),
         Command::Items { json } => list::items(&cli.open_vault()?, *json),
-        Command::Points { item, json } => list::points(&cli.open_vault()?, item.as_deref(), *json),
+        Command::Points {
+            item,
+            deleted,
+            json,
+        } => list::points(&cli.open_vault()?, item.as_deref(), *deleted, *json),
         Command::Stats { json } => list::stats(&cli.open_vault()?, *json),
         Command::Restore(args) => restore::run(cli, args),
         Command::Mount(args) => mount::run(cli, args),
@@ -202,5 +242,12 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             crate::mount::umount(mountpoint)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy(args) => policy::run(cli, args),
+        Command::Prune(args) => prune::prune(cli, args),
+        Command::Forget(args) => prune::forget(cli, args),
+        Command::Undelete(args) => prune::undelete(cli, args),
+        Command::Purge(args) => prune::purge(cli, args),
+        Command::Schedule(args) => schedule::show(cli, args),
+        Command::Vault(args) => settings::run(cli, args),
     }
 }
