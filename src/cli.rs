@@ -56,7 +56,8 @@ enum Command {
     /// Back up a directory as a new recovery point
     ///
     /// `coffre backup --item NAME PATH` backs up PATH as item NAME (registering it on first use and
-    /// remembering PATH and the options); `coffre backup NAME...` backs up stored items again.
+    /// remembering PATH and the options); `coffre backup NAME...` backs up stored items again;
+    /// `coffre backup --due` backs up the items their policies' schedules say are due.
     Backup(backup::BackupArgs),
     /// Back up raw disk images or block devices as one recovery point (a `disk` item)
     BackupDisk(backup::BackupDiskArgs),
@@ -225,7 +226,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let lock = vault.lock(true)?;
             let n = crate::protection::stop(&vault, &lock, name, *delete_data)?;
             if *delete_data {
-                println!("protection of {name:?} stopped; {n} points deleted (soft)");
+                let how = match vault.settings()?.soft_delete_days {
+                    0 => "purged (soft delete is off)".to_string(),
+                    days => format!("soft-deleted, recoverable for {days} days"),
+                };
+                println!("protection of {name:?} stopped; {n} points deleted ({how})");
             } else {
                 println!("protection of {name:?} stopped; its points are kept");
             }

@@ -5,10 +5,13 @@
 //! ```text
 //!   coffre (src/main.rs)      coffre-restore (src/bin/coffre-restore.rs)     thin: clap + cli/
 //!        |                              |
-//!   backup/ (files, sink)       restore/ (files)        chunking      progress    fsmeta
+//!   backup/  schedule     restore/   maintenance/ (prune, delete, policies)   protection
+//!        |        \           |           |            chunking   progress   fsmeta
+//!        |         `--------- policy/ (schedule, retention: pure) -'
 //!        \______________________________|_______________________________/
 //!                  vault/  the only code that touches vault.db and packs/
 //!                    catalog (SQLite)  packs (format, writer)  chunks (pread, cache)
+//!                    lifecycle (policies, settings, soft delete, purge, undelete)
 //! ```
 //!
 //! Locking table (who may run beside whom):
@@ -16,6 +19,11 @@
 //! | operation            | writer lock | may run beside                                   |
 //! |----------------------|-------------|--------------------------------------------------|
 //! | backup               | exclusive   | list, restore, (mount)                           |
+//! | backup --due         | exclusive   | list, restore, (mount): backups then one prune   |
+//! | prune, forget, purge,| exclusive   | list, restore, (mount)                           |
+//! | undelete, policy and |             |                                                  |
+//! | vault set changes    |             |                                                  |
+//! | prune --dry-run      | none        | everything (a plan computed, nothing applied)    |
 //! | list/points/stats    | none        | everything                                       |
 //! | restore              | none        | everything (reads committed points only)         |
 //!

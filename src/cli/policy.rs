@@ -25,6 +25,7 @@ enum PolicyCommand {
     /// --keep-daily 7 --keep-weekly 4 --keep-monthly 12` keeps the newest point of each day for 7
     /// days, of each week (ending on Sunday) for 4 weeks and of each month for 12 months.
     Create {
+        /// The policy's name (letters, digits, '-', '_', '.')
         name: String,
         /// When to back up: "daily HH:MM" or "weekly DAY[,DAY...] HH:MM" (DAY mon..sun)
         #[arg(long, value_name = "SCHEDULE")]
@@ -34,6 +35,7 @@ enum PolicyCommand {
     },
     /// Change a policy; a change of retention applies to the existing points at the next prune
     Set {
+        /// The policy's name
         name: String,
         /// When to back up: "daily HH:MM" or "weekly DAY[,DAY...] HH:MM" (DAY mon..sun)
         #[arg(long, value_name = "SCHEDULE")]
@@ -48,12 +50,14 @@ enum PolicyCommand {
     },
     /// Show a policy, its rules in words, and the items that follow it
     Show {
+        /// The policy's name
         name: String,
         #[arg(long)]
         json: bool,
     },
     /// Make items follow a policy (their existing points are judged by it from the next prune)
     Assign {
+        /// The policy's name
         name: String,
         #[arg(value_name = "ITEM", required = true)]
         items: Vec<String>,
@@ -62,7 +66,10 @@ enum PolicyCommand {
         no_wait: bool,
     },
     /// Remove a policy that no item follows
-    Rm { name: String },
+    Rm {
+        /// The policy's name
+        name: String,
+    },
 }
 
 /// The retention flags and the zone, shared by `create` and `set`.
