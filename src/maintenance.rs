@@ -169,8 +169,10 @@ fn check_no_earlier_expiry(
         when(after.expires),
         when(first.verdict.expires),
     );
-    if more > 0 {
-        detail.push_str(&format!(" (and {more} more points)"));
+    match more {
+        0 => {}
+        1 => detail.push_str(" (and 1 more point)"),
+        n => detail.push_str(&format!(" (and {n} more points)")),
     }
     Err(MaintenanceError::Immutable { level, detail })
 }

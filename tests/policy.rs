@@ -763,6 +763,10 @@ fn immutability_refuses_what_would_shorten_a_point_life() {
     );
     let stop = "stop-protection --delete-data would end point";
     v.fails_at(at_now, "stop-protection x --delete-data", 1, stop);
+    // A point back-dated into the item's past could take a role from a point there.
+    let src = v.src();
+    let back = format!("backup --item x {src} --time 2026-05-31T23:00:00Z");
+    v.fails_at(at_now, &back, 1, "before the newest point of item \"x\"");
     // None of them changed anything.
     assert_eq!(v.points_at(at_now, "x"), before);
     assert_eq!(v.deleted("x").len(), deleted.len());

@@ -55,11 +55,10 @@ pub fn points(vault: &Vault, item: Option<&str>, deleted: bool, json: bool) -> R
         return deleted_points(vault, item.as_ref(), json);
     }
     let items: Vec<_> = item.into_iter().collect();
-    let evaluated: Vec<Evaluated> = evaluate(vault, &items, now_ns())?
+    let mut evaluated: Vec<Evaluated> = evaluate(vault, &items, now_ns())?
         .into_iter()
         .flat_map(|i| i.points)
         .collect();
-    let mut evaluated = evaluated;
     evaluated.sort_by_key(|e| (e.point.time, e.point.rowid));
     if json {
         let out = evaluated

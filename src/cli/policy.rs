@@ -262,8 +262,9 @@ fn show(vault: &Vault, name: &str, json: bool) -> Result<()> {
         println!("  daily    the newest point of each day, kept {n} days");
     }
     if let Some(w) = r.weekly() {
-        let day = w.to_string();
-        let day = day.split_once('@').map_or("sun", |(_, d)| d).to_string();
+        // `4@sun`: the rule as typed names its day.
+        let rule = w.to_string();
+        let day = rule.rsplit('@').next().unwrap_or("sun");
         println!(
             "  weekly   the newest point of each week ending on {day}, kept {} weeks",
             w.count
@@ -276,8 +277,9 @@ fn show(vault: &Vault, name: &str, json: bool) -> Result<()> {
         );
     }
     if let Some(y) = r.yearly() {
-        let date = y.to_string();
-        let date = date.split_once('@').map_or("jan-1", |(_, d)| d).to_string();
+        // `3@jan-1`: the rule as typed names its date.
+        let rule = y.to_string();
+        let date = rule.rsplit('@').next().unwrap_or("jan-1");
         println!(
             "  yearly   the newest point of each year-period ending on {date}, kept {} years",
             y.count
