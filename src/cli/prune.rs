@@ -79,13 +79,10 @@ fn deleted_point(vault: &Vault, spec: &str) -> Result<PointRow> {
 /// `coffre prune [ITEM...] [--dry-run] [--json]`
 pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<ExitCode> {
     let vault = cli.open_vault()?;
-    let _lock;
+    // A dry run changes nothing, so it needs no writer lock and never waits for a backup.
     let lock = match args.dry_run {
         true => None,
-        false => {
-            _lock = vault.lock(!args.no_wait)?;
-            Some(&_lock)
-        }
+        false => Some(vault.lock(!args.no_wait)?),
     };
     let items: Vec<Item> = args
         .items
@@ -93,7 +90,7 @@ pub fn prune(cli: &Cli, args: &PruneArgs) -> Result<ExitCode> {
         .map(|n| vault.item(n))
         .collect::<Result<_, _>>()?;
     let plan = PrunePlan::compute(&vault, &items, now_ns())?;
-    if let Some(lock) = lock {
+    if let Some(lock) = &lock {
         plan.apply(&vault, lock)?;
     }
     if args.json {

@@ -25,7 +25,8 @@ const IMMUTABILITY_KEY: &str = "immutability";
 pub struct PointChanges {
     /// When the change happens (ns): the soft-delete time it records.
     pub now: i64,
-    /// What soft-deletes the points in `soft_delete`.
+    /// What soft-deletes the points in `soft_delete` (recorded on them; unused by purges and
+    /// undeletes).
     pub by: Deletion,
     /// Live points to soft-delete (a point no longer live is left alone).
     pub soft_delete: Vec<i64>,
