@@ -42,6 +42,17 @@ pub enum BackupError {
     /// The system refused a thread the backup cannot do without (see `threads::refused`).
     #[error("{0}")]
     Thread(std::io::Error),
+    #[error(
+        "refused by the vault's immutability ({level}: no change may make an existing point end \
+         earlier): a point back-dated to {time} UTC, before the newest point of item {item:?} \
+         ({newest} UTC), could take a role from an existing point"
+    )]
+    Immutable {
+        level: crate::vault::Immutability,
+        item: String,
+        time: String,
+        newest: String,
+    },
 }
 
 /// Backs up item `name` as `def` describes it (a new item is registered by its first successful
@@ -67,11 +78,38 @@ pub fn backup_item(
                 )));
             }
         }
+        check_back_dating(vault, &item, opts)?;
     }
     match def {
         ItemSource::Files(f) => files::backup_files(vault, lock, name, f, opts),
         ItemSource::Disk(_) => disk::backup_images(vault, lock, name, def, false, opts),
         ItemSource::Vm(v) => vm::backup_vm(vault, lock, name, v, opts),
+    }
+}
+
+/// Under immutability, a point back-dated before the item's newest one is refused: it could be
+/// the newest of a past day, week, month or year and take that role, and so the life it gives,
+/// from a point already there. A point taken now never lands in a past period.
+fn check_back_dating(
+    vault: &Vault,
+    item: &crate::vault::Item,
+    opts: &RunOptions,
+) -> Result<(), BackupError> {
+    let Some(time) = opts.time else {
+        return Ok(());
+    };
+    let level = vault.settings()?.immutability;
+    if !level.is_on() {
+        return Ok(());
+    }
+    match vault.points(Some(item))?.last() {
+        Some(newest) if newest.time > time => Err(BackupError::Immutable {
+            level,
+            item: item.name.clone(),
+            time: crate::vault::human_time(time),
+            newest: crate::vault::human_time(newest.time),
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -2,12 +2,17 @@
 //!
 //! The only layer that uses `anyhow`; it turns library errors into one `error: ...` line and an
 //! exit code (0 ok, 1 error, 2 usage, 3 backup finished but some entries could not be read).
-//! It holds no storage logic: every command calls `backup`, `restore` or `vault`.
+//! It holds no storage logic: every command calls `backup`, `restore`, `maintenance`,
+//! `schedule` or `vault`.
 
 mod backup;
 mod list;
 mod mount;
+mod policy;
+mod prune;
 mod restore;
+mod schedule;
+mod settings;
 pub mod sidecar;
 
 use std::path::PathBuf;
@@ -51,7 +56,8 @@ enum Command {
     /// Back up a directory as a new recovery point
     ///
     /// `coffre backup --item NAME PATH` backs up PATH as item NAME (registering it on first use and
-    /// remembering PATH and the options); `coffre backup NAME...` backs up stored items again.
+    /// remembering PATH and the options); `coffre backup NAME...` backs up stored items again;
+    /// `coffre backup --due` backs up the items their policies' schedules say are due.
     Backup(backup::BackupArgs),
     /// Back up raw disk images or block devices as one recovery point (a `disk` item)
     BackupDisk(backup::BackupDiskArgs),
@@ -62,10 +68,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// List recovery points (of one item, or all)
+    /// List recovery points (of one item, or all) with when each expires
     Points {
         /// Item name
         item: Option<String>,
+        /// List soft-deleted points instead, with their purge time
+        #[arg(long)]
+        deleted: bool,
         #[arg(long)]
         json: bool,
     },
@@ -93,6 +102,20 @@ enum Command {
         /// The mount point
         mountpoint: PathBuf,
     },
+    /// Manage policies: when items are backed up and how long their points are kept
+    Policy(policy::PolicyArgs),
+    /// Apply retention: soft-delete expired points, purge those whose soft-delete period ended
+    Prune(prune::PruneArgs),
+    /// Soft-delete chosen points (recoverable with `coffre undelete` for the soft-delete period)
+    Forget(prune::ForgetArgs),
+    /// Bring back a soft-deleted point
+    Undelete(prune::UndeleteArgs),
+    /// Purge soft-deleted points now, before their soft-delete period ends
+    Purge(prune::PurgeArgs),
+    /// Show each item's last point, next scheduled slot and whether it is due
+    Schedule(schedule::ScheduleArgs),
+    /// Show or change the vault's settings (soft-delete period, immutability)
+    Vault(settings::VaultArgs),
 }
 
 impl Cli {
@@ -231,7 +254,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::BackupDisk(args) => backup::run_disk(cli, args),
         Command::BackupVm(args) => backup::run_vm(cli, args),
         Command::Items { json } => list::items(&cli.open_vault()?, *json),
-        Command::Points { item, json } => list::points(&cli.open_vault()?, item.as_deref(), *json),
+        Command::Points {
+            item,
+            deleted,
+            json,
+        } => list::points(&cli.open_vault()?, item.as_deref(), *deleted, *json),
         Command::Stats { json } => list::stats(&cli.open_vault()?, *json),
         Command::Restore(args) => restore::run(cli, args),
         Command::Mount(args) => mount::run(cli, args),
@@ -240,7 +267,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             let lock = vault.lock(true)?;
             let n = crate::protection::stop(&vault, &lock, name, *delete_data)?;
             if *delete_data {
-                println!("protection of {name:?} stopped; {n} points deleted (soft)");
+                let how = match vault.settings()?.soft_delete_days {
+                    0 => "purged (soft delete is off)".to_string(),
+                    days => format!("soft-deleted, recoverable for {days} days"),
+                };
+                println!("protection of {name:?} stopped; {n} points deleted ({how})");
             } else {
                 println!("protection of {name:?} stopped; its points are kept");
             }
@@ -257,5 +288,12 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             crate::mount::umount(mountpoint)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Policy(args) => policy::run(cli, args),
+        Command::Prune(args) => prune::prune(cli, args),
+        Command::Forget(args) => prune::forget(cli, args),
+        Command::Undelete(args) => prune::undelete(cli, args),
+        Command::Purge(args) => prune::purge(cli, args),
+        Command::Schedule(args) => schedule::show(cli, args),
+        Command::Vault(args) => settings::run(cli, args),
     }
 }

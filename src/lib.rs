@@ -5,13 +5,15 @@
 //! ```text
 //!   coffre (src/main.rs)          coffre-restore (src/bin/coffre-restore.rs)      thin: clap
 //!        |                                  |                                     + cli/ (print)
-//!   backup/ (files, disk, vm)   restore/ (files, image plans)   protection   policy/ (pure)
+//!   backup/ (files, disk, vm)   restore/ (files, image plans)   protection   schedule
+//!   maintenance/ (prune, forget, purge, undelete, policies)   policy/ (schedule, retention: pure)
 //!   mount/ (view: pure logic; fuse: the fuser adapter)   chunking  fsmeta  progress  threads
 //!        \_____________________________|_______________________________/
 //!                 vault/  the only code that touches vault.db and packs/
 //!     write (WriteSession, ChunkSink)   reader (VaultReader) -> chunks (read_chunk) -> content
 //!     catalog (SQLite, private)   store (PackStore: LocalStore)   packs (format)   lock (leases)
-//!     model (Item, ItemSource, ItemState)   format (ids, trees, lists)
+//!     model (Item, ItemSource, ItemState)   format (ids, trees, lists)   damage (journal)
+//!     lifecycle (policies, settings, soft delete, purge, undelete)
 //! ```
 //!
 //! Seams: data enters only through a `vault::WriteSession` (`Vault::begin_write`), chunk bytes
@@ -27,6 +29,9 @@
 //! | operation                       | takes              | waits for         | may run beside            |
 //! |---------------------------------|--------------------|-------------------|---------------------------|
 //! | backup, backup-disk, backup-vm  | writer lock        | another writer    | mounts, restores, listings|
+//! | backup --due                    | writer lock        | another writer    | readers: backups, then one prune |
+//! | prune, forget, purge, undelete, policy and vault set changes | writer lock | another writer | readers |
+//! | prune --dry-run                 | nothing            | nothing           | everything                |
 //! | stop/resume-protection          | writer lock        | another writer    | everything but writers    |
 //! | coffre-restore ... --in-place, reprotect, --protect-as | writer lock | another writer | readers |
 //! | mount                           | lease (its life)   | nothing           | everything                |
@@ -42,11 +47,13 @@ pub mod backup;
 pub mod chunking;
 pub mod cli;
 pub mod fsmeta;
+pub mod maintenance;
 pub mod mount;
 pub mod policy;
 pub mod progress;
 pub mod protection;
 pub mod restore;
+pub mod schedule;
 pub mod testing;
 pub mod threads;
 pub mod vault;

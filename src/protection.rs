@@ -3,11 +3,14 @@
 //! `protected` items are backed up; `stopped` ones keep their points and take no backups;
 //! `needs-reprotect` ones were restored in place and wait until `reprotect` checks that their
 //! disks still hold the restored point, which then becomes the baseline of the next backup. Each
-//! change is one transaction under the writer lock (`Vault::update_item`).
+//! change is one transaction under the writer lock (`Vault::update_item`; stopping with
+//! `--delete-data` stops the item and soft-deletes its points in the same transaction, and is
+//! refused by an immutable vault while any of those points is not expired by its policy).
 
+use crate::maintenance::{ForgetPlan, MaintenanceError};
 use crate::restore::RestoreError;
 use crate::restore::image::differs;
-use crate::vault::{ItemSource, ItemState, Vault, VaultError, WriteLock};
+use crate::vault::{Deletion, ItemSource, ItemState, Vault, VaultError, WriteLock, now_ns};
 
 /// Why a protection change was refused.
 #[derive(Debug, thiserror::Error)]
@@ -16,27 +19,32 @@ pub enum ProtectionError {
     Vault(#[from] VaultError),
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    #[error(transparent)]
+    Maintenance(#[from] MaintenanceError),
     #[error("{0}")]
     Refused(String),
 }
 
-/// Stops backups of an item; with `delete_data`, soft-deletes its points too. Returns how many
-/// points were deleted.
+/// Stops backups of an item; with `delete_data`, soft-deletes its points too (purges them when
+/// the vault's soft-delete period is 0). Returns how many points were deleted.
 pub fn stop(
     vault: &Vault,
     lock: &WriteLock,
     name: &str,
     delete_data: bool,
 ) -> Result<usize, ProtectionError> {
-    let item = vault.update_item(lock, name, |i| {
+    let stopped = |i: &mut crate::vault::Item| {
         i.state = ItemState::Stopped;
         Ok(())
-    })?;
-    Ok(if delete_data {
-        vault.delete_points_of(lock, &item)?
-    } else {
-        0
-    })
+    };
+    if !delete_data {
+        vault.update_item(lock, name, stopped)?;
+        return Ok(0);
+    }
+    let item = vault.item(name)?;
+    let plan = ForgetPlan::for_item(vault, &item, Deletion::StopProtection, now_ns())?;
+    let (_, done) = vault.update_item_and_points(lock, name, stopped, &plan.changes())?;
+    Ok(done.soft_deleted + done.purged)
 }
 
 /// Resumes backups of a stopped item (not of one restored in place: that needs `reprotect`).

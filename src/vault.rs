@@ -8,12 +8,16 @@
 //! writer) and `lease` (readers a garbage collection must wait for). Taking the writer lock runs
 //! recovery: pack files the catalog does not name are leftovers of a killed writer, or of a
 //! catalog put back from an older copy, and are moved to `packs/orphaned/`, never deleted.
+//! `lifecycle.rs` adds the operations of the point lifecycle: policies, vault settings, soft
+//! delete, purge and undelete (each one transaction; the rules that decide them live in
+//! `maintenance/`).
 
 mod catalog;
 mod chunks;
 pub mod content;
 pub mod damage;
 pub mod format;
+mod lifecycle;
 mod lock;
 pub mod model;
 pub mod packs;
@@ -31,10 +35,12 @@ pub use chunks::ChunkBytes;
 pub use content::{ContentError, ContentReader};
 pub use damage::DamageSet;
 pub use format::{ChunkId, Content, Entry, Extent, Kind, ListId, Timestamp, TreeId};
+pub use lifecycle::{AppliedChanges, PointChanges};
 pub use lock::{Lease, WriteLock};
 pub use model::{
-    BadItemName, DiskSource, FilesSource, Item, ItemKind, ItemSource, ItemState, VmSource,
-    check_item_name,
+    BadItemName, BadPolicyName, DAY_NS, DEFAULT_POLICY, DEFAULT_SOFT_DELETE_DAYS, Deletion,
+    DiskSource, FilesSource, Immutability, Item, ItemKind, ItemSource, ItemState, VaultSettings,
+    VmSource, check_item_name, check_policy_name,
 };
 pub use reader::VaultReader;
 pub use write::{ChunkSink, Committed, NewPoint, SessionOptions, SinkMode, WriteSession};
@@ -96,6 +102,40 @@ pub enum VaultError {
     PointNotFound(String),
     #[error("ambiguous: {spec:?} matches points {candidates}; give more of the id")]
     AmbiguousPoint { spec: String, candidates: String },
+    #[error("no soft-deleted recovery point {0:?} (see `coffre points --deleted`)")]
+    DeletedPointNotFound(String),
+    #[error(transparent)]
+    BadPolicyName(#[from] BadPolicyName),
+    #[error("no policy named {0:?} (see `coffre policy list`)")]
+    PolicyNotFound(String),
+    #[error("a policy named {0:?} already exists; change it with `coffre policy set {0} ...`")]
+    PolicyExists(String),
+    #[error(
+        "policy {name:?} is followed by {}; give them another one first with \
+         `coffre policy assign OTHER ITEM...`",
+        .items.join(", ")
+    )]
+    PolicyInUse { name: String, items: Vec<String> },
+    #[error(
+        "the policy `default` cannot be removed: new items follow it (change it with \
+         `coffre policy set default ...`)"
+    )]
+    DefaultPolicy,
+    #[error(
+        "policy {name:?} in the catalog cannot be read ({detail}); redefine it with `coffre policy set`"
+    )]
+    BadPolicy { name: String, detail: String },
+    #[error(
+        "item {item:?} follows policy {has:?}; --policy only chooses the policy of a new item \
+         (to change it: `coffre policy assign {given} {item}`)"
+    )]
+    PolicyMismatch {
+        item: String,
+        has: String,
+        given: String,
+    },
+    #[error("immutability is locked: it can never be turned off")]
+    ImmutabilityLocked,
 }
 
 /// Mode of the vault directory and `packs/`: the owner only.
@@ -432,6 +472,7 @@ impl Vault {
     }
 
     /// Registers a new item with no point yet (a VM restored to a new place, protected anew).
+    /// It follows the `default` policy.
     pub fn create_item(
         &self,
         _lock: &WriteLock,
@@ -440,12 +481,7 @@ impl Vault {
     ) -> VaultResult<Item> {
         check_item_name(name)?;
         self.catalog
-            .create_item(name, source.kind(), &source.to_json(), now_ns())
-    }
-
-    /// Soft-deletes every live point of an item (their data stays until garbage collection).
-    pub fn delete_points_of(&self, _lock: &WriteLock, item: &Item) -> VaultResult<usize> {
-        self.catalog.delete_points_of(item.id, now_ns())
+            .create_item(name, source.kind(), &source.to_json(), now_ns(), None)
     }
 
     /// Resolves `POINT` of an item: `latest` (or empty); a point directory name as the mount
@@ -566,6 +602,9 @@ mod tests {
             duration_ms: 0,
             consistency: None,
             started: None,
+            keep_until: None,
+            deleted_at: None,
+            deleted_by: None,
         };
         let t = 1_795_442_405_000_000_000;
         let rows = [

@@ -396,7 +396,7 @@ pub fn backup_images(
             threads: opts.threads,
         },
     )?;
-    let item = session.define_item(name, def)?;
+    let item = session.define_item_following(name, def, opts.policy.as_deref())?;
     let progress = Progress::new("backup", opts.progress);
     let read = read_all(&session, images, names, &capture, &progress);
     progress.finish();
@@ -425,6 +425,7 @@ pub fn backup_images(
         logical_bytes: logical,
         warnings: 0,
         consistency: Some(consistency.to_string()),
+        keep_until: opts.keep_until,
     })?;
     log::debug!("image backup took {:?}", started.elapsed());
     Ok(BackupReport {

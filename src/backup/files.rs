@@ -45,6 +45,11 @@ pub struct RunOptions {
     pub progress: bool,
     /// Record the point as taken at this time (ns since the epoch) instead of now.
     pub time: Option<i64>,
+    /// Keep the new point at least until this time (ns), whatever its policy says.
+    pub keep_until: Option<i64>,
+    /// The policy a new item follows (`None`: `default`); an existing item must already follow
+    /// it.
+    pub policy: Option<String>,
 }
 
 /// What a finished backup produced.
@@ -676,7 +681,8 @@ pub fn backup_files(
             threads: opts.threads,
         },
     )?;
-    let item = session.define_item(name, &ItemSource::Files(def.clone()))?;
+    let source = ItemSource::Files(def.clone());
+    let item = session.define_item_following(name, &source, opts.policy.as_deref())?;
     let walk = WalkSetup {
         excludes,
         one_fs: def.one_file_system,
@@ -696,6 +702,7 @@ pub fn backup_files(
         logical_bytes: tally.logical,
         warnings: warnings.len() as u64,
         consistency: None,
+        keep_until: opts.keep_until,
     })?;
     Ok(BackupReport {
         point: committed.point,

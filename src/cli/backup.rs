@@ -27,6 +27,11 @@ pub struct BackupArgs {
     /// Do not descend into other file systems (mount points are kept as empty directories)
     #[arg(long, short = 'x')]
     one_file_system: bool,
+    /// Back up every protected item whose schedule had a slot since its newest point (one
+    /// catch-up backup however many were missed), then prune those items: the systemd timer's
+    /// command
+    #[arg(long, conflicts_with_all = ["item", "args", "exclude", "one_file_system", "time", "keep_until", "policy"])]
+    due: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -36,13 +41,24 @@ pub struct BackupArgs {
 pub struct RunArgs {
     /// Fail at once if another backup holds the vault, instead of waiting
     #[arg(long)]
-    no_wait: bool,
+    pub(super) no_wait: bool,
     /// Worker threads (0 = one per core, at most 256)
     #[arg(long, default_value_t = 0, value_parser = super::threads_arg)]
-    threads: usize,
+    pub(super) threads: usize,
     /// Print the result as JSON
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
+    /// Record the point as taken at TIME (RFC 3339, e.g. 2026-11-23T02:00:00Z), to import old
+    /// backups
+    #[arg(long, value_name = "TIME", value_parser = super::policy::parse_time)]
+    time: Option<i64>,
+    /// Keep the new point at least until TIME (RFC 3339), whatever its policy says
+    #[arg(long, value_name = "TIME", value_parser = super::policy::parse_time)]
+    keep_until: Option<i64>,
+    /// The policy a new item follows [default: default] (to change an item's policy: `coffre
+    /// policy assign`)
+    #[arg(long, value_name = "NAME")]
+    policy: Option<String>,
 }
 
 /// Arguments of `coffre backup-disk`.
@@ -120,6 +136,9 @@ pub fn run_vm(cli: &Cli, args: &BackupVmArgs) -> Result<ExitCode> {
 
 /// `coffre backup --item NAME PATH [--exclude GLOB]... [-x]` or `coffre backup NAME...`
 pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
+    if args.due {
+        return super::schedule::run_due(cli, &args.run);
+    }
     let mut todo: Vec<(String, Result<ItemSource>)> = Vec::new();
     if let Some(name) = &args.item {
         super::check_item_name(name)?;
@@ -162,6 +181,14 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
             ))
             .into());
         }
+        if args.run.policy.is_some() {
+            return Err(super::UsageError(
+                "--policy chooses the policy of a new item (`coffre backup --item NAME PATH \
+                 --policy P`); to change the policy of stored items: `coffre policy assign P NAME...`"
+                    .into(),
+            )
+            .into());
+        }
         let vault = cli.open_vault()?;
         for name in &args.args {
             let shown = name.to_string_lossy().into_owned();
@@ -197,6 +224,17 @@ fn stored_job(vault: &Vault, name: &std::ffi::OsStr) -> Result<ItemSource> {
 /// and returns the worst status: 1 if any item failed, else 3 if any point misses entries, else 0.
 fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) -> Result<ExitCode> {
     let json = run.json;
+    if let Some(until) = run.keep_until {
+        let time = run.time.unwrap_or_else(crate::vault::now_ns);
+        if until <= time {
+            return Err(super::UsageError(format!(
+                "--keep-until {} UTC is not after the point's time ({} UTC)",
+                human_time(until),
+                human_time(time)
+            ))
+            .into());
+        }
+    }
     let vault = cli.open_or_init_vault()?;
     let lock = vault.lock(!run.no_wait)?;
     let total = todo.len();
@@ -260,7 +298,9 @@ fn backup_one(
     let opts = RunOptions {
         threads: run.threads,
         progress: !cli.quiet && !run.json,
-        time: None,
+        time: run.time,
+        keep_until: run.keep_until,
+        policy: run.policy.clone(),
     };
     backup_item(vault, lock, name, job, &opts)
         .with_context(|| format!("backup of item {name:?} failed"))

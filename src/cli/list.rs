@@ -1,11 +1,14 @@
-//! `coffre items`, `points`, `stats`: human tables by default, `--json` for scripts.
+//! `coffre items`, `points`, `stats`: human tables by default, `--json` for scripts. `points`
+//! shows when each point expires under its item's current policy (or, with `--deleted`, when each
+//! soft-deleted point is purged).
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 
+use crate::maintenance::{Evaluated, evaluate};
 use crate::progress::human_bytes;
-use crate::vault::{ItemSource, Vault, human_time};
+use crate::vault::{ItemSource, Vault, human_time, now_ns};
 
 fn join_paths(p: &[std::path::PathBuf]) -> String {
     p.iter()
@@ -32,8 +35,8 @@ pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
     }
     let points = vault.points(None)?;
     println!(
-        "{:<24} {:<6} {:<16} {:>6}  source",
-        "ITEM", "KIND", "STATE", "POINTS"
+        "{:<24} {:<6} {:<16} {:<12} {:>6}  source",
+        "ITEM", "KIND", "STATE", "POLICY", "POINTS"
     );
     for i in items {
         let n = points.iter().filter(|p| p.item == i.name).count();
@@ -44,10 +47,11 @@ pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
             None => "(unreadable definition)".into(),
         };
         println!(
-            "{:<24} {:<6} {:<16} {:>6}  {}",
+            "{:<24} {:<6} {:<16} {:<12} {:>6}  {}",
             i.name,
             i.kind.as_str(),
             i.state.as_str(),
+            i.policy,
             n,
             src
         );
@@ -59,26 +63,90 @@ pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn points(vault: &Vault, item: Option<&str>, json: bool) -> Result<ExitCode> {
+pub fn points(vault: &Vault, item: Option<&str>, deleted: bool, json: bool) -> Result<ExitCode> {
     let item = item.map(|n| vault.item(n)).transpose()?;
-    let points = vault.points(item.as_ref())?;
+    if deleted {
+        return deleted_points(vault, item.as_ref(), json);
+    }
+    let items: Vec<_> = item.into_iter().collect();
+    let mut evaluated: Vec<Evaluated> = evaluate(vault, &items, now_ns())?
+        .into_iter()
+        .flat_map(|i| i.points)
+        .collect();
+    evaluated.sort_by_key(|e| (e.point.time, e.point.rowid));
     if json {
-        println!("{}", serde_json::to_string_pretty(&points)?);
+        let out = evaluated
+            .iter()
+            .map(|e| {
+                let mut v = serde_json::to_value(&e.point)?;
+                let roles: Vec<_> = e.verdict.roles.iter().map(|r| r.kind).collect();
+                v["expires"] = e.expires_ns().into();
+                v["roles"] = serde_json::to_value(roles)?;
+                v["reason"] = e.verdict.reason.clone().into();
+                Ok(v)
+            })
+            .collect::<Result<Vec<serde_json::Value>>>()?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<8}  {:<20} {:<19} {:>9} {:>11} {:>11}",
-        "ID", "ITEM", "TIME (UTC)", "FILES", "SIZE", "NEW STORED"
+        "{:<8}  {:<20} {:<19} {:>9} {:>11} {:>11}  {:<19}  WHY",
+        "ID", "ITEM", "TIME (UTC)", "FILES", "SIZE", "NEW STORED", "EXPIRES (UTC)"
     );
-    for p in points {
+    for e in evaluated {
+        let p = &e.point;
+        let expires = e
+            .expires_ns()
+            .map_or_else(|| "never".to_string(), human_time);
         println!(
-            "{:<8}  {:<20} {:<19} {:>9} {:>11} {:>11}",
+            "{:<8}  {:<20} {:<19} {:>9} {:>11} {:>11}  {:<19}  {}",
             p.id,
             p.item,
             human_time(p.time),
             p.files,
             human_bytes(p.logical_bytes),
-            human_bytes(p.stored_bytes)
+            human_bytes(p.stored_bytes),
+            expires,
+            e.verdict.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `coffre points --deleted`: soft-deleted points with what deleted them and their purge time.
+fn deleted_points(
+    vault: &Vault,
+    item: Option<&crate::vault::Item>,
+    json: bool,
+) -> Result<ExitCode> {
+    let settings = vault.settings()?;
+    let points = vault.deleted_points(item)?;
+    let purge_at = |p: &crate::vault::PointRow| p.deleted_at.map(|d| settings.purge_time(d));
+    if json {
+        let out = points
+            .iter()
+            .map(|p| {
+                let mut v = serde_json::to_value(p)?;
+                v["purge_at"] = purge_at(p).into();
+                Ok(v)
+            })
+            .collect::<Result<Vec<serde_json::Value>>>()?;
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<8}  {:<20} {:<19}  {:<19}  {:<15}  PURGE (UTC)",
+        "ID", "ITEM", "TIME (UTC)", "DELETED (UTC)", "BY"
+    );
+    for p in &points {
+        println!(
+            "{:<8}  {:<20} {:<19}  {:<19}  {:<15}  {}",
+            p.id,
+            p.item,
+            human_time(p.time),
+            p.deleted_at.map_or_else(|| "-".into(), human_time),
+            p.deleted_by.as_deref().unwrap_or("-"),
+            purge_at(p).map_or_else(|| "-".into(), human_time),
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -4,8 +4,10 @@
 //! of the code sees items, points, trees, lists and chunk locations. Must not be opened by code
 //! outside `vault/`. Invariants: a row in `chunks` names a pack that was fsync'd before the row
 //! committed; a point row is inserted in the same transaction as every tree and list it reaches,
-//! so a point is visible only when complete. Crash story: SQLite's WAL makes each transaction
-//! atomic and `synchronous=FULL` makes a committed one durable; a killed backup rolls back whole.
+//! so a point is visible only when complete. A point is live (`deleted_at` NULL), soft-deleted
+//! (`deleted_at` set, its row and data kept) or purged (its row gone; its chunks become garbage
+//! for gc). Crash story: SQLite's WAL makes each transaction atomic and `synchronous=FULL` makes a
+//! committed one durable; a killed backup rolls back whole.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -13,12 +15,13 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
 use super::format::{self, ChunkId, Entry, Extent, ListId, TreeId};
-use super::model::{Item, ItemKind};
+use super::model::{DEFAULT_POLICY, Deletion, Item, ItemKind};
 use super::packs::{Codec, RecordPos};
 use super::{VaultError, VaultResult};
+use crate::policy::{Policy, Zone};
 
 /// The schema version this build writes. Older catalogs are migrated; newer ones are refused.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations from version N-1 to N, in order (index 0 migrates 1 -> 2).
 const MIGRATIONS: &[&str] = &[
@@ -41,7 +44,45 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE packs_v3 RENAME TO packs;
      ALTER TABLE points ADD COLUMN started INTEGER;
      CREATE INDEX chunks_bad ON chunks(bad) WHERE bad = 1;",
+    // 4: policies (issue 9). Every item follows one (`seed` creates `default` and gives it to the
+    // existing items); a point may be kept at least until `keep_until` (`backup --keep-until`,
+    // `undelete`); a soft-deleted point records what deleted it (before 4, only
+    // `stop-protection --delete-data` could).
+    "CREATE TABLE policies(
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        definition TEXT NOT NULL,
+        created INTEGER NOT NULL
+     );
+     ALTER TABLE items ADD COLUMN policy INTEGER REFERENCES policies(id);
+     ALTER TABLE points ADD COLUMN keep_until INTEGER;
+     ALTER TABLE points ADD COLUMN deleted_by TEXT;
+     UPDATE points SET deleted_by = 'stop-protection' WHERE deleted_at IS NOT NULL;
+     CREATE INDEX points_deleted ON points(item, deleted_at) WHERE deleted_at IS NOT NULL;",
 ];
+
+/// Rows a migration adds that SQL alone cannot compute, in the migration's transaction.
+fn seed(tx: &Connection, version: i64) -> rusqlite::Result<()> {
+    if version == 4 {
+        // The default policy reads its schedule in the machine's zone, known only at run time.
+        let definition = policy_json(&Policy::vault_default(Zone::system()));
+        tx.execute(
+            "INSERT INTO policies(name, definition, created) VALUES (?1, ?2, ?3)",
+            params![DEFAULT_POLICY, definition, super::now_ns()],
+        )?;
+        tx.execute(
+            "UPDATE items SET policy = (SELECT id FROM policies WHERE name = ?1)",
+            [DEFAULT_POLICY],
+        )?;
+    }
+    Ok(())
+}
+
+/// A policy as the catalog stores it: the policy module's JSON.
+fn policy_json(policy: &Policy) -> String {
+    // Serialising strings and numbers cannot fail.
+    serde_json::to_string(policy).unwrap_or_default()
+}
 /// The value of `meta.format` that marks a coffre vault.
 pub const FORMAT_NAME: &str = "coffre-vault";
 
@@ -119,6 +160,15 @@ pub struct PointRow {
     /// When the backup that made it started (ns); none for points made before schema 3.
     #[serde(skip)]
     pub started: Option<i64>,
+    /// Kept at least until then (ns): `backup --keep-until`, `undelete`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_until: Option<i64>,
+    /// When it was soft-deleted (ns); none for a live point.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<i64>,
+    /// What soft-deleted it: `forget`, `prune` or `stop-protection`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deleted_by: Option<String>,
 }
 
 /// Where a chunk's bytes are.
@@ -282,6 +332,7 @@ impl Catalog {
             let now: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
             if now == v {
                 tx.execute_batch(MIGRATIONS[(v - 1) as usize])?;
+                seed(&tx, v + 1)?;
                 tx.pragma_update(None, "user_version", v + 1)?;
             }
             tx.commit()?;
@@ -395,6 +446,9 @@ impl Catalog {
 
     // ---- items ----
 
+    const ITEM_COLS: &'static str = "i.id, i.name, i.kind, i.source, i.state, i.created, \
+        (SELECT name FROM policies WHERE id = i.policy)";
+
     fn row_item(r: &rusqlite::Row) -> rusqlite::Result<Item> {
         let (kind, source, state): (String, String, String) = (r.get(2)?, r.get(3)?, r.get(4)?);
         Ok(Item::from_row(
@@ -404,40 +458,57 @@ impl Catalog {
             &source,
             &state,
             r.get(5)?,
+            r.get(6)?,
         ))
     }
 
     pub fn item(&self, name: &str) -> VaultResult<Option<Item>> {
+        let sql = format!("SELECT {} FROM items i WHERE name=?1", Self::ITEM_COLS);
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT id, name, kind, source, state, created FROM items WHERE name=?1",
-            )?
+            .prepare_cached(&sql)?
             .query_row([name], Self::row_item)
             .optional()?)
     }
 
     pub fn items(&self) -> VaultResult<Vec<Item>> {
-        let mut st = self.conn.prepare_cached(
-            "SELECT id, name, kind, source, state, created FROM items ORDER BY name",
-        )?;
+        let sql = format!("SELECT {} FROM items i ORDER BY name", Self::ITEM_COLS);
+        let mut st = self.conn.prepare_cached(&sql)?;
         let rows = st.query_map([], Self::row_item)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    /// Registers an item following `policy` (`default` when none is given; it must exist).
     pub fn create_item(
         &self,
         name: &str,
         kind: ItemKind,
         source: &serde_json::Value,
         now: i64,
+        policy: Option<&str>,
     ) -> VaultResult<Item> {
+        let policy = policy.unwrap_or(DEFAULT_POLICY);
+        let policy_id = self
+            .policy_id(policy)?
+            .ok_or_else(|| VaultError::PolicyNotFound(policy.to_string()))?;
         self.conn.execute(
-            "INSERT INTO items(name, kind, source, created) VALUES (?1, ?2, ?3, ?4)",
-            params![name, kind.as_str(), source.to_string(), now],
+            "INSERT INTO items(name, kind, source, created, policy) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![name, kind.as_str(), source.to_string(), now, policy_id],
         )?;
         self.item(name)?
             .ok_or_else(|| VaultError::ItemNotFound(name.to_string()))
+    }
+
+    /// Makes item `item` follow policy `policy` (which must exist).
+    pub fn set_item_policy(&self, item: i64, policy: &str) -> VaultResult<()> {
+        let policy_id = self
+            .policy_id(policy)?
+            .ok_or_else(|| VaultError::PolicyNotFound(policy.to_string()))?;
+        self.conn.execute(
+            "UPDATE items SET policy=?2 WHERE id=?1",
+            params![item, policy_id],
+        )?;
+        Ok(())
     }
 
     /// Stores an item's state and definition (kind and name never change here).
@@ -456,11 +527,105 @@ impl Catalog {
             .optional()?)
     }
 
-    /// Soft-deletes every live point of an item (their data stays until garbage collection).
-    pub fn delete_points_of(&self, item: i64, now: i64) -> VaultResult<usize> {
+    // ---- policies and settings ----
+
+    fn policy_id(&self, name: &str) -> VaultResult<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id FROM policies WHERE name=?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn parse_policy(name: &str, definition: &str) -> VaultResult<Policy> {
+        serde_json::from_str(definition).map_err(|e| VaultError::BadPolicy {
+            name: name.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// The policy named `name`, if there is one.
+    pub fn policy(&self, name: &str) -> VaultResult<Option<Policy>> {
+        let definition: Option<String> = self
+            .conn
+            .prepare_cached("SELECT definition FROM policies WHERE name=?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()?;
+        definition.map(|d| Self::parse_policy(name, &d)).transpose()
+    }
+
+    /// Every policy, by name.
+    pub fn policies(&self) -> VaultResult<Vec<(String, Policy)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT name, definition FROM policies ORDER BY name")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let rows: Vec<(String, String)> = rows.collect::<rusqlite::Result<_>>()?;
+        rows.into_iter()
+            .map(|(name, d)| Ok((name.clone(), Self::parse_policy(&name, &d)?)))
+            .collect()
+    }
+
+    pub fn insert_policy(&self, name: &str, policy: &Policy, now: i64) -> VaultResult<()> {
+        self.conn.execute(
+            "INSERT INTO policies(name, definition, created) VALUES (?1, ?2, ?3)",
+            params![name, policy_json(policy), now],
+        )?;
+        Ok(())
+    }
+
+    /// Replaces a policy's definition; returns how many rows changed (0: no such policy).
+    pub fn update_policy(&self, name: &str, policy: &Policy) -> VaultResult<usize> {
         Ok(self.conn.execute(
-            "UPDATE points SET deleted_at=?2 WHERE item=?1 AND deleted_at IS NULL",
-            params![item, now],
+            "UPDATE policies SET definition=?2 WHERE name=?1",
+            params![name, policy_json(policy)],
+        )?)
+    }
+
+    /// Removes a policy; returns how many rows went (0: no such policy).
+    pub fn delete_policy(&self, name: &str) -> VaultResult<usize> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM policies WHERE name=?1", [name])?)
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> VaultResult<()> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    // ---- soft delete, purge, undelete ----
+
+    /// Soft-deletes one point if it is live; returns 1 if it was.
+    pub fn soft_delete_point(&self, rowid: i64, now: i64, by: Deletion) -> VaultResult<usize> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "UPDATE points SET deleted_at=?2, deleted_by=?3 WHERE id=?1 AND deleted_at IS NULL",
+            )?
+            .execute(params![rowid, now, by.as_str()])?)
+    }
+
+    /// Removes a point's row for good (live or soft-deleted); returns 1 if it existed.
+    pub fn purge_point(&self, rowid: i64) -> VaultResult<usize> {
+        Ok(self
+            .conn
+            .prepare_cached("DELETE FROM points WHERE id=?1")?
+            .execute([rowid])?)
+    }
+
+    /// Brings a soft-deleted point back, kept at least until `keep_until`; returns 1 if it was
+    /// soft-deleted.
+    pub fn undelete_point(&self, rowid: i64, keep_until: i64) -> VaultResult<usize> {
+        Ok(self.conn.execute(
+            "UPDATE points SET deleted_at=NULL, deleted_by=NULL,
+                keep_until=max(coalesce(keep_until, ?2), ?2)
+             WHERE id=?1 AND deleted_at IS NOT NULL",
+            params![rowid, keep_until],
         )?)
     }
 
@@ -468,7 +633,7 @@ impl Catalog {
 
     const POINT_COLS: &'static str = "p.id, p.pid, i.name, p.time, p.root, p.files, p.dirs, \
         p.logical_bytes, p.new_chunks, p.new_bytes, p.stored_bytes, p.warnings, p.duration_ms, \
-        p.consistency, p.started";
+        p.consistency, p.started, p.keep_until, p.deleted_at, p.deleted_by";
 
     fn row_point(r: &rusqlite::Row) -> rusqlite::Result<PointRow> {
         Ok(PointRow {
@@ -487,6 +652,9 @@ impl Catalog {
             duration_ms: r.get(12)?,
             consistency: r.get(13)?,
             started: r.get(14)?,
+            keep_until: r.get(15)?,
+            deleted_at: r.get(16)?,
+            deleted_by: r.get(17)?,
         })
     }
 
@@ -502,11 +670,25 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// A cheap fingerprint of the live points and items, to notice additions and removals.
+    /// Soft-deleted points, oldest first; of one item if given.
+    pub fn deleted_points(&self, item: Option<i64>) -> VaultResult<Vec<PointRow>> {
+        let sql = format!(
+            "SELECT {} FROM points p JOIN items i ON i.id = p.item
+             WHERE p.deleted_at IS NOT NULL AND (?1 IS NULL OR p.item = ?1) ORDER BY p.time, p.id",
+            Self::POINT_COLS
+        );
+        let mut st = self.conn.prepare_cached(&sql)?;
+        let rows = st.query_map([item], Self::row_point)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// A cheap fingerprint of the points (live and soft-deleted) and items, to notice additions,
+    /// soft deletes, undeletes and purges.
     pub fn points_signature(&self) -> VaultResult<(i64, i64, i64)> {
         Ok(self.conn.query_row(
             "SELECT count(*) + ((SELECT count(*) FROM items) << 32), coalesce(max(id), 0),
-                    coalesce(sum(id), 0) FROM points WHERE deleted_at IS NULL",
+                    coalesce(sum(CASE WHEN deleted_at IS NULL THEN id ELSE -id END), 0)
+             FROM points",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?)
@@ -515,8 +697,8 @@ impl Catalog {
     pub fn insert_point(&self, item: i64, p: &PointRow) -> VaultResult<()> {
         self.conn.execute(
             "INSERT INTO points(pid, item, time, root, files, dirs, logical_bytes, new_chunks,
-                new_bytes, stored_bytes, warnings, duration_ms, consistency, started)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                new_bytes, stored_bytes, warnings, duration_ms, consistency, started, keep_until)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 p.id,
                 item,
@@ -531,7 +713,8 @@ impl Catalog {
                 p.warnings,
                 p.duration_ms,
                 p.consistency,
-                p.started
+                p.started,
+                p.keep_until
             ],
         )?;
         Ok(())
@@ -860,5 +1043,56 @@ mod tests {
         let id = c.insert_pack("c", 10, 0).unwrap();
         assert!(id > 5, "pack id {id} reuses a deleted one");
         assert_eq!(c.points(None).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_schema_3_catalog_migrates_to_policies() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("vault.db");
+        {
+            // A catalog as coffre wrote it before schema 4: an item, a live point and a point
+            // soft-deleted by `stop-protection --delete-data`.
+            let c = Connection::open(&db).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            c.execute_batch(MIGRATIONS[0]).unwrap();
+            c.execute_batch(MIGRATIONS[1]).unwrap();
+            c.execute("INSERT INTO meta VALUES ('format', ?1)", [FORMAT_NAME])
+                .unwrap();
+            c.execute_batch(
+                "INSERT INTO items(id, name, kind, source, created)
+                    VALUES (1, 'home', 'files', '{\"path\":\"/home\"}', 0);
+                 INSERT INTO points(pid, item, time, root, files, dirs, logical_bytes, new_chunks,
+                    new_bytes, stored_bytes, warnings, duration_ms, deleted_at)
+                    VALUES ('aaaaaaaa', 1, 10, x'', 0, 0, 0, 0, 0, 0, 0, 0, NULL),
+                           ('bbbbbbbb', 1, 20, x'', 0, 0, 0, 0, 0, 0, 0, 0, 30);
+                 PRAGMA user_version = 3;",
+            )
+            .unwrap();
+        }
+        let c = Catalog::open(&db).unwrap();
+        let v: i64 = c
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        // The default policy exists, in the machine's zone, and the old item follows it.
+        let default = c.policy(DEFAULT_POLICY).unwrap().expect("default policy");
+        assert_eq!(default, Policy::vault_default(Zone::system()));
+        assert_eq!(c.item("home").unwrap().unwrap().policy, DEFAULT_POLICY);
+        let live = c.points(None).unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(live[0].keep_until, None);
+        let deleted = c.deleted_points(None).unwrap();
+        assert_eq!(deleted.len(), 1);
+        assert_eq!(deleted[0].deleted_at, Some(30));
+        assert_eq!(deleted[0].deleted_by.as_deref(), Some("stop-protection"));
+        // New items follow `default` unless told otherwise, and only a policy that exists.
+        let src = serde_json::json!({"path": "/x"});
+        let item = c.create_item("x", ItemKind::Files, &src, 0, None).unwrap();
+        assert_eq!(item.policy, DEFAULT_POLICY);
+        assert!(matches!(
+            c.create_item("y", ItemKind::Files, &src, 0, Some("nope")),
+            Err(VaultError::PolicyNotFound(_))
+        ));
     }
 }

@@ -520,6 +520,7 @@ mod tests {
                 logical_bytes: entry.size,
                 warnings: 0,
                 consistency: None,
+                keep_until: None,
             })
             .unwrap();
         assert_eq!(point.new_chunks, 3);

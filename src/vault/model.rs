@@ -4,7 +4,9 @@
 //! `items.source` (the same shape since the first vaults: `{"path", "excludes",
 //! "one_file_system"}`, `{"images"}`, `{"config", "disks", "pre_script", "post_script"}`), plus
 //! `restored_point` while an in-place restore waits for re-protection. Names are checked by
-//! `check_item_name` wherever an item is created or renamed.
+//! `check_item_name` wherever an item is created or renamed (and policy names by
+//! `check_policy_name`). Also the vault's settings (`soft-delete-days`, `immutability`) and why a
+//! point was soft-deleted.
 
 use std::path::PathBuf;
 
@@ -158,6 +160,8 @@ pub struct Item {
     pub source: Option<ItemSource>,
     pub state: ItemState,
     pub created: i64,
+    /// The name of the policy the item follows (its schedule and retention).
+    pub policy: String,
     /// The point an in-place restore wrote back, while the item waits for re-protection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restored_point: Option<String>,
@@ -172,6 +176,7 @@ impl Item {
         source: &str,
         state: &str,
         created: i64,
+        policy: Option<String>,
     ) -> Item {
         let kind = ItemKind::parse(kind).unwrap_or(ItemKind::Files);
         let json: serde_json::Value =
@@ -187,6 +192,7 @@ impl Item {
             source: ItemSource::from_json(kind, &json).ok(),
             state: ItemState::parse(state).unwrap_or(ItemState::Stopped),
             created,
+            policy: policy.unwrap_or_else(|| DEFAULT_POLICY.to_string()),
             restored_point,
         }
     }
@@ -228,6 +234,114 @@ pub fn check_item_name(name: &str) -> Result<(), BadItemName> {
     }
 }
 
+/// The policy every vault has and new items follow unless told otherwise.
+pub const DEFAULT_POLICY: &str = "default";
+
+/// Why a policy name is refused.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "invalid policy name {0:?}: use 1 to 200 letters, digits, '-', '_' and '.', not starting with '.'"
+)]
+pub struct BadPolicyName(pub String);
+
+/// Policy names follow the rules of item names (they are typed in the same commands).
+pub fn check_policy_name(name: &str) -> Result<(), BadPolicyName> {
+    check_item_name(name).map_err(|_| BadPolicyName(name.to_string()))
+}
+
+/// How far a vault protects its points from being shortened (`coffre vault set immutability`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Immutability {
+    /// Points may be forgotten, purged early, or given a shorter policy.
+    Off,
+    /// Nothing may make an existing point end earlier; can be turned off again.
+    On,
+    /// As `On`, and can never be turned off.
+    Locked,
+}
+
+impl Immutability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Immutability::Off => "off",
+            Immutability::On => "on",
+            Immutability::Locked => "locked",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Immutability> {
+        match s {
+            "off" => Some(Immutability::Off),
+            "on" => Some(Immutability::On),
+            "locked" => Some(Immutability::Locked),
+            _ => None,
+        }
+    }
+
+    /// True when points are protected from being shortened.
+    pub fn is_on(self) -> bool {
+        self != Immutability::Off
+    }
+}
+
+impl std::fmt::Display for Immutability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Days a soft-deleted point stays recoverable, unless the vault says otherwise.
+pub const DEFAULT_SOFT_DELETE_DAYS: u32 = 14;
+
+/// The vault-wide settings of the point lifecycle, as `coffre vault show` lists them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct VaultSettings {
+    /// How long a soft-deleted point stays recoverable; 0: deletions purge at once.
+    pub soft_delete_days: u32,
+    pub immutability: Immutability,
+}
+
+impl Default for VaultSettings {
+    fn default() -> Self {
+        VaultSettings {
+            soft_delete_days: DEFAULT_SOFT_DELETE_DAYS,
+            immutability: Immutability::Off,
+        }
+    }
+}
+
+impl VaultSettings {
+    /// When a point soft-deleted at `deleted_at` (ns) is purged under these settings.
+    pub fn purge_time(&self, deleted_at: i64) -> i64 {
+        deleted_at.saturating_add(i64::from(self.soft_delete_days) * DAY_NS)
+    }
+}
+
+/// One day in nanoseconds (soft-delete periods are counted in 24-hour days).
+pub const DAY_NS: i64 = 86_400_000_000_000;
+
+/// Why a point was soft-deleted (stored in `points.deleted_by`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Deletion {
+    /// `coffre forget`.
+    Forget,
+    /// Expired by its policy, found by `coffre prune`.
+    Prune,
+    /// `coffre stop-protection --delete-data`.
+    StopProtection,
+}
+
+impl Deletion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Deletion::Forget => "forget",
+            Deletion::Prune => "prune",
+            Deletion::StopProtection => "stop-protection",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,9 +349,13 @@ mod tests {
     #[test]
     fn stored_definitions_round_trip_with_their_old_shape() {
         let old = r#"{"path":"/home/me","excludes":["*.tmp"],"one_file_system":true,"restored_point":"ab12cd34"}"#;
-        let it = Item::from_row(1, "home".into(), "files", old, "needs-reprotect", 5);
+        let it = Item::from_row(1, "home".into(), "files", old, "needs-reprotect", 5, None);
         assert_eq!(it.state, ItemState::NeedsReprotect);
         assert_eq!(it.restored_point.as_deref(), Some("ab12cd34"));
+        assert_eq!(
+            it.policy, DEFAULT_POLICY,
+            "a row without a policy follows default"
+        );
         let Some(ItemSource::Files(f)) = &it.source else {
             panic!("files source")
         };
@@ -251,9 +369,11 @@ mod tests {
             r#"{"config":"/c","disks":["/d"]}"#,
             "protected",
             0,
+            Some("p".into()),
         );
         assert!(matches!(vm.source, Some(ItemSource::Vm(_))));
-        let bad = Item::from_row(3, "b".into(), "disk", r#"{"nope":1}"#, "weird", 0);
+        assert_eq!(vm.policy, "p");
+        let bad = Item::from_row(3, "b".into(), "disk", r#"{"nope":1}"#, "weird", 0, None);
         assert!(bad.source.is_none());
     }
 

@@ -94,7 +94,14 @@ impl VaultReader {
         self.pool.with(|c| c.points(item))
     }
 
-    /// A cheap fingerprint of the live points and items, to notice additions and removals.
+    /// Soft-deleted points of every item, oldest first (`deleted_at` and `deleted_by` set): the
+    /// mount shows them read-only under `deleted/<item>/<point>/`. Their trees and chunks stay
+    /// readable until they are purged.
+    pub fn deleted_points(&self) -> VaultResult<Vec<PointRow>> {
+        self.pool.with(|c| c.deleted_points(None))
+    }
+
+    /// A cheap fingerprint of the points (live and soft-deleted) and items, to notice additions and removals.
     pub fn points_signature(&self) -> VaultResult<(i64, i64, i64)> {
         self.pool.with(|c| c.points_signature())
     }

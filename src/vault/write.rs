@@ -66,6 +66,8 @@ pub struct NewPoint {
     pub logical_bytes: u64,
     pub warnings: u64,
     pub consistency: Option<String>,
+    /// `backup --keep-until`: keep the point at least until then (ns), whatever its policy says.
+    pub keep_until: Option<i64>,
 }
 
 /// What a committed session added.
@@ -288,13 +290,32 @@ impl WriteSession<'_> {
 
     /// Creates or redefines an item inside this session: the change exists only if the session
     /// commits (a failed first backup leaves no item; a failed backup keeps the old definition).
+    /// A new item follows the `default` policy.
     pub fn define_item(&self, name: &str, source: &ItemSource) -> VaultResult<i64> {
+        self.define_item_following(name, source, None)
+    }
+
+    /// `define_item`, with the policy a new item follows (`None`: `default`). Naming a policy
+    /// other than the one an existing item follows is refused: that is `policy assign`'s job.
+    pub fn define_item_following(
+        &self,
+        name: &str,
+        source: &ItemSource,
+        policy: Option<&str>,
+    ) -> VaultResult<i64> {
         check_item_name(name)?;
         self.with_tx(|tx| match tx.catalog.item(name)? {
             Some(item) if item.kind != source.kind() => Err(VaultError::ItemKind {
                 name: name.to_string(),
                 kind: item.kind.as_str(),
             }),
+            Some(item) if policy.is_some_and(|p| p != item.policy) => {
+                Err(VaultError::PolicyMismatch {
+                    item: name.to_string(),
+                    has: item.policy,
+                    given: policy.unwrap_or_default().to_string(),
+                })
+            }
             Some(mut item) => {
                 if item.source.as_ref() != Some(source) {
                     item.source = Some(source.clone());
@@ -304,7 +325,7 @@ impl WriteSession<'_> {
             }
             None => Ok(tx
                 .catalog
-                .create_item(name, source.kind(), &source.to_json(), now_ns())?
+                .create_item(name, source.kind(), &source.to_json(), now_ns(), policy)?
                 .id),
         })
     }
@@ -348,6 +369,9 @@ impl WriteSession<'_> {
             duration_ms: self.started.elapsed().as_millis() as u64,
             consistency: p.consistency,
             started: Some(self.started_ns),
+            keep_until: p.keep_until,
+            deleted_at: None,
+            deleted_by: None,
         };
         tx.catalog.insert_point(p.item, &point)?;
         crate::testing::crash_point("before-commit");
@@ -784,6 +808,7 @@ mod tests {
             logical_bytes: 0,
             warnings: 0,
             consistency: None,
+            keep_until: None,
         }
     }
 

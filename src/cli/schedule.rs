@@ -1,0 +1,139 @@
+//! `coffre schedule` and `coffre backup --due`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::backup::RunArgs;
+use super::{Cli, EXIT_PARTIAL};
+use crate::backup::RunOptions;
+use crate::schedule::{SchedulePlan, backup_due};
+use crate::vault::{ItemState, human_time, now_ns};
+
+#[derive(clap::Args)]
+pub struct ScheduleArgs {
+    #[arg(long)]
+    json: bool,
+}
+
+fn time_or_dash(t: Option<i64>) -> String {
+    t.map_or_else(|| "-".to_string(), human_time)
+}
+
+/// `coffre schedule [--json]`
+pub fn show(cli: &Cli, args: &ScheduleArgs) -> Result<ExitCode> {
+    let vault = cli.open_vault()?;
+    let plan = SchedulePlan::compute(&vault, now_ns())?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plan.entries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<20} {:<12} {:<24} {:<19}  {:<19}  DUE",
+        "ITEM", "POLICY", "SCHEDULE", "LAST POINT (UTC)", "NEXT SLOT (UTC)"
+    );
+    for e in &plan.entries {
+        let due = match (e.due, e.state) {
+            (true, _) if e.last_point.is_none() => "yes (no point yet)".to_string(),
+            (true, _) => "yes".to_string(),
+            (false, ItemState::Protected) => "no".to_string(),
+            (false, state) => format!("no ({state})"),
+        };
+        println!(
+            "{:<20} {:<12} {:<24} {:<19}  {:<19}  {due}",
+            e.item,
+            e.policy,
+            format!("{} {}", e.schedule, e.zone),
+            time_or_dash(e.last_point),
+            time_or_dash(e.next_slot),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `coffre backup --due`: exit 0, 3 if some point misses entries, 1 if some backup failed.
+pub fn run_due(cli: &Cli, run: &RunArgs) -> Result<ExitCode> {
+    let vault = cli.open_vault()?;
+    let lock = vault.lock(!run.no_wait)?;
+    let opts = RunOptions {
+        threads: run.threads,
+        progress: !cli.quiet && !run.json,
+        ..RunOptions::default()
+    };
+    let mut json_out = Vec::new();
+    let done = backup_due(
+        &vault,
+        &lock,
+        &opts,
+        now_ns(),
+        |name, result| match result {
+            Ok(report) => {
+                for w in &report.warnings {
+                    eprintln!("warning: {name}: {}: {}", w.path, w.message);
+                }
+                let p = &report.point;
+                if run.json {
+                    json_out.push(serde_json::json!({
+                        "item": name,
+                        "point": p,
+                        "warnings": report.warnings,
+                    }));
+                } else {
+                    println!(
+                        "point {} of {name:?} at {} UTC: {} files, {}",
+                        p.id,
+                        human_time(p.time),
+                        p.files,
+                        crate::progress::human_bytes(p.logical_bytes)
+                    );
+                }
+            }
+            Err(e) => {
+                eprintln!("error: backup of item {name:?} failed: {e}");
+                if run.json {
+                    json_out.push(serde_json::json!({ "item": name, "error": e.to_string() }));
+                }
+            }
+        },
+    )?;
+    for e in done.plan.waiting_for_reprotect() {
+        eprintln!(
+            "skipped item {:?}: it was restored in place; `coffre-restore reprotect {}` \
+             re-enables its backups",
+            e.item, e.item
+        );
+    }
+    let (expired, purged) = done.prune.as_ref().map_or((0, 0), |(plan, applied)| {
+        (plan.expired().count(), applied.purged)
+    });
+    if run.json {
+        let out = serde_json::json!({
+            "backups": json_out,
+            "failed": done.failed,
+            "expired": expired,
+            "purged": purged,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if done.backed_up.is_empty() && done.failed.is_empty() {
+        let next = done
+            .plan
+            .entries
+            .iter()
+            .filter(|e| e.state == ItemState::Protected)
+            .filter_map(|e| e.next_slot.map(|t| (t, &e.item)))
+            .min();
+        match next {
+            Some((t, item)) => println!("nothing is due; next: {item:?} at {} UTC", human_time(t)),
+            None => println!("nothing is due"),
+        }
+    } else if done.prune.is_some() {
+        println!("pruned the items backed up: {expired} points expired, {purged} purged");
+    }
+    Ok(if !done.failed.is_empty() {
+        ExitCode::FAILURE
+    } else if done.partial {
+        ExitCode::from(EXIT_PARTIAL)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,96 @@
+//! `coffre vault show|set`: the vault's lifecycle settings.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use super::Cli;
+use crate::maintenance::SettingChange;
+use crate::maintenance::policies::change_setting;
+use crate::vault::Immutability;
+
+#[derive(clap::Args)]
+pub struct VaultArgs {
+    #[command(subcommand)]
+    command: VaultCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum VaultCommand {
+    /// Show the vault's settings
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a setting
+    Set {
+        #[command(subcommand)]
+        setting: Setting,
+    },
+}
+
+#[derive(clap::Subcommand)]
+enum Setting {
+    /// Days a deleted or expired point stays recoverable before it is purged (default 14; 0:
+    /// deletions purge at once)
+    SoftDeleteDays { days: u32 },
+    /// off; on: nothing may make an existing point end earlier (no forget or purge of a point
+    /// before its time, no shorter policy or soft-delete period); locked: on, for ever
+    Immutability { level: Level },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Level {
+    Off,
+    On,
+    Locked,
+}
+
+impl From<Level> for Immutability {
+    fn from(l: Level) -> Immutability {
+        match l {
+            Level::Off => Immutability::Off,
+            Level::On => Immutability::On,
+            Level::Locked => Immutability::Locked,
+        }
+    }
+}
+
+pub fn run(cli: &Cli, args: &VaultArgs) -> Result<ExitCode> {
+    let vault = cli.open_vault()?;
+    match &args.command {
+        VaultCommand::Show { json } => {
+            let s = vault.settings()?;
+            if *json {
+                let mut v = serde_json::to_value(s)?;
+                v["path"] = vault.root().display().to_string().into();
+                v["id"] = vault.id().into();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("vault             {}", vault.root().display());
+                println!("id                {}", vault.id());
+                println!("soft-delete-days  {}", s.soft_delete_days);
+                println!("immutability      {}", s.immutability);
+            }
+        }
+        VaultCommand::Set { setting } => {
+            let change = match setting {
+                Setting::SoftDeleteDays { days } => SettingChange::SoftDeleteDays(*days),
+                Setting::Immutability { level } => SettingChange::Immutability((*level).into()),
+            };
+            let lock = vault.lock(true)?;
+            let (old, new) = change_setting(&vault, &lock, change)?;
+            match change {
+                SettingChange::SoftDeleteDays(_) => println!(
+                    "soft-delete-days {} (was {})",
+                    new.soft_delete_days, old.soft_delete_days
+                ),
+                SettingChange::Immutability(_) => println!(
+                    "immutability {} (was {})",
+                    new.immutability, old.immutability
+                ),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
