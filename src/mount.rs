@@ -246,6 +246,22 @@ fn refresh_loop(view: &View, notifier: &fuse::Kernel, stop: &AtomicBool) {
         };
         inval_inode(View::ITEMS);
         inval_inode(View::IDS);
+        inval_inode(View::DELETED);
+        // deleted/<item>/: points soft-deleted, undeleted or purged.
+        for item in old.deleted.keys().chain(new.deleted.keys()) {
+            let ids = |p: &view::Points| -> Vec<String> {
+                p.deleted
+                    .get(item)
+                    .map(|l| l.iter().map(|p| p.id.clone()).collect())
+                    .unwrap_or_default()
+            };
+            if ids(&old) != ids(&new) {
+                inval_entry(View::DELETED, item.as_bytes());
+                if let Some(dir) = view.known_child(View::DELETED, item.as_bytes()) {
+                    inval_inode(dir);
+                }
+            }
+        }
         for (item, list) in &old.by_item {
             if !new.by_item.contains_key(item) {
                 inval_entry(View::ITEMS, item.as_bytes());

@@ -395,3 +395,48 @@ fn hundreds_of_packs_read_through_a_mount_with_a_low_file_limit() {
         assert!(got == noise(5000, i as u64), "point {i} read wrong bytes");
     }
 }
+
+#[test]
+fn soft_deleted_points_show_read_only_under_deleted_until_undeleted() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("f"), b"first");
+    t.backup("x", &src);
+    write(&src.join("f"), b"second");
+    t.backup("x", &src);
+    let first = t.points("x")[0]["id"].as_str().unwrap().to_string();
+    let m = MountGuard::start(&t, &[]);
+    let listing = |p: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(m.dir.join(p))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert_eq!(listing(""), ["deleted", "ids", "items"]);
+    assert!(listing("deleted").is_empty());
+    t.ok(&["forget", &format!("x@{first}")]);
+    // The mount notices within a refresh (about a second): poll with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listing("deleted/x").is_empty() {
+        assert!(Instant::now() < deadline, "deleted/x did not appear");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone = listing("deleted/x");
+    assert_eq!(gone.len(), 1);
+    let f = m.dir.join("deleted/x").join(&gone[0]).join("f");
+    assert_eq!(std::fs::read(&f).unwrap(), b"first");
+    let err = std::fs::write(&f, b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+    assert_eq!(listing("items/x").len(), 2, "latest and the live point");
+    t.ok(&["undelete", &format!("x@{first}")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listing("deleted/x").is_empty() {
+        assert!(Instant::now() < deadline, "deleted/x did not empty");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(listing("items/x").len(), 3);
+}

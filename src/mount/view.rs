@@ -31,6 +31,7 @@ use crate::vault::{
 pub const ROOT: u64 = 1;
 const ITEMS: u64 = 2;
 const IDS: u64 = 3;
+const DELETED: u64 = 4;
 /// The first number handed out (virtual nodes and directory blocks share the counter).
 const FIRST_FREE: u64 = 16;
 
@@ -94,13 +95,20 @@ pub struct PointInfo {
 pub struct Points {
     /// item name -> points, oldest first
     pub by_item: BTreeMap<String, Vec<Arc<PointInfo>>>,
+    /// item name -> soft-deleted points, oldest first (shown under `deleted/`)
+    pub deleted: BTreeMap<String, Vec<Arc<PointInfo>>>,
     pub by_id: HashMap<String, Arc<PointInfo>>,
     /// A fingerprint of the points table, to notice changes cheaply.
     pub signature: (i64, i64, i64),
 }
 
 impl Points {
-    fn build(items: Vec<String>, rows: Vec<PointRow>, signature: (i64, i64, i64)) -> Points {
+    fn build(
+        items: Vec<String>,
+        rows: Vec<PointRow>,
+        deleted: Vec<PointRow>,
+        signature: (i64, i64, i64),
+    ) -> Points {
         let mut by_item: BTreeMap<String, Vec<Arc<PointInfo>>> =
             items.into_iter().map(|i| (i, Vec::new())).collect();
         // A name no item may have (made before names were checked, or by hand) would make
@@ -113,31 +121,54 @@ impl Points {
             }
         });
         let mut by_id = HashMap::new();
-        let names = point_dir_names(&rows);
-        for (row, dir_name) in rows.into_iter().zip(names) {
-            let Ok(root) = format::decode_root(&row.root) else {
-                log::warn!("point {} has a damaged root entry; not shown", row.id);
-                continue;
-            };
-            let Some(list) = by_item.get_mut(&row.item) else {
-                continue;
-            };
-            let p = Arc::new(PointInfo {
-                rowid: row.rowid,
-                id: row.id.clone(),
-                item: row.item.clone(),
-                time_ns: row.time,
-                dir_name,
-                root,
-            });
-            by_id.insert(row.id, p.clone());
-            list.push(p);
+        let mut deleted_by_item: BTreeMap<String, Vec<Arc<PointInfo>>> = BTreeMap::new();
+        for p in Self::infos(rows) {
+            if let Some(list) = by_item.get_mut(&p.item) {
+                by_id.insert(p.id.clone(), p.clone());
+                list.push(p);
+            }
+        }
+        for p in Self::infos(deleted) {
+            if by_item.contains_key(&p.item) {
+                deleted_by_item.entry(p.item.clone()).or_default().push(p);
+            }
         }
         Points {
             by_item,
+            deleted: deleted_by_item,
             by_id,
             signature,
         }
+    }
+
+    /// Points as the mount shows them, named by `point_dir_names` (damaged roots left out).
+    fn infos(rows: Vec<PointRow>) -> Vec<Arc<PointInfo>> {
+        let names = point_dir_names(&rows);
+        rows.into_iter()
+            .zip(names)
+            .filter_map(|(row, dir_name)| {
+                let Ok(root) = format::decode_root(&row.root) else {
+                    log::warn!("point {} has a damaged root entry; not shown", row.id);
+                    return None;
+                };
+                Some(Arc::new(PointInfo {
+                    rowid: row.rowid,
+                    id: row.id,
+                    item: row.item,
+                    time_ns: row.time,
+                    dir_name,
+                    root,
+                }))
+            })
+            .collect()
+    }
+
+    fn deleted_point(&self, item: &str, dir_name: &[u8]) -> Option<Arc<PointInfo>> {
+        self.deleted
+            .get(item)?
+            .iter()
+            .find(|p| p.dir_name.as_bytes() == dir_name)
+            .cloned()
     }
 
     fn point(&self, item: &str, dir_name: &[u8]) -> Option<Arc<PointInfo>> {
@@ -161,7 +192,10 @@ enum Node {
     Root,
     Items,
     Ids,
+    /// `deleted/`: soft-deleted points, by item, until they are purged.
+    Deleted,
     Item(String),
+    DeletedItem(String),
     Latest(String),
     IdLink(String),
     Point(Arc<PointInfo>),
@@ -316,6 +350,7 @@ fn kernel_rdev(rdev: u64) -> u32 {
 impl View {
     pub const ITEMS: u64 = ITEMS;
     pub const IDS: u64 = IDS;
+    pub const DELETED: u64 = DELETED;
 
     pub fn new(vault: Arc<VaultReader>) -> Result<View, VaultError> {
         // SAFETY: getuid/getgid have no preconditions.
@@ -354,7 +389,8 @@ impl View {
         }
         let items = self.vault.items()?.into_iter().map(|i| i.name).collect();
         let rows = self.vault.points(None)?;
-        let new = Arc::new(Points::build(items, rows, sig));
+        let deleted = self.vault.deleted_points()?;
+        let new = Arc::new(Points::build(items, rows, deleted, sig));
         *self.points.write().expect("points lock") = new.clone();
         Ok(Some(PointsChange { old, new }))
     }
@@ -374,6 +410,7 @@ impl View {
             ROOT => return Ok(Node::Root),
             ITEMS => return Ok(Node::Items),
             IDS => return Ok(Node::Ids),
+            DELETED => return Ok(Node::Deleted),
             _ => {}
         }
         let inodes = self.inodes.read().expect("inodes lock");
@@ -489,7 +526,36 @@ impl View {
             Node::Root => Ok(Arc::new(vec![
                 (Box::from(&b"items"[..]), ITEMS),
                 (Box::from(&b"ids"[..]), IDS),
+                (Box::from(&b"deleted"[..]), DELETED),
             ])),
+            Node::Deleted => {
+                let pts = self.points();
+                Ok(Arc::new(
+                    pts.deleted
+                        .keys()
+                        .map(|name| {
+                            let n = name.clone();
+                            let ino = self
+                                .virtual_child(DELETED, name.as_bytes(), || Node::DeletedItem(n));
+                            (Box::from(name.as_bytes()), ino)
+                        })
+                        .collect(),
+                ))
+            }
+            Node::DeletedItem(item) => {
+                let pts = self.points();
+                let list = pts.deleted.get(&item).ok_or(ViewError::NotFound)?;
+                Ok(Arc::new(
+                    list.iter()
+                        .map(|p| {
+                            let pc = p.clone();
+                            let c =
+                                self.virtual_child(ino, p.dir_name.as_bytes(), || Node::Point(pc));
+                            (Box::from(p.dir_name.as_bytes()), c)
+                        })
+                        .collect(),
+                ))
+            }
             Node::Items => {
                 let pts = self.points();
                 Ok(Arc::new(
@@ -566,8 +632,24 @@ impl View {
             Node::Root => match name {
                 b"items" => Ok(ITEMS),
                 b"ids" => Ok(IDS),
+                b"deleted" => Ok(DELETED),
                 _ => Err(ViewError::NotFound),
             },
+            Node::Deleted => {
+                let pts = self.points();
+                let item = std::str::from_utf8(name).map_err(|_| ViewError::NotFound)?;
+                if !pts.deleted.contains_key(item) {
+                    return Err(ViewError::NotFound);
+                }
+                Ok(self.virtual_child(DELETED, name, || Node::DeletedItem(item.to_string())))
+            }
+            Node::DeletedItem(item) => {
+                let p = self
+                    .points()
+                    .deleted_point(&item, name)
+                    .ok_or(ViewError::NotFound)?;
+                Ok(self.virtual_child(parent, name, || Node::Point(p)))
+            }
             Node::Items => {
                 let pts = self.points();
                 let item = std::str::from_utf8(name).map_err(|_| ViewError::NotFound)?;
@@ -666,7 +748,10 @@ impl View {
                 .unwrap_or(self.started)
         };
         Ok(match self.node(ino)? {
-            Node::Root | Node::Items | Node::Ids => self.virtual_dir(ino, self.started),
+            Node::Root | Node::Items | Node::Ids | Node::Deleted => {
+                self.virtual_dir(ino, self.started)
+            }
+            Node::DeletedItem(_) => self.virtual_dir(ino, self.started),
             Node::Item(item) => self.virtual_dir(ino, newest(&item)),
             Node::Latest(item) => {
                 let target = self.readlink(ino)?;
@@ -942,7 +1027,7 @@ mod tests {
                 .map(|(n, _)| String::from_utf8_lossy(n).into_owned())
                 .collect()
         };
-        assert_eq!(names(ROOT), ["items", "ids"]);
+        assert_eq!(names(ROOT), ["items", "ids", "deleted"]);
         assert_eq!(names(path(&view, "items").unwrap()), ["home"]);
         let item = names(path(&view, "items/home").unwrap());
         assert_eq!(item.len(), 3);
