@@ -22,6 +22,7 @@ mod lock;
 pub mod model;
 pub mod packs;
 mod reader;
+mod rebuild;
 pub mod store;
 pub mod write;
 
@@ -43,6 +44,7 @@ pub use model::{
     VmSource, check_item_name, check_policy_name,
 };
 pub use reader::VaultReader;
+pub use rebuild::RebuildReport;
 pub use write::{ChunkSink, Committed, NewPoint, SessionOptions, SinkMode, WriteSession};
 
 use catalog::{Catalog, CatalogPool};
@@ -293,6 +295,7 @@ impl Vault {
             return Err(VaultError::NotFound(path.to_path_buf()));
         }
         let catalog = Catalog::open(&db)?;
+        check_commit_seq(path, &catalog)?;
         let zstd_level = catalog
             .meta("zstd_level")?
             .and_then(|v| v.parse().ok())
@@ -392,7 +395,8 @@ impl Vault {
         let listed = self.store.list().map_err(io_err(&dir))?;
         for p in listed.into_iter().filter(|p| !known.contains(&p.name)) {
             log::warn!(
-                "pack {} is not named by the catalog; moved to {}/{}",
+                "pack {} is not named by the catalog; moved to {}/{} (`coffre vault \
+                 rebuild-index` registers it again)",
                 p.name,
                 dir.display(),
                 store::ORPHANED_DIR
@@ -534,6 +538,43 @@ pub fn point_dir_names(points: &[PointRow]) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// The file beside the catalog that remembers how many write sessions committed: a catalog that
+/// counts fewer lost its newest commits (a damaged WAL, or an older copy put back).
+const COMMIT_SEQ: &str = "commit-seq";
+
+/// Records, after a session's commit, how many sessions have committed (best effort).
+fn note_commit_seq(root: &Path, seq: u64) {
+    let (tmp, dst) = (root.join("commit-seq.tmp"), root.join(COMMIT_SEQ));
+    // A rename after the write: the file holds one whole number or the previous one.
+    let r = fs::write(&tmp, format!("{seq}\n")).and_then(|_| fs::rename(&tmp, &dst));
+    if let Err(e) = r {
+        log::debug!("cannot record the commit count in {}: {e}", dst.display());
+    }
+}
+
+/// Warns when the catalog counts fewer committed sessions than were recorded beside it.
+fn check_commit_seq(root: &Path, catalog: &Catalog) -> VaultResult<()> {
+    let recorded = fs::read_to_string(root.join(COMMIT_SEQ))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    let have = catalog
+        .meta("commit_seq")?
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if let Some(r) = recorded
+        && r > have
+    {
+        log::warn!(
+            "the catalog of {} lost its newest {} backups (a damaged vault.db-wal, or an older \
+             vault.db put back); the next writer moves their packs to packs/orphaned, and \
+             `coffre vault rebuild-index` registers their data again",
+            root.display(),
+            r - have
+        );
+    }
+    Ok(())
 }
 
 /// fsyncs a directory so renames and new files in it survive a crash.

@@ -282,3 +282,29 @@ fn busy_block_devices_are_refused_and_damage_never_reaches_a_device() {
         "the device was written"
     );
 }
+
+#[test]
+#[ignore = "needs root: loop devices and a mount"]
+fn an_idle_block_device_is_file_consistent_and_a_mounted_one_crash_consistent() {
+    let t = TestVault::new();
+    let backing = t.path("dev.img");
+    std::fs::File::create(&backing)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    sh(Command::new("mkfs.ext4").args(["-q", "-F"]).arg(&backing));
+    let lo = Loop::new(&backing, false);
+    let dev = lo.dev.to_str().unwrap();
+    let consistency = |t: &TestVault| {
+        let out = t.ok(&["backup-disk", "--json", "--item", "d", dev]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v[0]["point"]["consistency"].as_str().unwrap().to_string()
+    };
+    assert_eq!(consistency(&t), "file", "an idle, unmounted device");
+    let mnt = t.path("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    sh(Command::new("mount").arg(dev).arg(&mnt));
+    let c = consistency(&t);
+    sh(Command::new("umount").arg(&mnt));
+    assert_eq!(c, "crash", "a mounted device");
+}

@@ -377,3 +377,48 @@ fn a_vault_on_read_only_media_or_a_full_disk_can_still_be_read() {
     drop(w.into_inner());
     still_read(&t, &small.join("vault"), &src, "full");
 }
+
+#[test]
+fn lost_commits_are_noticed_and_rebuild_index_gets_their_data_back() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("a"), &noise(300_000, 1));
+    t.backup("c", &src);
+    let _ = t.ok(&["points"]); // a reader: the WAL is checkpointed into vault.db on close
+    let db = t.vault().join("vault.db");
+    let old_db = std::fs::read(&db).unwrap();
+    write(&src.join("b"), &noise(300_000, 2));
+    t.backup("c", &src);
+    // The newest commit is lost: an older catalog is put back.
+    for f in ["vault.db-wal", "vault.db-shm"] {
+        let _ = std::fs::remove_file(t.vault().join(f));
+    }
+    std::fs::write(&db, &old_db).unwrap();
+    let out = t.run(&["points"]);
+    assert!(out.status.success());
+    assert!(
+        stderr(&out).contains("lost its newest 1 backups"),
+        "{}",
+        stderr(&out)
+    );
+    // The writer quarantines the pack it does not know; rebuild-index registers it again.
+    let out = t.ok(&["vault", "rebuild-index", "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["unquarantined"].as_array().unwrap().len(), 1, "{out}");
+    assert!(r["chunks"].as_u64().unwrap() > 0, "{out}");
+    assert!(
+        std::fs::read_dir(t.vault().join("packs/orphaned"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    // So the next backup does not store b's data again.
+    let p = t.backup("c", &src);
+    assert!(
+        p["point"]["new_bytes"].as_u64().unwrap() < 10_000,
+        "b was stored again: {p}"
+    );
+    let dst = t.path("back");
+    t.restore("c", &dst);
+    assert_same(&snapshot(&src, false), &snapshot(&dst, false));
+}

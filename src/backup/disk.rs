@@ -185,19 +185,52 @@ pub enum Capture<'a> {
     Vm { config: &'a Path },
 }
 
-/// Identity and change markers of an image file, to tell whether it changed while being read.
-fn stamp(p: &Path) -> Option<(u64, i64, i64, i64, i64)> {
-    use std::os::unix::fs::MetadataExt;
+/// What can be known of whether an image changed while it was read: a file's size, mtime and
+/// ctime; a block device's write counters (`/sys/dev/block/M:m/stat`), and only for a device
+/// nobody else has open exclusively (not mounted, not swap, not held by dm/md: the kernel grants
+/// `O_EXCL`). `None`: nothing can be known, the point is crash-consistent.
+#[derive(Debug, PartialEq, Eq)]
+enum Stamp {
+    File(u64, i64, i64, i64, i64),
+    Device { writes: u64, sectors: u64 },
+}
+
+fn stamp(p: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let m = std::fs::metadata(p).ok()?;
-    m.is_file().then(|| {
-        (
+    if m.is_file() {
+        return Some(Stamp::File(
             m.size(),
             m.mtime(),
             m.mtime_nsec(),
             m.ctime(),
             m.ctime_nsec(),
-        )
+        ));
+    }
+    if !m.file_type().is_block_device() || !idle_device(p) {
+        return None;
+    }
+    let (major, minor) = (libc::major(m.rdev()), libc::minor(m.rdev()));
+    let stat = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/stat")).ok()?;
+    let f: Vec<u64> = stat
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // Fields 5 and 7: writes completed, sectors written.
+    Some(Stamp::Device {
+        writes: *f.get(4)?,
+        sectors: *f.get(6)?,
     })
+}
+
+/// True if the kernel grants `O_EXCL` on the device: nothing has it mounted or held.
+fn idle_device(p: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(p)
+        .is_ok()
 }
 
 /// Reads a small file (a VM config) into the session as chunks.

@@ -1,4 +1,5 @@
-//! `coffre vault show|set`: the vault's lifecycle settings.
+//! `coffre vault show|set|rebuild-index`: the vault's lifecycle settings, and registering packs
+//! the catalog does not name.
 
 use std::process::ExitCode;
 
@@ -26,6 +27,12 @@ enum VaultCommand {
     Set {
         #[command(subcommand)]
         setting: Setting,
+    },
+    /// Register every pack the catalog does not name (moved back from packs/orphaned/), so no
+    /// written chunk is lost and the next backups do not store them again
+    RebuildIndex {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -71,6 +78,23 @@ pub fn run(cli: &Cli, args: &VaultArgs) -> Result<ExitCode> {
                 println!("id                {}", vault.id());
                 println!("soft-delete-days  {}", s.soft_delete_days);
                 println!("immutability      {}", s.immutability);
+            }
+        }
+        VaultCommand::RebuildIndex { json } => {
+            let lock = vault.lock(true)?;
+            let r = vault.rebuild_index(&lock)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "{} packs moved back from packs/orphaned; {} packs registered with {} chunks",
+                    r.unquarantined.len(),
+                    r.packs,
+                    r.chunks
+                );
+                for d in &r.damaged {
+                    eprintln!("warning: pack {d} is damaged: its readable records were registered");
+                }
             }
         }
         VaultCommand::Set { setting } => {

@@ -746,6 +746,20 @@ impl Catalog {
             .optional()?)
     }
 
+    /// Counts one more committed write session (inside its transaction); returns the new count.
+    pub fn bump_commit_seq(&self) -> VaultResult<u64> {
+        let n = self
+            .meta("commit_seq")?
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            + 1;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('commit_seq', ?1)",
+            [n.to_string()],
+        )?;
+        Ok(n)
+    }
+
     /// Every pack the catalog names: id, name, size.
     pub fn packs(&self) -> VaultResult<Vec<(i64, String, u64)>> {
         let mut st = self.conn.prepare("SELECT id, name, size FROM packs")?;

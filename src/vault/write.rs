@@ -151,6 +151,7 @@ pub struct WriteSession<'v> {
     /// A session lives no longer than the writer lock it was begun under.
     _lock: std::marker::PhantomData<&'v WriteLock>,
     store: Arc<dyn PackStore>,
+    root: std::path::PathBuf,
     tx: Mutex<TxSide>,
     shared: Option<SinkShared>,
     writer: Option<JoinHandle<()>>,
@@ -192,6 +193,7 @@ impl Vault {
         Ok(WriteSession {
             _lock: std::marker::PhantomData,
             store: self.store(),
+            root: self.root().to_path_buf(),
             tx: Mutex::new(TxSide {
                 catalog,
                 sealed: sealed_rx,
@@ -374,11 +376,13 @@ impl WriteSession<'_> {
             deleted_by: None,
         };
         tx.catalog.insert_point(p.item, &point)?;
+        let seq = tx.catalog.bump_commit_seq()?;
         crate::testing::crash_point("before-commit");
         tx.catalog.commit()?;
         let catalog_bytes = tx.catalog_bytes;
         drop(tx);
         self.done = true;
+        super::note_commit_seq(&self.root, seq);
         // Damaged chunks are marked bad in the catalog now; keep only blobs not repaired.
         self.journal.clear();
         for d in self.damage.unrepaired_blobs() {
