@@ -2,8 +2,8 @@
 //!
 //! The only layer that uses `anyhow`; it turns library errors into one `error: ...` line and an
 //! exit code (0 ok, 1 error, 2 usage, 3 backup finished but some entries could not be read).
-//! It holds no storage logic: every command calls `backup`, `restore`, `maintenance`,
-//! `schedule` or `vault`.
+//! It holds no storage logic: every command calls `backup`, `restore`, `protection`, `mount`,
+//! `maintenance`, `schedule` or `vault`.
 
 mod backup;
 mod list;

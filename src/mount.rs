@@ -3,7 +3,7 @@
 //! `view` is the pure logic (inodes, attributes, listings, reads), `fuse` the fuser adapter (the
 //! only code that knows fuser). This module checks the mount point, mounts (fuser's own mount
 //! code: no libfuse needed), runs the
-//! request threads, keeps the point list fresh (a poll of the catalog every second, with kernel
+//! request threads, keeps the point list fresh (a poll of the catalog twice a second, with kernel
 //! invalidations for the virtual directories) and unmounts on SIGINT/SIGTERM.
 //! It only reads: it never takes the vault's writer lock, so backups run while mounted.
 //! Crash story: nothing to lose; a killed mount leaves a dead mount point that `coffre umount`
@@ -33,7 +33,9 @@ pub enum MountError {
     NotADir(PathBuf),
     #[error("mount point {0} is not empty; mount on an empty directory")]
     NotEmpty(PathBuf),
-    #[error("{0} is already a mount point (busy); unmount it first (coffre umount {0})")]
+    #[error(
+        "{0} is already a mount point (busy); unmount it first (`coffre umount {0}` for a coffre mount, `umount {0}` otherwise)"
+    )]
     Busy(PathBuf),
     #[error("/dev/fuse is missing: load the fuse module (modprobe fuse) or install fuse3")]
     NoFuse,
@@ -267,6 +269,14 @@ fn refresh_loop(view: &View, notifier: &fuse::Kernel, stop: &AtomicBool) {
                 inval_entry(View::ITEMS, item.as_bytes());
             }
             for p in list {
+                // A point gone, or now under another name: its old name must be looked up again.
+                let renamed = new
+                    .by_id
+                    .get(&p.id)
+                    .is_some_and(|q| q.dir_name != p.dir_name);
+                if renamed && let Some(dir) = view.known_child(View::ITEMS, item.as_bytes()) {
+                    inval_entry(dir, p.dir_name.as_bytes());
+                }
                 if !new.by_id.contains_key(&p.id) {
                     inval_entry(View::IDS, p.id.as_bytes());
                     if let Some(dir) = view.known_child(View::ITEMS, item.as_bytes()) {

@@ -1,8 +1,9 @@
 //! Restores out of recovery points, without FUSE.
 //!
 //! `files` writes a point's tree (or chosen paths of it) into a directory; `image` writes whole
-//! disk images and VMs for the sidecar. A restore only reads the vault; the one exception is an
-//! in-place VM or disk restore, which marks the item `needs-reprotect` before it writes.
+//! disk images and VMs for the sidecar. A restore only reads the vault, except that an in-place
+//! VM or disk restore marks the item `needs-reprotect` before it writes, and `--protect-as`
+//! registers the restored copy as a new item.
 
 pub mod files;
 pub mod image;

@@ -1,7 +1,8 @@
 //! The vault: the only door to `vault.db` and `packs/`.
 //!
 //! Layout of a vault directory: `vault.db` (+ `-wal`, `-shm`), `packs/<name>.pack`,
-//! `packs/orphaned/` (quarantined packs), `leases/`, `lock`. `Vault` opens and checks a vault
+//! `packs/orphaned/` (quarantined packs), `leases/`, `lock`, `damaged` (the damage journal),
+//! `commit-seq` (how many write sessions committed). `Vault` opens and checks a vault
 //! (refusing foreign, newer or damaged ones before changing anything) and offers operations, not
 //! parts: `begin_write` (the write session: the only way to add data), `reader()` (the read side:
 //! trees, lists, verified chunks, content readers), item and point operations, `lock` (one
@@ -217,7 +218,9 @@ impl Vault {
         }
         std::env::var_os("HOME")
             .filter(|p| !p.is_empty())
-            .map(|h| PathBuf::from(h).join(".local/share/coffre/vault"))
+            .map(PathBuf::from)
+            .or_else(home_of_user)
+            .map(|h| h.join(".local/share/coffre/vault"))
     }
 
     /// True if `path` looks like a vault (has a catalog file).
@@ -498,26 +501,40 @@ impl Vault {
         if spec.is_empty() || spec == "latest" {
             return points.pop().ok_or(VaultError::PointNotFound(full));
         }
-        let names = point_dir_names(&points);
-        // A name the mount shows, or a whole id, is exact: it names one point.
-        if let Some(i) = (0..points.len()).find(|&i| names[i] == spec || points[i].id == spec) {
-            return Ok(points.swap_remove(i));
-        }
-        let hits: Vec<usize> = (0..points.len())
-            .filter(|&i| points[i].id.starts_with(spec) || human_time(points[i].time) == spec)
-            .collect();
-        match hits.as_slice() {
-            [] => Err(VaultError::PointNotFound(full)),
-            [i] => Ok(points.swap_remove(*i)),
-            many => Err(VaultError::AmbiguousPoint {
-                spec: full,
-                candidates: many
-                    .iter()
-                    .map(|&i| format!("{} ({})", points[i].id, names[i]))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            }),
-        }
+        pick_point(points, spec, &full, VaultError::PointNotFound)
+    }
+}
+
+/// The one point of `points` (oldest first) that `spec` names: a name the mount shows or a
+/// whole id (exact), else a unique id prefix or the time `points` prints; several matches are
+/// `ambiguous` with the candidates. Live and soft-deleted points are named alike.
+fn pick_point(
+    mut points: Vec<PointRow>,
+    spec: &str,
+    full: &str,
+    not_found: fn(String) -> VaultError,
+) -> VaultResult<PointRow> {
+    let names = point_dir_names(&points);
+    if spec.is_empty() {
+        return Err(not_found(full.to_string()));
+    }
+    if let Some(i) = (0..points.len()).find(|&i| names[i] == spec || points[i].id == spec) {
+        return Ok(points.swap_remove(i));
+    }
+    let hits: Vec<usize> = (0..points.len())
+        .filter(|&i| points[i].id.starts_with(spec) || human_time(points[i].time) == spec)
+        .collect();
+    match hits.as_slice() {
+        [] => Err(not_found(full.to_string())),
+        [i] => Ok(points.swap_remove(*i)),
+        many => Err(VaultError::AmbiguousPoint {
+            spec: full.to_string(),
+            candidates: many
+                .iter()
+                .map(|&i| format!("{} ({})", points[i].id, names[i]))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
     }
 }
 
@@ -544,8 +561,21 @@ pub fn point_dir_names(points: &[PointRow]) -> Vec<String> {
 /// counts fewer lost its newest commits (a damaged WAL, or an older copy put back).
 const COMMIT_SEQ: &str = "commit-seq";
 
-/// Records, after a session's commit, how many sessions have committed (best effort).
+/// Records, after a session's commit, how many sessions have committed (best effort). A count
+/// above the catalog's is kept: lost commits stay reported until `rebuild-index` acknowledges
+/// them (`acknowledge`).
 fn note_commit_seq(root: &Path, seq: u64) {
+    let recorded = recorded_commit_seq(root).unwrap_or(0);
+    write_commit_seq(root, seq.max(recorded));
+}
+
+fn recorded_commit_seq(root: &Path) -> Option<u64> {
+    fs::read_to_string(root.join(COMMIT_SEQ))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+}
+
+pub(crate) fn write_commit_seq(root: &Path, seq: u64) {
     let (tmp, dst) = (root.join("commit-seq.tmp"), root.join(COMMIT_SEQ));
     // A rename after the write: the file holds one whole number or the previous one.
     let r = fs::write(&tmp, format!("{seq}\n")).and_then(|_| fs::rename(&tmp, &dst));
@@ -554,11 +584,26 @@ fn note_commit_seq(root: &Path, seq: u64) {
     }
 }
 
-/// Warns when the catalog counts fewer committed sessions than were recorded beside it.
+/// Warns when the catalog counts fewer committed sessions than were recorded beside it, and
+/// while packs wait in quarantine.
 fn check_commit_seq(root: &Path, catalog: &Catalog) -> VaultResult<()> {
-    let recorded = fs::read_to_string(root.join(COMMIT_SEQ))
-        .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok());
+    let orphaned = fs::read_dir(root.join("packs").join(store::ORPHANED_DIR))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".pack"))
+            })
+            .count()
+        })
+        .unwrap_or(0);
+    if orphaned > 0 {
+        log::warn!(
+            "{orphaned} packs of {} wait in packs/orphaned (their catalog rows were lost); \
+             `coffre vault rebuild-index` registers their data again",
+            root.display()
+        );
+    }
+    let recorded = recorded_commit_seq(root);
     let have = catalog
         .meta("commit_seq")?
         .and_then(|v| v.parse::<u64>().ok())
@@ -569,12 +614,38 @@ fn check_commit_seq(root: &Path, catalog: &Catalog) -> VaultResult<()> {
         log::warn!(
             "the catalog of {} lost its newest {} backups (a damaged vault.db-wal, or an older \
              vault.db put back); the next writer moves their packs to packs/orphaned, and \
-             `coffre vault rebuild-index` registers their data again",
+             `coffre vault rebuild-index` registers their data again (and ends this warning)",
             root.display(),
             r - have
         );
     }
     Ok(())
+}
+
+/// The home directory of the effective user from the password database (system services run
+/// without `$HOME`).
+fn home_of_user() -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    // SAFETY: an all-zero passwd is a valid out value (null pointers, zero ids).
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: valid buffers of the sizes given; getpwuid_r fills `pw` and points `out` at it.
+    let r = unsafe {
+        libc::getpwuid_r(
+            libc::geteuid(),
+            &mut pw,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut out,
+        )
+    };
+    if r != 0 || out.is_null() || pw.pw_dir.is_null() {
+        return None;
+    }
+    // SAFETY: pw_dir points into `buf`, NUL-terminated, alive for this scope.
+    let dir = unsafe { std::ffi::CStr::from_ptr(pw.pw_dir) };
+    (!dir.to_bytes().is_empty()).then(|| PathBuf::from(std::ffi::OsStr::from_bytes(dir.to_bytes())))
 }
 
 /// fsyncs a directory so renames and new files in it survive a crash.

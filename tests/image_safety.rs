@@ -308,3 +308,63 @@ fn an_idle_block_device_is_file_consistent_and_a_mounted_one_crash_consistent() 
     sh(Command::new("umount").arg(&mnt));
     assert_eq!(c, "crash", "a mounted device");
 }
+
+fn pack_set(t: &TestVault) -> std::collections::BTreeSet<PathBuf> {
+    std::fs::read_dir(t.vault().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect()
+}
+
+#[test]
+fn a_vm_restore_that_cannot_supply_one_disk_changes_no_disk() {
+    let t = TestVault::new();
+    let (cfg, d1, d2) = (t.path("vm.conf"), t.path("d1.img"), t.path("d2.img"));
+    std::fs::write(&cfg, b"memory = 1G\n").unwrap();
+    make_image(&d1, 1);
+    make_image(&d2, 2);
+    let backup = |t: &TestVault| {
+        t.ok(&[
+            "backup-vm",
+            "--item",
+            "vm",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--disk",
+            d1.to_str().unwrap(),
+            "--disk",
+            d2.to_str().unwrap(),
+        ])
+    };
+    backup(&t);
+    // The second point changes only d2: its new blocks are in a pack of their own.
+    let before = pack_set(&t);
+    make_image(&d2, 20);
+    backup(&t);
+    let new: Vec<_> = pack_set(&t).difference(&before).cloned().collect();
+    assert_eq!(new.len(), 1);
+    std::fs::remove_file(&new[0]).unwrap();
+    // The live VM moves on: both disks differ from the point now.
+    make_image(&d1, 100);
+    make_image(&d2, 200);
+    let live = (
+        std::fs::read(&cfg).unwrap(),
+        std::fs::read(&d1).unwrap(),
+        std::fs::read(&d2).unwrap(),
+    );
+    let out = sidecar(&t, &["vm", "vm", "--in-place"]);
+    assert_fails(&out, "nothing was changed");
+    assert!(
+        std::fs::read(&cfg).unwrap() == live.0,
+        "the config was changed"
+    );
+    assert!(
+        std::fs::read(&d1).unwrap() == live.1,
+        "the first disk was replaced"
+    );
+    assert!(
+        std::fs::read(&d2).unwrap() == live.2,
+        "the second disk was changed"
+    );
+}

@@ -448,6 +448,30 @@ impl View {
         ino
     }
 
+    /// The inode of point directory `p` under `parent`. A name can pass from one point to
+    /// another (the first of two same-second points forgotten, an import into that second): the
+    /// inode is bound to the point, so a name that now means another point gets a new inode.
+    fn point_child(&self, parent: u64, p: &Arc<PointInfo>) -> u64 {
+        let key = (parent, p.dir_name.as_bytes().to_vec());
+        let same = |inodes: &Inodes, ino: &u64| matches!(inodes.virtuals.get(ino), Some(Node::Point(q)) if q.rowid == p.rowid);
+        {
+            let inodes = self.inodes.read().expect("inodes lock");
+            if let Some(ino) = inodes.by_name.get(&key).filter(|i| same(&inodes, i)) {
+                return *ino;
+            }
+        }
+        let mut inodes = self.inodes.write().expect("inodes lock");
+        if let Some(&ino) = inodes.by_name.get(&key)
+            && same(&inodes, &ino)
+        {
+            return ino;
+        }
+        let ino = inodes.take(1);
+        inodes.virtuals.insert(ino, Node::Point(p.clone()));
+        inodes.by_name.insert(key, ino);
+        ino
+    }
+
     fn tree(&self, id: &TreeId) -> ViewResult<Tree> {
         if let Some(t) = self.trees.lock().expect("trees lock").get(id) {
             return Ok(t);
@@ -548,9 +572,7 @@ impl View {
                 Ok(Arc::new(
                     list.iter()
                         .map(|p| {
-                            let pc = p.clone();
-                            let c =
-                                self.virtual_child(ino, p.dir_name.as_bytes(), || Node::Point(pc));
+                            let c = self.point_child(ino, p);
                             (Box::from(p.dir_name.as_bytes()), c)
                         })
                         .collect(),
@@ -593,8 +615,7 @@ impl View {
                     out.push((Box::from(&b"latest"[..]), l));
                 }
                 for p in list {
-                    let pc = p.clone();
-                    let c = self.virtual_child(ino, p.dir_name.as_bytes(), || Node::Point(pc));
+                    let c = self.point_child(ino, p);
                     out.push((Box::from(p.dir_name.as_bytes()), c));
                 }
                 Ok(Arc::new(out))
@@ -648,7 +669,7 @@ impl View {
                     .points()
                     .deleted_point(&item, name)
                     .ok_or(ViewError::NotFound)?;
-                Ok(self.virtual_child(parent, name, || Node::Point(p)))
+                Ok(self.point_child(parent, &p))
             }
             Node::Items => {
                 let pts = self.points();
@@ -675,7 +696,7 @@ impl View {
                     return Ok(self.virtual_child(parent, name, || Node::Latest(item)));
                 }
                 let p = pts.point(&item, name).ok_or(ViewError::NotFound)?;
-                Ok(self.virtual_child(parent, name, || Node::Point(p)))
+                Ok(self.point_child(parent, &p))
             }
             Node::Point(_) | Node::Entry { .. } => {
                 let (entries, base, point) = self.dir(parent)?;

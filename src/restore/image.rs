@@ -224,20 +224,94 @@ pub fn plan_image(
     })
 }
 
-/// Writes one planned image. Returns the bytes written. On error, says what the target holds.
-pub fn apply(vault: &Vault, plan: &ImagePlan, progress: bool) -> Result<u64, RestoreError> {
+/// An image made ready without changing its target: a file written beside it under a
+/// temporary name (removed if never committed), or a device image read through and checked.
+enum Staged {
+    File(StagedFile),
+    Device,
+}
+
+/// A file target's new content, complete and synced under a temporary name beside it.
+struct StagedFile {
+    dir: OwnedFd,
+    tmp: Vec<u8>,
+    name: Vec<u8>,
+    written: u64,
+    committed: bool,
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fsmeta::unlink_at(self.dir.as_fd(), &self.tmp);
+        }
+    }
+}
+
+/// Phase one of an image: nothing at its target changes.
+fn stage(vault: &Vault, plan: &ImagePlan, progress: bool) -> Result<Staged, RestoreError> {
     let bar = Progress::new("restore", progress);
     let tick = |n: u64| {
         bar.add(0, n);
         bar.tick();
     };
     let r = if plan.device {
-        write_device(vault, plan, &tick)
+        let content = vault.reader().content(&plan.entry)?;
+        content.check()?;
+        Ok(Staged::Device)
     } else {
-        write_beside(vault, plan, &tick)
+        write_beside(vault, plan, &tick).map(Staged::File)
     };
     bar.finish();
     r
+}
+
+/// Phase two: the staged file replaces its target (atomically); a device is written.
+fn commit(
+    vault: &Vault,
+    plan: &ImagePlan,
+    staged: Staged,
+    progress: bool,
+) -> Result<u64, RestoreError> {
+    let io = |e| RestoreError::Target {
+        path: plan.target.clone(),
+        source: e,
+    };
+    match staged {
+        Staged::File(mut f) => {
+            // A new target must still be absent: never replace what appeared since planning.
+            let flags = if plan.overwrite {
+                0
+            } else {
+                libc::RENAME_NOREPLACE
+            };
+            renameat(f.dir.as_fd(), &f.tmp, &f.name, flags).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EEXIST) {
+                    target_err(
+                        &plan.target,
+                        "appeared since the restore was planned; pass --force to overwrite it",
+                    )
+                } else {
+                    io(e)
+                }
+            })?;
+            f.committed = true;
+            std::fs::File::from(f.dir.try_clone().map_err(io)?)
+                .sync_all()
+                .map_err(io)?;
+            Ok(f.written)
+        }
+        Staged::Device => {
+            let bar = Progress::new("restore", progress);
+            let tick = |n: u64| {
+                bar.add(0, n);
+                bar.tick();
+            };
+            let r = write_device(vault, plan, &tick);
+            bar.finish();
+            r
+        }
+    }
 }
 
 fn content_err(path: &Path) -> impl Fn(ContentError) -> RestoreError + '_ {
@@ -281,27 +355,35 @@ fn open_parent(plan: &ImagePlan) -> Result<OwnedFd, RestoreError> {
     Ok(dir)
 }
 
-fn renameat(dir: BorrowedFd, from: &[u8], to: &[u8]) -> std::io::Result<()> {
+fn renameat(dir: BorrowedFd, from: &[u8], to: &[u8], flags: libc::c_uint) -> std::io::Result<()> {
     let (f, t) = (
         std::ffi::CString::new(from)
             .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?,
         std::ffi::CString::new(to).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?,
     );
     // SAFETY: valid C strings and directory descriptors.
-    let r = unsafe { libc::renameat(dir.as_raw_fd(), f.as_ptr(), dir.as_raw_fd(), t.as_ptr()) };
+    let r = unsafe {
+        libc::renameat2(
+            dir.as_raw_fd(),
+            f.as_ptr(),
+            dir.as_raw_fd(),
+            t.as_ptr(),
+            flags,
+        )
+    };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
 
-/// A file target: the image is written (sparse) to a new file beside the target, then renamed
-/// over it. Until the rename the old file is untouched.
+/// A file target: the image is written (sparse) to a new file beside the target and synced;
+/// `commit` renames it over the target. Until then the old file is untouched.
 fn write_beside(
     vault: &Vault,
     plan: &ImagePlan,
     tick: &(dyn Fn(u64) + Sync),
-) -> Result<u64, RestoreError> {
+) -> Result<StagedFile, RestoreError> {
     let name = plan
         .resolved
         .file_name()
@@ -315,59 +397,52 @@ fn write_beside(
         format!(".coffre-restore-{}", crate::vault::random_hex(4)).as_bytes(),
     ]
     .concat();
+    let io = |e| RestoreError::Target {
+        path: plan.target.clone(),
+        source: e,
+    };
     let fd = fsmeta::open_at(
         dir.as_fd(),
         &tmp,
         libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
         0o600,
     )
-    .map_err(|e| RestoreError::Target {
-        path: plan.target.clone(),
-        source: e,
-    })?;
+    .map_err(io)?;
+    let mut staged = StagedFile {
+        dir,
+        tmp,
+        name,
+        written: 0,
+        committed: false,
+    };
     let file = std::fs::File::from(fd);
-    let result = (|| {
-        let content = vault.reader().content(&plan.entry)?;
-        let opts = WriteOptions {
-            zero_holes: false,
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            progress: Some(tick),
-        };
-        let n = content
-            .write_to(&file, &opts)
-            .map_err(content_err(&plan.target))?;
-        let e = &plan.entry;
-        let io = |e| RestoreError::Target {
-            path: plan.target.clone(),
-            source: e,
-        };
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            fsmeta::fchown(file.as_fd(), e.uid, e.gid).map_err(io)?;
-        }
-        fsmeta::fchmod(file.as_fd(), e.mode).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        renameat(dir.as_fd(), &tmp, &name).map_err(io)?;
-        std::fs::File::from(dir.try_clone().map_err(io)?)
-            .sync_all()
-            .map_err(io)?;
-        Ok(n)
-    })();
-    if result.is_err() {
-        let _ = fsmeta::unlink_at(dir.as_fd(), &tmp);
+    let content = vault.reader().content(&plan.entry)?;
+    let opts = WriteOptions {
+        zero_holes: false,
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        progress: Some(tick),
+    };
+    staged.written = content
+        .write_to(&file, &opts)
+        .map_err(content_err(&plan.target))?;
+    let e = &plan.entry;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        fsmeta::fchown(file.as_fd(), e.uid, e.gid).map_err(io)?;
     }
-    result
+    fsmeta::fchmod(file.as_fd(), e.mode).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(staged)
 }
 
-/// A block device: every chunk is read and checked first, then the device is opened with
-/// `O_EXCL` (and checked to be the planned device) and written, holes as zeros.
+/// A block device whose image `stage` read through and checked: opened with `O_EXCL` (and
+/// checked to be the planned device) and written, holes as zeros.
 fn write_device(
     vault: &Vault,
     plan: &ImagePlan,
     tick: &(dyn Fn(u64) + Sync),
 ) -> Result<u64, RestoreError> {
     let content = vault.reader().content(&plan.entry)?;
-    content.check()?;
     let terr = |e| RestoreError::Target {
         path: plan.target.clone(),
         source: e,
@@ -681,13 +756,22 @@ pub fn apply_plan(
         })?;
         out.needs_reprotect = true;
     }
+    // Phase one for every image before phase two for any: a VM whose second disk cannot be
+    // supplied keeps its first disk as it was.
+    let mut staged = Vec::with_capacity(plan.images.len());
     for (i, p) in plan.images.iter().enumerate() {
-        match apply(vault, p, progress) {
+        match stage(vault, p, progress) {
+            Ok(s) => staged.push(s),
+            Err(e) => return Err(RestoreError::Plan(failure_report(plan, i, &e, true))),
+        }
+    }
+    for (i, (p, s)) in plan.images.iter().zip(staged).enumerate() {
+        match commit(vault, p, s, progress) {
             Ok(n) => {
                 each(p, n);
                 out.written.push(n);
             }
-            Err(e) => return Err(RestoreError::Plan(failure_report(plan, i, &e))),
+            Err(e) => return Err(RestoreError::Plan(failure_report(plan, i, &e, false))),
         }
     }
     if let Some(new) = &plan.protect_as {
@@ -705,8 +789,9 @@ pub fn apply_plan(
     Ok(out)
 }
 
-/// What a restore that failed at image `failed` changed, in one paragraph.
-fn failure_report(plan: &RestorePlan, failed: usize, e: &RestoreError) -> String {
+/// What a restore that failed at image `failed` changed, in one paragraph. `staging`: it failed
+/// while making images ready, before any target changed.
+fn failure_report(plan: &RestorePlan, failed: usize, e: &RestoreError, staging: bool) -> String {
     let names = |r: &[ImagePlan]| {
         r.iter()
             .map(|p| p.target.display().to_string())
@@ -719,20 +804,24 @@ fn failure_report(plan: &RestorePlan, failed: usize, e: &RestoreError) -> String
         p.source,
         p.target.display()
     );
-    if !p.device {
-        msg.push_str(" (the file there was left as it was)");
-    }
-    if failed > 0 {
-        msg.push_str(&format!(
-            "; already restored: {}",
-            names(&plan.images[..failed])
-        ));
-    }
-    if failed + 1 < plan.images.len() {
-        msg.push_str(&format!(
-            "; not started: {}",
-            names(&plan.images[failed + 1..])
-        ));
+    if staging {
+        msg.push_str("; nothing was changed: every target was left as it was");
+    } else {
+        if !p.device {
+            msg.push_str(" (the file there was left as it was)");
+        }
+        if failed > 0 {
+            msg.push_str(&format!(
+                "; already restored: {}",
+                names(&plan.images[..failed])
+            ));
+        }
+        if failed + 1 < plan.images.len() {
+            msg.push_str(&format!(
+                "; not restored: {}",
+                names(&plan.images[failed + 1..])
+            ));
+        }
     }
     if plan.in_place {
         msg.push_str(&format!(

@@ -88,18 +88,38 @@ impl Journal {
         }
     }
 
-    /// Every id recorded so far (unreadable lines are skipped).
-    pub fn read(&self) -> Vec<Damaged> {
-        std::fs::read_to_string(&self.path)
+    /// Takes every id recorded so far (unreadable lines are skipped): the journal is moved aside
+    /// to `damaged.taken`, so what readers record from now on goes to a new journal and is not
+    /// lost when the taking session clears what it took. A taken journal left by a session that
+    /// did not commit is taken again.
+    pub fn take(&self) -> Vec<Damaged> {
+        let taken = self.taken_path();
+        if !taken.exists() {
+            let _ = std::fs::rename(&self.path, &taken);
+        } else if let Ok(more) = std::fs::read_to_string(&self.path) {
+            // Both: append the new journal to the one already taken.
+            let r = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&taken)
+                .and_then(|mut f| f.write_all(more.as_bytes()));
+            if r.is_ok() {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+        std::fs::read_to_string(&taken)
             .unwrap_or_default()
             .lines()
             .filter_map(Damaged::parse)
             .collect()
     }
 
-    /// Forgets what was recorded (after a session that took it into account committed).
-    pub fn clear(&self) {
-        let _ = std::fs::remove_file(&self.path);
+    /// Forgets what was taken (after the session that took it committed).
+    pub fn clear_taken(&self) {
+        let _ = std::fs::remove_file(self.taken_path());
+    }
+
+    fn taken_path(&self) -> PathBuf {
+        self.path.with_extension("taken")
     }
 }
 
@@ -129,11 +149,9 @@ impl DamageSet {
                 }
                 Damaged::Tree(id) => {
                     set.trees.get_mut().expect("fresh lock").insert(*id);
-                    set.check_blobs = AtomicBool::new(true);
                 }
                 Damaged::List(id) => {
                     set.lists.get_mut().expect("fresh lock").insert(*id);
-                    set.check_blobs = AtomicBool::new(true);
                 }
             }
         }
@@ -163,22 +181,14 @@ impl DamageSet {
         self.lists.lock().expect("damage lock").contains(id)
     }
 
-    /// True (once) if tree `id` is damaged and must be written again; it is then repaired.
+    /// True (once) if tree `id` was reported damaged (the caller checks the stored blob).
     pub fn take_tree(&self, id: &TreeId) -> bool {
-        let hit = self.trees.lock().expect("damage lock").remove(id);
-        if hit {
-            self.repaired(id.0);
-        }
-        hit
+        self.trees.lock().expect("damage lock").remove(id)
     }
 
-    /// True (once) if list `id` is damaged and must be written again; it is then repaired.
+    /// True (once) if list `id` was reported damaged (the caller checks the stored blob).
     pub fn take_list(&self, id: &ListId) -> bool {
-        let hit = self.lists.lock().expect("damage lock").remove(id);
-        if hit {
-            self.repaired(id.0);
-        }
-        hit
+        self.lists.lock().expect("damage lock").remove(id)
     }
 
     /// Damaged blobs not repaired (yet): they stay in the journal.
@@ -228,7 +238,7 @@ mod tests {
     fn the_journal_round_trips_and_skips_garbage() {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::new(dir.path());
-        assert!(j.read().is_empty());
+        assert!(j.take().is_empty());
         let c = Damaged::Chunk(ChunkId::of(b"c"));
         let t = Damaged::Tree(TreeId::of(b"t"));
         j.report(c);
@@ -239,8 +249,13 @@ mod tests {
             .write_all(b"nonsense line\nchunk 12\n")
             .unwrap();
         j.report(t);
-        assert_eq!(j.read(), vec![c, t]);
-        j.clear();
-        assert!(j.read().is_empty());
+        assert_eq!(j.take(), vec![c, t]);
+        // Recorded while the session runs: kept for the next one.
+        let l = Damaged::List(ListId::of(b"l"));
+        j.report(l);
+        j.clear_taken();
+        assert_eq!(j.take(), vec![l]);
+        j.clear_taken();
+        assert!(j.take().is_empty());
     }
 }

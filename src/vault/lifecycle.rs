@@ -13,7 +13,7 @@ use super::catalog::{Catalog, PointRow};
 use super::model::{
     DEFAULT_POLICY, Deletion, Immutability, Item, VaultSettings, check_policy_name,
 };
-use super::{Vault, VaultError, VaultResult, WriteLock, now_ns, point_dir_name};
+use super::{Vault, VaultError, VaultResult, WriteLock, now_ns};
 use crate::policy::Policy;
 
 const SOFT_DELETE_DAYS_KEY: &str = "soft_delete_days";
@@ -187,21 +187,13 @@ impl Vault {
     /// Resolves `POINT` among the soft-deleted points of an item: a point id (or unique prefix),
     /// or a point directory name as the mount shows it (`2026-11-23T140005Z`).
     pub fn resolve_deleted_point(&self, item: &Item, spec: &str) -> VaultResult<PointRow> {
-        let mut hits: Vec<PointRow> = self
-            .catalog
-            .deleted_points(Some(item.id))?
-            .into_iter()
-            .filter(|p| {
-                !spec.is_empty() && (p.id.starts_with(spec) || point_dir_name(p.time) == spec)
-            })
-            .collect();
-        match hits.len() {
-            1 => Ok(hits.remove(0)),
-            _ => Err(VaultError::DeletedPointNotFound(format!(
-                "{}@{}",
-                item.name, spec
-            ))),
-        }
+        let points = self.catalog.deleted_points(Some(item.id))?;
+        super::pick_point(
+            points,
+            spec,
+            &format!("{}@{}", item.name, spec),
+            VaultError::DeletedPointNotFound,
+        )
     }
 
     /// Applies soft deletes, purges and undeletes in one transaction.

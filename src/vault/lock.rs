@@ -3,7 +3,7 @@
 //! `WriteLock` is an advisory `flock(LOCK_EX)` on `VAULT/lock`, held for the life of a write
 //! (backup, state change, in-place restore); the kernel drops it when the process dies, so a
 //! killed writer never wedges the vault. A `Lease` is a file `VAULT/leases/<random>.lease`, held
-//! under `flock(LOCK_SH)` by a reader (mount, restore, listing) for its life, recording the vault's
+//! under `flock(LOCK_SH)` by a reader (mount, restore) for its life, recording the vault's
 //! *epoch* when it started. Garbage collection raises the epoch when it commits that packs are no
 //! longer named, and deletes such a pack only when no live lease is older than that commit: a
 //! reader that started before may still ask for it. A lease whose flock can be taken exclusively
@@ -80,13 +80,20 @@ impl Lease {
     ) -> VaultResult<Lease> {
         let dir = root.join(LEASES_DIR);
         let made = std::fs::create_dir_all(&dir).and_then(|_| {
-            let path = dir.join(format!("{}.lease", random_hex(8)));
+            // Locked under a name a collection ignores, then renamed: a collection never sees
+            // a lease file whose flock is not held yet (it would take it for a dead reader's).
+            let name = random_hex(8);
+            let (tmp, path) = (
+                dir.join(format!("{name}.new")),
+                dir.join(format!("{name}.lease")),
+            );
             let f = File::options()
                 .create_new(true)
                 .write(true)
                 .mode(0o600)
-                .open(&path)?;
+                .open(&tmp)?;
             flock(&f, libc::LOCK_SH)?;
+            std::fs::rename(&tmp, &path)?;
             Ok((path, f))
         });
         let (path, file) = match made {
@@ -144,6 +151,15 @@ pub(super) fn oldest_lease(root: &Path) -> VaultResult<Option<u64>> {
     let mut oldest: Option<u64> = None;
     for ent in entries {
         let path = ent.map_err(io_err(&dir))?.path();
+        if path.extension().is_some_and(|x| x == "new") {
+            // A reader killed between creating and renaming its lease: gone if unlocked.
+            if let Ok(f) = File::open(&path)
+                && flock(&f, libc::LOCK_EX | libc::LOCK_NB).unwrap_or(false)
+            {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         if path.extension().is_none_or(|x| x != "lease") {
             continue;
         }

@@ -165,6 +165,10 @@ pub struct Item {
     /// The point an in-place restore wrote back, while the item waits for re-protection.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub restored_point: Option<String>,
+    /// The stored definition as read, kept when this build cannot read it (`source` is `None`)
+    /// so that changing the item's state never overwrites it.
+    #[serde(skip)]
+    raw_source: serde_json::Value,
 }
 
 impl Item {
@@ -194,16 +198,16 @@ impl Item {
             created,
             policy: policy.unwrap_or_else(|| DEFAULT_POLICY.to_string()),
             restored_point,
+            raw_source: json,
         }
     }
 
     /// The JSON stored for this item's definition.
     pub(super) fn source_json(&self) -> serde_json::Value {
-        let mut v = self
-            .source
-            .as_ref()
-            .map(ItemSource::to_json)
-            .unwrap_or(serde_json::Value::Null);
+        let Some(source) = &self.source else {
+            return self.raw_source.clone(); // unreadable here: written back as it was
+        };
+        let mut v = source.to_json();
         if let (Some(p), Some(o)) = (&self.restored_point, v.as_object_mut()) {
             o.insert("restored_point".into(), p.clone().into());
         }

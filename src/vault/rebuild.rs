@@ -6,6 +6,9 @@
 //! back into `packs/` and its chunks are registered, so the next backups deduplicate against
 //! them instead of storing them again. Points whose catalog rows were lost cannot be rebuilt
 //! from packs (their trees live in the catalog); their data is kept.
+//! Every pack is fsync'd before the transaction that names it (the catalog's invariant); a chunk
+//! already known only as bad is registered from a pack only after its bytes check out; a pack
+//! with no readable record stays in quarantine.
 //! Crash story: one transaction registers the packs already moved back; a pack moved back but
 //! not registered is found by the next run (or quarantined again by the next writer, harmlessly).
 
@@ -41,8 +44,8 @@ impl Vault {
                     dir.join(ORPHANED_DIR).join(format!("{}.pack", p.name)),
                     dir.join(format!("{}.pack", p.name)),
                 );
-                if to.exists() {
-                    continue; // a pack of that name is back already
+                if to.exists() || !has_records(&from) {
+                    continue; // a pack of that name is back already, or nothing to register
                 }
                 std::fs::rename(&from, &to).map_err(io_err(&from))?;
                 report.unquarantined.push(p.name);
@@ -71,10 +74,19 @@ impl Vault {
                 if chunks.is_empty() {
                     continue;
                 }
+                // Durable before the catalog names it (a killed writer's pack never was).
+                let path = dir.join(format!("{}.pack", p.name));
+                std::fs::File::open(&path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(io_err(&path))?;
                 let pack = self.catalog.insert_pack(&p.name, p.size, now_ns())?;
                 report.packs += 1;
                 for c in chunks {
                     if self.catalog.has_good_chunk(&c.id)? {
+                        continue;
+                    }
+                    // Replacing a row known bad: only with bytes that check out.
+                    if self.catalog.chunk(&c.id)?.is_some() && !chunk_checks_out(&data, &c) {
                         continue;
                     }
                     let loc = ChunkLoc {
@@ -91,7 +103,16 @@ impl Vault {
             Ok::<(), VaultError>(())
         })();
         match r {
-            Ok(()) => self.catalog.commit()?,
+            Ok(()) => {
+                self.catalog.commit()?;
+                // The lost commits are dealt with: stop reporting them.
+                let have = self
+                    .catalog
+                    .meta("commit_seq")?
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                super::write_commit_seq(self.root(), have);
+            }
             Err(e) => {
                 self.catalog.rollback();
                 return Err(e);
@@ -99,4 +120,27 @@ impl Vault {
         }
         Ok(report)
     }
+}
+
+/// True if the pack at `path` holds at least one readable record.
+fn has_records(path: &std::path::Path) -> bool {
+    std::fs::read(path).is_ok_and(|d| !packs::scan(&d).0.is_empty())
+}
+
+/// True if the chunk's record decompresses and the chunk's bytes hash to its id.
+fn chunk_checks_out(pack: &[u8], c: &packs::ScannedChunk) -> bool {
+    let start = c.record.offset as usize;
+    let Some(stored) = pack.get(start..start + c.record.stored_len as usize) else {
+        return false;
+    };
+    let plain = match c.record.codec {
+        packs::Codec::Raw => stored.to_vec(),
+        packs::Codec::Zstd => match zstd::bulk::decompress(stored, c.record.plain_len as usize) {
+            Ok(p) => p,
+            Err(_) => return false,
+        },
+    };
+    plain
+        .get(c.offset as usize..(c.offset + c.len) as usize)
+        .is_some_and(|b| super::ChunkId::of(b) == c.id)
 }

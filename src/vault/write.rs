@@ -9,9 +9,10 @@
 //! better and faster than one frame per file), and pass records to the pool; the writer appends
 //! them to packs and seals (fsyncs) each pack at `PACK_TARGET`. Trees, content lists and new items
 //! go into the same transaction; `commit(point)` makes the point visible.
-//! Invariant: a chunk row names only a pack that was made durable; `register_pack` is the one
-//! place that inserts pack and chunk rows, and it only takes a `SealedPack`, which only the writer
-//! makes, after `finish` and the store's `sync`.
+//! Invariant: a chunk row names only a pack that was made durable; here `register_pack` is the
+//! one place that inserts pack and chunk rows, and it only takes a `SealedPack`, which only the
+//! writer makes, after `finish` and the store's `sync` (the other place is `rebuild_index`, which
+//! fsyncs each pack before naming it).
 //! Crash story: nothing is visible before the single COMMIT. Dropping a session without commit
 //! rolls back and deletes the packs it wrote; a killed process leaves packs the catalog does not
 //! name, which recovery quarantines.
@@ -265,8 +266,10 @@ impl WriteSession<'_> {
         let enc = format::encode_tree(entries);
         let id = TreeId::of(&enc);
         self.with_tx(|tx| {
-            let replace = self.damage.take_tree(&id)
-                || (self.damage.check_blobs() && tx.catalog.tree_damaged(&id)?);
+            // Replaced only if the stored blob really is damaged (a reported id may have been
+            // repaired since it was reported).
+            let suspect = self.damage.take_tree(&id) || self.damage.check_blobs();
+            let replace = suspect && tx.catalog.tree_damaged(&id)?;
             if replace {
                 self.damage.repaired(id.0);
             }
@@ -280,8 +283,8 @@ impl WriteSession<'_> {
         let enc = format::encode_list(extents);
         let id = ListId::of(&enc);
         self.with_tx(|tx| {
-            let replace = self.damage.take_list(&id)
-                || (self.damage.check_blobs() && tx.catalog.list_damaged(&id)?);
+            let suspect = self.damage.take_list(&id) || self.damage.check_blobs();
+            let replace = suspect && tx.catalog.list_damaged(&id)?;
             if replace {
                 self.damage.repaired(id.0);
             }
@@ -384,7 +387,7 @@ impl WriteSession<'_> {
         self.done = true;
         super::note_commit_seq(&self.root, seq);
         // Damaged chunks are marked bad in the catalog now; keep only blobs not repaired.
-        self.journal.clear();
+        self.journal.clear_taken();
         for d in self.damage.unrepaired_blobs() {
             self.journal.report(d);
         }
@@ -532,12 +535,23 @@ fn gather_damage(
             Some(_) => {}
         }
     }
-    let found = journal.read();
-    for d in &found {
-        if let Damaged::Chunk(id) = d {
-            catalog.mark_chunk_bad(id)?;
+    let mut found = journal.take();
+    // A reported blob that checks out now (repaired since) is not damage any more.
+    let mut still = Vec::with_capacity(found.len());
+    for d in found.drain(..) {
+        let keep = match &d {
+            Damaged::Chunk(id) => {
+                catalog.mark_chunk_bad(id)?;
+                true
+            }
+            Damaged::Tree(id) => catalog.tree_damaged(id)?,
+            Damaged::List(id) => catalog.list_damaged(id)?,
+        };
+        if keep {
+            still.push(d);
         }
     }
+    let found = still;
     let bad: HashSet<ChunkId> = catalog.bad_chunks()?.into_iter().collect();
     Ok(DamageSet::new(bad, &found))
 }
