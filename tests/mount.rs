@@ -440,3 +440,52 @@ fn soft_deleted_points_show_read_only_under_deleted_until_undeleted() {
     }
     assert_eq!(listing("items/x").len(), 3);
 }
+
+#[test]
+fn a_point_name_that_passes_to_another_point_shows_that_point() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    let at = "2026-11-01T10:00:00Z";
+    write(&src.join("f"), b"first");
+    t.ok(&[
+        "backup",
+        "-q",
+        "--time",
+        at,
+        "--item",
+        "x",
+        src.to_str().unwrap(),
+    ]);
+    write(&src.join("f"), b"second");
+    t.ok(&[
+        "backup",
+        "-q",
+        "--time",
+        at,
+        "--item",
+        "x",
+        src.to_str().unwrap(),
+    ]);
+    let first = t.points("x")[0]["id"].as_str().unwrap().to_string();
+    let m = MountGuard::start(&t, &[]);
+    let bare = m.dir.join("items/x/2026-11-01T100000Z/f");
+    assert_eq!(std::fs::read(&bare).unwrap(), b"first");
+    // Forget the first: the second point takes the bare name.
+    t.ok(&["forget", &format!("x@{first}")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names: Vec<String> = std::fs::read_dir(m.dir.join("items/x"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        if names.len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the forgotten point stayed: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read(&bare).unwrap(), b"second");
+}

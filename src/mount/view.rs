@@ -453,7 +453,10 @@ impl View {
     /// inode is bound to the point, so a name that now means another point gets a new inode.
     fn point_child(&self, parent: u64, p: &Arc<PointInfo>) -> u64 {
         let key = (parent, p.dir_name.as_bytes().to_vec());
-        let same = |inodes: &Inodes, ino: &u64| matches!(inodes.virtuals.get(ino), Some(Node::Point(q)) if q.rowid == p.rowid);
+        let same = |inodes: &Inodes, ino: &u64| match inodes.virtuals.get(ino) {
+            Some(Node::Point(q)) => q.rowid == p.rowid,
+            _ => false,
+        };
         {
             let inodes = self.inodes.read().expect("inodes lock");
             if let Some(ino) = inodes.by_name.get(&key).filter(|i| same(&inodes, i)) {
