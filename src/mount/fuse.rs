@@ -61,8 +61,14 @@ fn file_attr(a: &Attr) -> FileAttr {
     }
 }
 
-/// True if process `pid` has CAP_SYS_ADMIN in its effective set (bit 21 of CapEff).
+/// True if process `pid` has CAP_SYS_ADMIN in its effective set (bit 21 of CapEff) in this
+/// mount's user namespace (a process in a user namespace of its own has every capability there,
+/// and none over this mount).
 fn has_sys_admin(pid: u32) -> bool {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+    if ns(&pid.to_string()).is_none_or(|theirs| Some(theirs) != ns("self")) {
+        return false;
+    }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };

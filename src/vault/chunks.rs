@@ -112,9 +112,24 @@ impl ChunkSource {
         }
     }
 
-    /// The bytes of chunk `id`, checked against it.
+    /// The bytes of chunk `id`, checked against it. A failure with a cached location looks the
+    /// chunk up again: a backup may have stored a good copy elsewhere since (damage healed).
     pub fn read_chunk(&self, id: &ChunkId) -> VaultResult<ChunkBytes> {
         let loc = self.location(id)?;
+        match self.read_at(id, &loc) {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                self.locations.lock().expect("locations lock").remove(id);
+                match self.location(id) {
+                    Ok(now) if now != loc => self.read_at(id, &now),
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    fn read_at(&self, id: &ChunkId, loc: &ChunkLoc) -> VaultResult<ChunkBytes> {
+        let loc = *loc;
         let range = loc.offset as usize..loc.offset as usize + loc.len as usize;
         let rec = self.load(id, &loc)?;
         let mut verified = rec.verified.lock().expect("verified lock");
