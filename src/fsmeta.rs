@@ -408,6 +408,13 @@ pub fn fset_xattr(fd: BorrowedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
 
 /// Removes one extended attribute from the node `fd` holds (any descriptor, `O_PATH` ones
 /// included). Not there, or not supported by the file system: nothing to do.
+/// True if the open directory or file `fd` has extended attribute `key` (errors: false).
+pub fn fhas_xattr(fd: BorrowedFd, key: &[u8]) -> bool {
+    let Ok(k) = cstr(key) else { return false };
+    // SAFETY: valid fd and C string; a null buffer of size 0 asks for the value's size only.
+    unsafe { libc::fgetxattr(fd.as_raw_fd(), k.as_ptr(), std::ptr::null_mut(), 0) >= 0 }
+}
+
 pub fn fremove_xattr(fd: BorrowedFd, key: &[u8]) -> io::Result<()> {
     let k = cstr(key)?;
     // SAFETY: valid fd and C string.

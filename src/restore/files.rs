@@ -104,9 +104,10 @@ impl Selection {
 /// A fresh temporary name for the target (`.coffre-tmp.PID.N`).
 fn tmp_name() -> Vec<u8> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     format!(
         ".coffre-tmp.{}.{}",
-        std::process::id(),
+        PID.get_or_init(std::process::id),
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
     .into_bytes()
@@ -126,8 +127,9 @@ fn make_tmp<T>(mut make: impl FnMut(&[u8]) -> io::Result<T>) -> io::Result<(Vec<
 }
 
 /// Moves the complete entry at `tmp` over `name` in `dir`. Returns whether it replaced one.
-fn commit(dir: BorrowedFd, tmp: &[u8], name: &[u8]) -> io::Result<bool> {
-    let existed = fsmeta::lstat_at(dir, name).is_ok();
+/// `fresh`: `dir` was created empty by this restore, so nothing can be in the way.
+fn commit(dir: BorrowedFd, tmp: &[u8], name: &[u8], fresh: bool) -> io::Result<bool> {
+    let existed = !fresh && fsmeta::lstat_at(dir, name).is_ok();
     fsmeta::rename_at(dir, tmp, dir, name, 0).map_err(|e| match e.raw_os_error() {
         Some(libc::EISDIR | libc::ENOTEMPTY | libc::EEXIST) => {
             io::Error::other("a directory is in the way")
@@ -154,9 +156,11 @@ fn left_as_it_was(dir: BorrowedFd, name: &[u8]) -> &'static str {
 /// read-only mode cannot refuse a non-root restore its `user.*` xattrs; a captured ACL agrees with
 /// the captured mode, so chmod leaves it as set; chmod never clears capabilities); then the times
 /// (everything before changes only the ctime).
-fn apply_meta(fd: BorrowedFd, e: &Entry, chown: bool) -> io::Result<()> {
+/// `may_have_acl`: the node may carry an ACL the entry did not have (inherited from its
+/// directory's default ACL, or there before); otherwise removing one is skipped.
+fn apply_meta(fd: BorrowedFd, e: &Entry, chown: bool, may_have_acl: bool) -> io::Result<()> {
     let kind = e.kind();
-    if kind != Kind::Symlink {
+    if kind != Kind::Symlink && may_have_acl {
         let has = |k: &[u8]| e.xattrs.iter().any(|(n, _)| n == k);
         if !has(ACCESS_ACL) {
             fsmeta::fremove_xattr(fd, ACCESS_ACL)?;
@@ -186,6 +190,10 @@ fn ts(t: crate::vault::Timestamp) -> (i64, u32) {
 /// written, per hard link waiting for its first name) drops to zero.
 struct DirDone {
     fd: OwnedFd,
+    /// Created empty by this restore: nothing of its own can be in the way of an entry.
+    fresh: bool,
+    /// It has a default ACL: what is created in it inherits one.
+    inherits: bool,
     /// Metadata to apply when complete: `None` for an existing directory that is only on the way
     /// to chosen paths, or the existing target (unless asked).
     meta: Option<Entry>,
@@ -206,8 +214,16 @@ struct Swap {
 }
 
 impl DirDone {
-    fn new(fd: OwnedFd, meta: Option<Entry>, path: String, swap: Option<Swap>) -> Arc<DirDone> {
+    fn new(
+        fd: OwnedFd,
+        fresh: bool,
+        meta: Option<Entry>,
+        path: String,
+        swap: Option<Swap>,
+    ) -> Arc<DirDone> {
         Arc::new(DirDone {
+            inherits: fsmeta::fhas_xattr(fd.as_fd(), DEFAULT_ACL),
+            fresh,
             fd,
             meta,
             pending: AtomicUsize::new(1),
@@ -227,7 +243,7 @@ impl DirDone {
             return;
         }
         if let Some(e) = &self.meta
-            && let Err(err) = apply_meta(self.fd.as_fd(), e, sh.chown)
+            && let Err(err) = apply_meta(self.fd.as_fd(), e, sh.chown, !self.fresh || self.inherits)
         {
             sh.fail(
                 self,
@@ -372,7 +388,7 @@ impl Shared<'_> {
             let same = fsmeta::lstat_at(dir, &tmp)
                 .is_ok_and(|st| st.st_dev == src.dev && st.st_ino == src.ino);
             let r = if same {
-                commit(dir, &tmp, name)
+                commit(dir, &tmp, name, to.fresh)
             } else {
                 Err(io::Error::other(
                     "its first link was replaced while being restored",
@@ -454,14 +470,19 @@ fn write_file(
             ContentError::Vault(v) => format!("cannot read it from the vault: {v}"),
             ContentError::Target(e) => format!("cannot write it: {e}"),
         })?;
-    apply_meta(file.as_fd(), &job.entry, chown).map_err(|e| format!("cannot set metadata: {e}"))?;
+    apply_meta(file.as_fd(), &job.entry, chown, job.parent.inherits)
+        .map_err(|e| format!("cannot set metadata: {e}"))?;
     let dir = job.parent.fd.as_fd();
     let name = job.entry.name.as_slice();
-    if fsmeta::lstat_at(dir, name).is_ok() {
+    let fresh = job.parent.fresh;
+    if !fresh && fsmeta::lstat_at(dir, name).is_ok() {
         // Survives a power cut: the old file stays until the new one is on disk.
         file.sync_all().map_err(io)?;
     }
-    let replaced = commit(dir, &job.tmp, name).map_err(io)?;
+    if job.tmp == name {
+        return Ok((written, false)); // made under its own name in a fresh directory
+    }
+    let replaced = commit(dir, &job.tmp, name, fresh).map_err(io)?;
     Ok((written, replaced))
 }
 
@@ -589,13 +610,14 @@ impl Walk<'_, '_> {
         // A directory the restore made, or one chosen (or inside a chosen one), gets its
         // captured metadata; an existing one merely on the way keeps its own.
         let meta = (created || w.sel == Selection::All).then(|| w.entry.clone());
+        let fresh = created && tmp.is_none();
         let swap = tmp.map(|tmp| Swap {
             parent: w.parent.clone(),
             tmp,
             name: name.to_vec(),
         });
         let in_place = swap.is_none();
-        let dir = DirDone::new(fd, meta, path, swap);
+        let dir = DirDone::new(fd, fresh, meta, path, swap);
         if in_place {
             w.parent.release(sh);
         }
@@ -707,7 +729,13 @@ impl Walk<'_, '_> {
             }
         }
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
-        let made = make_tmp(|n| fsmeta::open_at(dir.fd.as_fd(), n, flags, 0o600));
+        // In a directory this restore made, nothing is in the way: the file is made under its
+        // own name (and removed again if it cannot be completed).
+        let made = if dir.fresh {
+            fsmeta::open_at(dir.fd.as_fd(), &e.name, flags, 0o600).map(|fd| (e.name.clone(), fd))
+        } else {
+            make_tmp(|n| fsmeta::open_at(dir.fd.as_fd(), n, flags, 0o600))
+        };
         let (tmp, fd) = match made {
             Ok(x) => x,
             Err(err) => {
@@ -759,8 +787,8 @@ impl Walk<'_, '_> {
                 if fsmeta::fstat(fd.as_fd())?.st_mode & libc::S_IFMT != kind.ifmt() {
                     return Err(io::Error::other("it was replaced while being restored"));
                 }
-                apply_meta(fd.as_fd(), e, sh.chown)?;
-                commit(d, &tmp, &e.name)
+                apply_meta(fd.as_fd(), e, sh.chown, dir.inherits)?;
+                commit(d, &tmp, &e.name, dir.fresh)
             })();
             if r.is_err() {
                 let _ = fsmeta::unlink_at(d, &tmp);
@@ -872,6 +900,7 @@ pub fn restore_files(
     let top_meta = (created || opts.root_metadata).then(|| root.clone());
     let top = DirDone::new(
         target_fd.try_clone().map_err(terr)?,
+        created,
         top_meta,
         sh.display_root.clone(),
         None,

@@ -304,14 +304,15 @@ impl ContentReader {
         // Each thread takes the next top-level piece not taken yet, so fewer threads (when the
         // system refuses some) still cover every piece.
         let next = std::sync::atomic::AtomicUsize::new(0);
+        let end = std::sync::atomic::AtomicU64::new(0);
         let written = if threads == 1 {
-            self.write_pieces(&l, file, opts, &next)?
+            self.write_pieces(&l, file, opts, &next, &end)?
         } else {
             std::thread::scope(|s| {
                 let mut handles = Vec::new();
                 for _ in 0..threads {
-                    let (l, next) = (&l, &next);
-                    let body = move || self.write_pieces(l, file, opts, next);
+                    let (l, next, end) = (&l, &next, &end);
+                    let body = move || self.write_pieces(l, file, opts, next, end);
                     match crate::threads::try_spawn(s, "restore", body) {
                         Ok(h) => handles.push(h),
                         Err(e) if handles.is_empty() => return Err(ContentError::Target(e)),
@@ -330,20 +331,22 @@ impl ContentReader {
                 Ok::<u64, ContentError>(total)
             })?
         };
-        if !opts.zero_holes {
-            // A new file: extending it leaves the tail a hole.
+        if !opts.zero_holes && end.into_inner() < l.size {
+            // A new file ending in a hole: extending it leaves the tail a hole.
             file.set_len(l.size).map_err(ContentError::Target)?;
         }
         Ok(written)
     }
 
-    /// Writes top-level pieces, each the next one not taken yet (disjoint ranges of the file).
+    /// Writes top-level pieces, each the next one not taken yet (disjoint ranges of the file);
+    /// `end` rises to the end of the last byte written.
     fn write_pieces(
         &self,
         l: &Layout,
         file: &File,
         opts: &WriteOptions,
         next: &std::sync::atomic::AtomicUsize,
+        end: &std::sync::atomic::AtomicU64,
     ) -> Result<u64, ContentError> {
         static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
         let mut written = 0u64;
@@ -373,6 +376,7 @@ impl ContentReader {
                     Span::Hole => return Ok(()),
                 }
                 written += len;
+                end.fetch_max(at + len, std::sync::atomic::Ordering::Relaxed);
                 if let Some(p) = opts.progress {
                     p(len);
                 }
