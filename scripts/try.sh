@@ -40,7 +40,7 @@ cmp "$src/$file" "$work/from-mount" && echo "copied out of the mount: matches th
 
 echo "== coffre restore try '$file' --to $work/out"
 "$bin" restore try "$file" --to "$work/out"
-if cmp "$src/$file" "$work/out/$(basename "$file")"; then
+if cmp "$src/$file" "$work/out/$file"; then   # a PATH is restored under its own path
     echo "restored file matches the original: $file"
 else
     echo "MISMATCH: $file" >&2

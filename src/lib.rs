@@ -36,7 +36,8 @@
 //! | coffre-restore ... --in-place, reprotect, --protect-as | writer lock | another writer | readers |
 //! | mount                           | lease (its life)   | nothing           | everything                |
 //! | restore, coffre-restore --to    | lease              | nothing           | everything                |
-//! | items, points, stats            | nothing            | nothing           | everything                |
+//! | vault rebuild-index             | writer lock        | another writer    | readers                   |
+//! | items, points, stats, schedule, policy list/show, vault show | nothing | nothing | everything |
 //! | a garbage collection (later)    | writer lock briefly| leases older than the commit that stops naming a pack, before deleting it | everything |
 //!
 //! Readers rely on SQLite WAL snapshots and on packs being immutable while named by the catalog,
