@@ -291,21 +291,6 @@ fn a_failing_pre_script_makes_no_point_and_the_post_script_still_runs() {
     assert_eq!(t.ok(&["points", "--json"]).trim(), "[]");
 }
 
-fn sidecar(t: &TestVault, args: &[&str]) -> std::process::Output {
-    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_coffre-restore"));
-    c.env("COFFRE_VAULT", t.vault()).args(args);
-    c.output_within()
-}
-
-fn state(t: &TestVault, item: &str) -> String {
-    let items: Vec<serde_json::Value> = serde_json::from_str(&t.ok(&["items", "--json"])).unwrap();
-    items
-        .iter()
-        .find(|i| i["name"] == item)
-        .map(|i| i["state"].as_str().unwrap().to_string())
-        .unwrap()
-}
-
 #[test]
 fn the_full_reprotection_cycle() {
     let t = TestVault::new();

@@ -20,21 +20,6 @@ fn make_image(p: &Path, seed: u64) {
     }
 }
 
-fn sidecar(t: &TestVault, args: &[&str]) -> std::process::Output {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_coffre-restore"));
-    c.env("COFFRE_VAULT", t.vault()).args(args);
-    c.output_within()
-}
-
-fn state(t: &TestVault, item: &str) -> String {
-    let items: Vec<serde_json::Value> = serde_json::from_str(&t.ok(&["items", "--json"])).unwrap();
-    items
-        .iter()
-        .find(|i| i["name"] == item)
-        .map(|i| i["state"].as_str().unwrap().to_string())
-        .unwrap()
-}
-
 /// Cuts the biggest pack in half: most blocks of the image can no longer be read.
 fn damage_vault(t: &TestVault) {
     let packs = t.vault().join("packs");

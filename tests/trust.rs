@@ -304,13 +304,6 @@ fn every_point_name_the_mount_shows_resolves_and_ambiguous_specs_list_the_candid
     );
 }
 
-fn sidecar(t: &TestVault, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_coffre-restore"))
-        .env("COFFRE_VAULT", t.vault())
-        .args(args)
-        .output_within()
-}
-
 /// Asserts a usage error: exit code 2 and `needle` on one `error:` line.
 fn assert_usage(out: &std::process::Output, needle: &str) {
     let err = stderr(out);

@@ -164,20 +164,24 @@ impl Points {
     }
 
     fn deleted_point(&self, item: &str, dir_name: &[u8]) -> Option<Arc<PointInfo>> {
-        self.deleted
-            .get(item)?
-            .iter()
-            .find(|p| p.dir_name.as_bytes() == dir_name)
-            .cloned()
+        find_named(&self.deleted, item, dir_name)
     }
 
     fn point(&self, item: &str, dir_name: &[u8]) -> Option<Arc<PointInfo>> {
-        self.by_item
-            .get(item)?
-            .iter()
-            .find(|p| p.dir_name.as_bytes() == dir_name)
-            .cloned()
+        find_named(&self.by_item, item, dir_name)
     }
+}
+
+/// The point of `item` whose directory is named `dir_name`.
+fn find_named(
+    map: &BTreeMap<String, Vec<Arc<PointInfo>>>,
+    item: &str,
+    dir_name: &[u8],
+) -> Option<Arc<PointInfo>> {
+    map.get(item)?
+        .iter()
+        .find(|p| p.dir_name.as_bytes() == dir_name)
+        .cloned()
 }
 
 /// The list of points before and after a refresh that changed it.

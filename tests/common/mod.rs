@@ -81,6 +81,24 @@ impl TestVault {
     }
 }
 
+/// Runs `coffre-restore` with `args` on the vault of `t` (with a deadline).
+pub fn sidecar(t: &TestVault, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coffre-restore"))
+        .env("COFFRE_VAULT", t.vault())
+        .args(args)
+        .output_within()
+}
+
+/// The protection state of `item` as `coffre items --json` shows it.
+pub fn state(t: &TestVault, item: &str) -> String {
+    let items: Vec<serde_json::Value> = serde_json::from_str(&t.ok(&["items", "--json"])).unwrap();
+    items
+        .iter()
+        .find(|i| i["name"] == item)
+        .map(|i| i["state"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
 /// Waits for a child to exit, for at most `within`.
 pub fn wait_within(
     child: &mut std::process::Child,
