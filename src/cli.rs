@@ -6,6 +6,8 @@
 //! `maintenance`, `schedule` or `vault`.
 
 mod backup;
+mod docs;
+mod generate;
 mod list;
 mod mount;
 mod policy;
@@ -19,7 +21,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::vault::{InitOptions, Vault};
 
@@ -116,6 +118,9 @@ enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Show or change the vault's settings (soft-delete period, immutability)
     Vault(settings::VaultArgs),
+    /// Write man pages or shell completions (see README: Install)
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 impl Cli {
@@ -213,10 +218,32 @@ pub fn error_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// The `coffre` command line with the manual's longer descriptions (`--help` and the man pages
+/// show the same words).
+pub fn command() -> clap::Command {
+    docs::document(Cli::command(), docs::DETAILS)
+}
+
+/// Parses the process's arguments with `cmd` (exit 2 on a usage error, as clap does).
+fn parse<T: FromArgMatches>(cmd: clap::Command) -> T {
+    T::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
+}
+
+/// `1 file`, `2 files`: a count and its noun (`plural(n, "file")`; nouns ending in s, x, ch or
+/// sh take "es").
+pub fn plural(n: u64, noun: &str) -> String {
+    let ends = |s: &str| noun.ends_with(s);
+    match n {
+        1 => format!("1 {noun}"),
+        _ if ends("s") || ends("x") || ends("ch") || ends("sh") => format!("{n} {noun}es"),
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 /// Entry point of the `coffre` binary.
 pub fn main() -> ExitCode {
     private_umask();
-    let cli = Cli::parse();
+    let cli: Cli = parse(command());
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -295,5 +322,6 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Purge(args) => prune::purge(cli, args),
         Command::Schedule(args) => schedule::show(cli, args),
         Command::Vault(args) => settings::run(cli, args),
+        Command::Generate(args) => generate::run(args),
     }
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use super::UsageError;
 use crate::progress::human_bytes;
@@ -97,10 +97,15 @@ enum Cmd {
     },
 }
 
+/// The `coffre-restore` command line with the manual's longer descriptions.
+pub fn command() -> clap::Command {
+    super::docs::document(Sidecar::command(), super::docs::SIDECAR_DETAILS)
+}
+
 /// Entry point of the `coffre-restore` binary.
 pub fn main() -> ExitCode {
     super::private_umask();
-    let cli = Sidecar::parse();
+    let cli: Sidecar = super::parse(command());
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)
         .init();
