@@ -5,7 +5,8 @@
 //! `vault::WriteSession` (dedup, compression, packs, one transaction).
 //! Crash story: nothing becomes visible until the session commits, and that happens only after
 //! every pack it names is durable; a killed backup leaves only packs the catalog does not name,
-//! which the next writer quarantines. An item is created or redefined in the same transaction,
+//! which the next writer quarantines; an interrupted one (Ctrl-C, see `interrupt`) stops before
+//! its commit and its session deletes the packs it wrote, so the vault is as it was. An item is created or redefined in the same transaction,
 //! so a failed backup changes no definition.
 
 pub mod disk;
@@ -35,6 +36,9 @@ pub enum BackupError {
     Exclude { pattern: String, detail: String },
     #[error("backup aborted: {0}")]
     Aborted(String),
+    /// Ctrl-C or SIGTERM (see `interrupt`): stopped before the commit, nothing was kept.
+    #[error("interrupted")]
+    Interrupted,
     #[error("{phase}-script failed: {detail}")]
     Script { phase: &'static str, detail: String },
     #[error("{0}")]
@@ -87,6 +91,15 @@ pub fn backup_item(
     }
 }
 
+/// `Err(Interrupted)` once the user asked to stop: called right before a commit, so an
+/// interrupted backup leaves nothing (its session rolls back and deletes its packs).
+pub(crate) fn check_interrupt() -> Result<(), BackupError> {
+    if crate::interrupt::requested() {
+        return Err(BackupError::Interrupted);
+    }
+    Ok(())
+}
+
 /// Under immutability, a point back-dated before the item's newest one is refused: it could be
 /// the newest of a past day, week, month or year and take that role, and so the life it gives,
 /// from a point already there. A point taken now never lands in a past period.
@@ -137,8 +150,9 @@ impl Abort {
         }
         self.flag.store(true, Ordering::SeqCst);
     }
+    /// Whether to stop: a thread failed, or the user interrupted the backup.
     pub(crate) fn is_set(&self) -> bool {
-        self.flag.load(Ordering::Relaxed)
+        self.flag.load(Ordering::Relaxed) || crate::interrupt::requested()
     }
     pub(crate) fn take(&self, fallback: &str) -> BackupError {
         self.error

@@ -27,6 +27,8 @@ use crate::vault::{InitOptions, Vault};
 
 /// Exit code: some entries could not be captured (the point was still made).
 pub const EXIT_PARTIAL: u8 = 3;
+/// Exit code: interrupted by Ctrl-C or SIGTERM (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 /// coffre keeps recovery points of directories, disk images and VMs in a deduplicated,
 /// compressed vault that you can browse (coffre mount) and restore from.
@@ -40,7 +42,7 @@ pub struct Cli {
     /// More log output (-v info, -vv debug)
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// No progress line
+    /// Quiet: no progress bars and no summaries; warnings, errors and --json output remain
     #[arg(short, long, global = true)]
     quiet: bool,
     #[command(subcommand)]
@@ -229,15 +231,18 @@ fn parse<T: FromArgMatches>(cmd: clap::Command) -> T {
     T::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
 }
 
-/// `1 file`, `2 files`: a count and its noun (`plural(n, "file")`; nouns ending in s, x, ch or
-/// sh take "es").
-pub fn plural(n: u64, noun: &str) -> String {
-    let ends = |s: &str| noun.ends_with(s);
-    match n {
-        1 => format!("1 {noun}"),
-        _ if ends("s") || ends("x") || ends("ch") || ends("sh") => format!("{n} {noun}es"),
-        _ => format!("{n} {noun}s"),
+pub use crate::progress::plural;
+
+/// What a point holds, in the same words for `backup` and `restore` (so the two agree):
+/// `3 files, 1 dir, 2 other entries, 1.2 MiB` (other entries: symlinks, fifos, devices; left out
+/// when there are none).
+pub fn contents(files: u64, dirs: u64, other: u64, bytes: u64) -> String {
+    let mut s = format!("{}, {}", plural(files, "file"), plural(dirs, "dir"));
+    if other > 0 {
+        s.push_str(&format!(", {}", plural(other, "other entry")));
     }
+    s.push_str(&format!(", {}", crate::progress::human_bytes(bytes)));
+    s
 }
 
 /// Entry point of the `coffre` binary.

@@ -48,6 +48,7 @@ pub mod backup;
 pub mod chunking;
 pub mod cli;
 pub mod fsmeta;
+pub mod interrupt;
 pub mod maintenance;
 pub mod mount;
 pub mod policy;

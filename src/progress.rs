@@ -1,79 +1,193 @@
-//! A progress line for long operations: shown on a terminal, silent otherwise.
+//! Progress bars for long operations (indicatif): shown on a terminal, silent otherwise.
 //!
-//! Owns only counters (atomics, updated from any thread) and the rendering of one `\r` line on
-//! stderr, at most four times a second. Never prints when stderr is not a terminal, so scripts and
-//! tests see clean output.
+//! Two kinds, both counting files and bytes from any thread: `Progress::bytes` for work of a
+//! known size (percentage, rate, time left) and `Progress::spinner` for work of unknown size
+//! (files, bytes, rate, elapsed); `Progress::items` counts the items of `backup A B C`. Every bar
+//! joins one board (an indicatif `MultiProgress` on stderr), so bars shown together stack; text
+//! printed while bars are shown goes through `suspend`. A ticker thread redraws each visible bar
+//! ten times a second, so a bar moves (elapsed time, spinner) while one large file is read. Nothing
+//! is drawn when stderr is not a terminal, so scripts and tests see clean output. Owns no state
+//! that outlives a bar: `finish` (or drop) clears it.
 
-use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+
+/// How often a visible bar is redrawn, even when nothing was counted.
+const TICK: Duration = Duration::from_millis(100);
+
+/// One progress bar. Cheap to update from many threads (atomics and indicatif's own lock).
 pub struct Progress {
-    verb: &'static str,
-    enabled: bool,
-    start: Instant,
-    last: Mutex<Instant>,
-    pub files: AtomicU64,
-    pub bytes: AtomicU64,
+    bar: ProgressBar,
+    files: Arc<AtomicU64>,
+    ticker: Mutex<Option<Ticker>>,
+}
+
+/// The board every bar joins: stderr, at most 10 redraws a second, hidden off a terminal.
+fn board() -> &'static MultiProgress {
+    static BOARD: OnceLock<MultiProgress> = OnceLock::new();
+    BOARD.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(10)))
+}
+
+/// Runs `f` (which prints) with the bars taken off the screen, then draws them again.
+pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
+    board().suspend(f)
 }
 
 impl Progress {
-    /// `verb` names the operation ("backup", "restore").
-    pub fn new(verb: &'static str, enabled: bool) -> Progress {
-        let now = Instant::now();
+    /// Work of unknown size: `label: 1,234 files, 1.2 GiB, 45 MiB/s, 3s`.
+    pub fn spinner(label: &str, enabled: bool) -> Progress {
+        Progress::make(
+            label,
+            None,
+            enabled,
+            "{spinner} {prefix}: {files}, {binary_bytes}, {binary_bytes_per_sec}, {elapsed}",
+        )
+    }
+
+    /// Work of `total` bytes (`add_total` can grow it): bar, percentage, rate and time left.
+    pub fn bytes(label: &str, total: u64, enabled: bool) -> Progress {
+        Progress::make(
+            label,
+            Some(total),
+            enabled,
+            "{prefix}: [{bar:30}] {percent:>3}% {binary_bytes}/{binary_total_bytes}, {files}, \
+             {binary_bytes_per_sec}, {eta} left",
+        )
+    }
+
+    /// `count` items done one after another (`next_item` after each): `label: 2 of 3 done`.
+    pub fn items(label: &str, count: u64, enabled: bool) -> Progress {
+        Progress::make(label, Some(count), enabled, "{prefix}: {pos} of {len} done")
+    }
+
+    fn make(label: &str, total: Option<u64>, enabled: bool, template: &str) -> Progress {
+        let files = Arc::new(AtomicU64::new(0));
+        let shown = files.clone();
+        let style = ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ")
+            .with_key(
+                "files",
+                move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{}", plural(shown.load(Ordering::Relaxed), "file"));
+                },
+            );
+        let bar = match (enabled && !board().is_hidden(), total) {
+            (false, _) => ProgressBar::hidden(),
+            (true, Some(n)) => board().add(ProgressBar::new(n)),
+            (true, None) => board().add(ProgressBar::no_length()),
+        };
+        bar.set_style(style);
+        bar.set_prefix(label.to_string());
+        let ticker = (!bar.is_hidden())
+            .then(|| Ticker::start(bar.clone()))
+            .flatten();
         Progress {
-            verb,
-            enabled: enabled && std::io::stderr().is_terminal(),
-            start: now,
-            last: Mutex::new(now),
-            files: AtomicU64::new(0),
-            bytes: AtomicU64::new(0),
+            bar,
+            files,
+            ticker: Mutex::new(ticker),
         }
     }
 
+    /// Counts `files` more files (or items) done and `bytes` more bytes.
     pub fn add(&self, files: u64, bytes: u64) {
         if files > 0 {
             self.files.fetch_add(files, Ordering::Relaxed);
         }
         if bytes > 0 {
-            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.bar.inc(bytes);
         }
     }
 
-    /// Redraws the line if a quarter second has passed since the last draw.
-    pub fn tick(&self) {
-        if !self.enabled {
-            return;
-        }
-        let Ok(mut last) = self.last.try_lock() else {
-            return;
-        };
-        if last.elapsed() < Duration::from_millis(250) {
-            return;
-        }
-        *last = Instant::now();
-        self.draw("\r");
+    /// Grows the total by `bytes` (work found while running, e.g. an image just opened).
+    pub fn add_total(&self, bytes: u64) {
+        self.bar.inc_length(bytes);
     }
 
-    fn draw(&self, prefix: &str) {
-        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
-        let bytes = self.bytes.load(Ordering::Relaxed);
-        let line = format!(
-            "{prefix}{}: {} files, {}, {}/s   ",
-            self.verb,
-            self.files.load(Ordering::Relaxed),
-            human_bytes(bytes),
-            human_bytes((bytes as f64 / secs) as u64)
-        );
-        let _ = std::io::stderr().write_all(line.as_bytes());
+    /// One more item of an `items` bar is done.
+    pub fn next_item(&self) {
+        self.bar.inc(1);
     }
 
-    /// Clears the line (call once at the end).
+    /// Whether the bar is drawn (a terminal, and not `-q`).
+    pub fn is_shown(&self) -> bool {
+        !self.bar.is_hidden()
+    }
+
+    /// Takes the bar off the screen (also done on drop).
     pub fn finish(&self) {
-        if self.enabled {
-            let _ = std::io::stderr().write_all(b"\r\x1b[K");
+        if let Some(t) = self.ticker.lock().ok().and_then(|mut t| t.take()) {
+            t.stop();
         }
+        self.bar.finish_and_clear();
+        board().remove(&self.bar);
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Redraws a bar every `TICK` until stopped. A thread of its own, made with `Builder::spawn`
+/// (indicatif's `enable_steady_tick` uses `thread::spawn`, which panics when the system refuses
+/// a thread; a bar without ticks is fine).
+struct Ticker {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    handle: JoinHandle<()>,
+}
+
+impl Ticker {
+    fn start(bar: ProgressBar) -> Option<Ticker> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("progress".into())
+            .spawn(move || {
+                let (lock, cv) = &*flag;
+                let Ok(mut stopped) = lock.lock() else { return };
+                while !*stopped {
+                    bar.tick();
+                    match cv.wait_timeout(stopped, TICK) {
+                        Ok((guard, _)) => stopped = guard,
+                        Err(_) => return,
+                    }
+                }
+            })
+            .ok()?;
+        Some(Ticker { stop, handle })
+    }
+
+    fn stop(self) {
+        let (lock, cv) = &*self.stop;
+        if let Ok(mut stopped) = lock.lock() {
+            *stopped = true;
+        }
+        cv.notify_all();
+        let _ = self.handle.join();
+    }
+}
+
+/// `1 file`, `2 files`: a count and its noun (`plural(n, "file")`; nouns ending in s, x, ch or
+/// sh take "es", a consonant and y "ies").
+pub fn plural(n: u64, noun: &str) -> String {
+    let ends = |s: &str| noun.ends_with(s);
+    let before_y = noun
+        .len()
+        .checked_sub(2)
+        .and_then(|i| noun.as_bytes().get(i));
+    match n {
+        1 => format!("1 {noun}"),
+        _ if ends("s") || ends("x") || ends("ch") || ends("sh") => format!("{n} {noun}es"),
+        _ if ends("y") && before_y.is_some_and(|c| !b"aeiou".contains(c)) => {
+            format!("{n} {}ies", &noun[..noun.len() - 1])
+        }
+        _ => format!("{n} {noun}s"),
     }
 }
 
@@ -90,5 +204,20 @@ pub fn human_bytes(b: u64) -> String {
         format!("{b} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plural;
+
+    #[test]
+    fn plurals() {
+        assert_eq!(plural(1, "file"), "1 file");
+        assert_eq!(plural(0, "file"), "0 files");
+        assert_eq!(plural(2, "entry"), "2 entries");
+        assert_eq!(plural(2, "day"), "2 days");
+        assert_eq!(plural(3, "match"), "3 matches");
+        assert_eq!(plural(1, "other entry"), "1 other entry");
     }
 }

@@ -2,7 +2,8 @@
 //! feature (the test command enables it; release builds do not have it).
 //!
 //! `COFFRE_CRASH_AT=<point>` kills the process with SIGKILL when it reaches the named point
-//! (`pack-sealed`, `before-commit`); `COFFRE_FAIL_WRITE_AFTER=<bytes>` makes pack writes fail
+//! (`pack-sealed`, `before-commit`); `COFFRE_INTERRUPT_AT=<point>` sends it SIGINT there (a
+//! Ctrl-C); `COFFRE_FAIL_WRITE_AFTER=<bytes>` makes pack writes fail
 //! with ENOSPC once that many bytes were written; `COFFRE_TEST_POINT_TIME=<unix seconds>` sets
 //! the time recorded for new points (two points in the same second). Each is read once. Without
 //! the feature these functions do nothing, so the variables have no effect.
@@ -22,6 +23,17 @@ mod injected {
         if crash_at() == Some(name) {
             // SAFETY: raising a signal on ourselves; SIGKILL cannot be caught, like a real crash.
             unsafe { libc::raise(libc::SIGKILL) };
+        }
+    }
+
+    /// Sends SIGINT to this process here if the tests asked for it (`COFFRE_INTERRUPT_AT`): a
+    /// Ctrl-C at a chosen step.
+    pub fn interrupt_point(name: &str) {
+        static AT: OnceLock<Option<String>> = OnceLock::new();
+        let at = AT.get_or_init(|| std::env::var("COFFRE_INTERRUPT_AT").ok());
+        if at.as_deref() == Some(name) {
+            // SAFETY: raising a signal on ourselves; the handler (if any) only sets a flag.
+            unsafe { libc::raise(libc::SIGINT) };
         }
     }
 
@@ -50,11 +62,15 @@ mod injected {
 }
 
 #[cfg(feature = "fault-injection")]
-pub use injected::{crash_point, point_time, write_limit};
+pub use injected::{crash_point, interrupt_point, point_time, write_limit};
 
 /// Does nothing: fault injection is not compiled in.
 #[cfg(not(feature = "fault-injection"))]
 pub fn crash_point(_name: &str) {}
+
+/// Does nothing: fault injection is not compiled in.
+#[cfg(not(feature = "fault-injection"))]
+pub fn interrupt_point(_name: &str) {}
 
 /// Always `None`: fault injection is not compiled in.
 #[cfg(not(feature = "fault-injection"))]

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use super::files::{BackupReport, RunOptions};
-use super::{Abort, BackupError, entry_from_stat};
+use super::{Abort, BackupError, check_interrupt, entry_from_stat};
 use crate::progress::Progress;
 use crate::vault::format::check_name;
 use crate::vault::{
@@ -115,6 +115,7 @@ fn read_image(
         source: e,
     };
     let (size, regions) = (img.size, &img.regions);
+    progress.add_total(size);
     let mut top: Vec<Extent> = Vec::new();
     let mut seg: Vec<Extent> = Vec::with_capacity(SEGMENT_BLOCKS);
     let (mut seg_len, mut seg_data) = (0u64, 0u64);
@@ -136,7 +137,6 @@ fn read_image(
         let b = &mut buf[..len as usize];
         let x = if has_data {
             img.file.read_exact_at(b, pos).map_err(src)?;
-            progress.add(0, len);
             if b.iter().all(|&v| v == 0) {
                 Extent::Hole { len }
             } else {
@@ -148,6 +148,7 @@ fn read_image(
         } else {
             Extent::Hole { len }
         };
+        progress.add(0, len); // holes too: the total is the images' size
         push(&mut seg, x);
         seg_len += len;
         pos = end;
@@ -430,9 +431,10 @@ pub fn backup_images(
         },
     )?;
     let item = session.define_item_following(name, def, opts.policy.as_deref())?;
-    let progress = Progress::new("backup", opts.progress);
+    let progress = Progress::bytes(&format!("backup {name}"), 0, opts.progress);
     let read = read_all(&session, images, names, &capture, &progress);
     progress.finish();
+    check_interrupt()?;
     let (entries, config) = read?;
     let files = entries.len() as u64 + config.is_some() as u64;
     let logical = entries.iter().chain(config.iter()).map(|e| e.size).sum();
@@ -466,5 +468,6 @@ pub fn backup_images(
         warnings: Vec::new(),
         catalog_bytes: committed.catalog_bytes,
         repaired: committed.repaired,
+        other: 0,
     })
 }

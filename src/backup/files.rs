@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
-use super::{Abort, BackupError, Warning, data_regions, entry_from_stat, ts};
+use super::{Abort, BackupError, Warning, check_interrupt, data_regions, entry_from_stat, ts};
 use crate::chunking;
 use crate::fsmeta;
 use crate::progress::Progress;
@@ -41,7 +41,7 @@ const RACY_WINDOW_NS: i64 = 2_000_000_000;
 pub struct RunOptions {
     /// Worker threads (0 = one per core).
     pub threads: usize,
-    /// Show a progress line on a terminal.
+    /// Show a progress bar on a terminal.
     pub progress: bool,
     /// Record the point as taken at this time (ns since the epoch) instead of now.
     pub time: Option<i64>,
@@ -61,6 +61,8 @@ pub struct BackupReport {
     pub catalog_bytes: u64,
     /// Damaged chunks, trees and lists this backup stored again from the source.
     pub repaired: u64,
+    /// Symlinks, fifos and device nodes in the point (not in `point.files`).
+    pub other: u64,
 }
 
 enum Event {
@@ -524,6 +526,7 @@ fn run_worker(
 struct Tally {
     files: u64,
     dirs: u64,
+    other: u64,
     logical: u64,
 }
 
@@ -547,14 +550,9 @@ impl Builder<'_> {
     }
 
     /// Consumes the walker's events and returns the root entry.
-    fn build(
-        &mut self,
-        events: Receiver<Event>,
-        progress: &Progress,
-    ) -> Result<Option<Entry>, BackupError> {
+    fn build(&mut self, events: Receiver<Event>) -> Result<Option<Entry>, BackupError> {
         let mut frames: Vec<(Entry, Vec<Entry>)> = Vec::new();
         let mut root = None;
-        let mut n = 0u64;
         for ev in events {
             match ev {
                 Event::Enter(e) => frames.push((e, Vec::new())),
@@ -581,6 +579,8 @@ impl Builder<'_> {
                     if e.kind() == Kind::File {
                         self.tally.files += 1;
                         self.tally.logical += e.size;
+                    } else if e.kind() != Kind::Dir {
+                        self.tally.other += 1;
                     }
                     if let Some(f) = frames.last_mut() {
                         f.1.push(e);
@@ -598,10 +598,6 @@ impl Builder<'_> {
                     }
                 }
                 Event::Warn(w) => self.warnings.push(w),
-            }
-            n += 1;
-            if n.is_multiple_of(256) {
-                progress.tick();
             }
         }
         Ok(root)
@@ -689,9 +685,10 @@ pub fn backup_files(
         prev_root,
         racy_after,
     };
-    let progress = Progress::new("backup", opts.progress);
+    let progress = Progress::spinner(&format!("backup {name}"), opts.progress);
     let built = run_pipeline(vault, &session, src, walk, opts, &progress);
     progress.finish();
+    check_interrupt()?;
     let (root, warnings, tally) = built?;
     let committed = session.commit(NewPoint {
         item,
@@ -709,6 +706,7 @@ pub fn backup_files(
         warnings,
         catalog_bytes: committed.catalog_bytes,
         repaired: committed.repaired,
+        other: tally.other,
     })
 }
 
@@ -788,7 +786,7 @@ fn run_pipeline(
         drop((job_rx, res_tx, sink));
         let built = walker
             .and_then(|_| pool.map_err(BackupError::Thread))
-            .and_then(|_| builder.build(ev_rx, progress));
+            .and_then(|_| builder.build(ev_rx));
         if built.is_err() {
             abort.flag.store(true, Ordering::SeqCst);
         }

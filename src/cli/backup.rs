@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 
 use super::{Cli, EXIT_PARTIAL, UsageError};
+use crate::backup::BackupError;
 use crate::backup::files::check_excludes;
 use crate::backup::{BackupReport, RunOptions, backup_item};
-use crate::progress::human_bytes;
+use crate::progress::{Progress, human_bytes};
 use crate::vault::{DiskSource, FilesSource, ItemSource, Vault, VmSource, human_time};
 
 #[derive(clap::Args)]
@@ -237,13 +238,25 @@ fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) ->
     }
     let vault = cli.open_or_init_vault()?;
     let lock = vault.lock(!run.no_wait)?;
+    // From here a Ctrl-C stops the running backup before its commit (see `interrupt`).
+    crate::interrupt::catch();
     let total = todo.len();
     let (mut failed, mut partial) = (Vec::new(), false);
     let mut json_out = Vec::new();
+    let mut kept = Vec::new();
+    let show = !cli.quiet && !json;
+    let items = Progress::items("backup", total as u64, show && total > 1);
     for (name, job) in todo {
-        match job.and_then(|job| backup_one(cli, &vault, &lock, &name, &job, run)) {
+        if crate::interrupt::requested() {
+            break;
+        }
+        let result = job.and_then(|job| backup_one(cli, &vault, &lock, &name, &job, run));
+        items.next_item();
+        match result {
+            Err(e) if is_interrupted(&e) => break,
             Ok(report) => {
                 partial |= !report.warnings.is_empty();
+                kept.push(name.clone());
                 if json {
                     json_out.push(serde_json::json!({
                         "item": name,
@@ -253,12 +266,12 @@ fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) ->
                         "warnings": report.warnings,
                     }));
                 } else {
-                    print_report(&name, &report);
+                    crate::progress::suspend(|| print_report(&name, &report, cli.quiet));
                 }
             }
             Err(e) => {
                 let line = super::error_line(&e);
-                eprintln!("error: {line}");
+                crate::progress::suspend(|| eprintln!("error: {line}"));
                 if json {
                     json_out.push(serde_json::json!({ "item": name, "error": line }));
                 }
@@ -266,8 +279,13 @@ fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) ->
             }
         }
     }
+    items.finish();
     if json {
         println!("{}", serde_json::to_string_pretty(&json_out)?);
+    }
+    if crate::interrupt::requested() {
+        eprintln!("{}", interrupted_line(&kept));
+        return Ok(ExitCode::from(super::EXIT_INTERRUPTED));
     }
     if !failed.is_empty() {
         if total > 1 {
@@ -284,6 +302,30 @@ fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) ->
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn is_interrupted(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<BackupError>(),
+        Some(BackupError::Interrupted)
+    )
+}
+
+/// What an interrupted `backup` kept: the points committed before the interrupt, nothing else
+/// (the running backup's session rolled back and deleted its packs).
+fn interrupted_line(kept: &[String]) -> String {
+    if kept.is_empty() {
+        return "interrupted: nothing was committed; the vault is unchanged".into();
+    }
+    let names: Vec<String> = kept.iter().map(|n| format!("{n:?}")).collect();
+    let (points, verb) = match kept.len() {
+        1 => ("point", "is"),
+        _ => ("points", "are"),
+    };
+    format!(
+        "interrupted: the new {points} of {} {verb} kept; nothing else was committed",
+        names.join(", ")
+    )
 }
 
 /// Backs up one item (see `backup::backup_item`).
@@ -306,38 +348,40 @@ fn backup_one(
         .with_context(|| format!("backup of item {name:?} failed"))
 }
 
-fn print_report(name: &str, report: &BackupReport) {
+/// Warnings always (they set exit status 3), the summary unless `quiet`.
+fn print_report(name: &str, report: &BackupReport, quiet: bool) {
     for w in &report.warnings {
         eprintln!("warning: {}: {}", w.path, w.message);
     }
+    if quiet {
+        return;
+    }
     let p = &report.point;
     println!(
-        "point {} of {:?} at {} UTC: {} files, {} dirs, {}",
+        "point {} of {:?} at {} UTC: {}",
         p.id,
         name,
         human_time(p.time),
-        p.files,
-        p.dirs,
-        human_bytes(p.logical_bytes)
+        super::contents(p.files, p.dirs, report.other, p.logical_bytes)
     );
     println!(
-        "  new data {} in {} chunks, {} written to packs, catalog +{}, {:.2} s",
+        "  new data {} in {}, {} written to packs, catalog +{}, {:.2} s",
         human_bytes(p.new_bytes),
-        p.new_chunks,
+        super::plural(p.new_chunks, "chunk"),
         human_bytes(p.stored_bytes),
         human_bytes(report.catalog_bytes),
         p.duration_ms as f64 / 1000.0
     );
     if report.repaired > 0 {
         println!(
-            "  repaired: {} damaged chunks or catalog blobs were stored again from the source",
-            report.repaired
+            "  repaired: {} (chunks or catalog blobs) stored again from the source",
+            super::plural(report.repaired, "damaged block")
         );
     }
     if !report.warnings.is_empty() {
         eprintln!(
-            "{} entries could not be captured exactly (listed above); the point was made",
-            report.warnings.len()
+            "{} could not be captured exactly (listed above); the point was made",
+            super::plural(report.warnings.len() as u64, "entry")
         );
     }
 }

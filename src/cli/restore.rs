@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::Cli;
-use crate::progress::human_bytes;
 use crate::restore::files::{RestoreOptions, restore_files};
 
 #[derive(clap::Args)]
@@ -55,25 +54,33 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    } else if !cli.quiet {
         println!(
-            "restored {} files ({} replacing existing ones), {} dirs, {} from point {} of {:?} into {}",
-            report.files,
-            report.replaced,
-            report.dirs,
-            human_bytes(report.bytes),
+            "restored {} from point {} of {:?} into {}",
+            super::contents(report.files, report.dirs, report.other, report.bytes),
             point.id,
             name,
             args.to.display()
         );
+        if report.replaced > 0 {
+            println!(
+                "  {} replaced what was at {} path",
+                super::plural(report.replaced, "entry"),
+                if report.replaced == 1 { "its" } else { "their" }
+            );
+        }
     }
     if report.errors.is_empty() {
         Ok(ExitCode::SUCCESS)
     } else {
         eprintln!(
-            "error: {} entries could not be restored (listed above); whatever was at their paths \
-             was left as it was",
-            report.errors.len()
+            "error: {} could not be restored (listed above); whatever was at {} was left as it was",
+            super::plural(report.errors.len() as u64, "entry"),
+            if report.errors.len() == 1 {
+                "its path"
+            } else {
+                "their paths"
+            }
         );
         Ok(ExitCode::FAILURE)
     }

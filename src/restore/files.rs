@@ -50,8 +50,12 @@ pub struct RestoreOptions {
 /// What a restore did.
 #[derive(Debug, Default, serde::Serialize)]
 pub struct RestoreReport {
+    /// Regular files (each name of a hard-linked file counts, as in the backup's count).
     pub files: u64,
     pub dirs: u64,
+    /// Symlinks, fifos and device nodes.
+    pub other: u64,
+    /// The files' sizes (each name of a hard-linked file counts, as in the point's size).
     pub bytes: u64,
     /// Restored entries that replaced an existing one at the target.
     pub replaced: u64,
@@ -316,6 +320,8 @@ struct LinkSource {
     name: Vec<u8>,
     dev: u64,
     ino: u64,
+    /// The file's size: each further name counts it again, as the backup did.
+    size: u64,
 }
 
 /// A hard link waiting for its first name's file (holds a token of `dir`).
@@ -336,6 +342,8 @@ struct Shared<'a> {
     links: Mutex<HashMap<(u64, u64), LinkGroup>>,
     files: AtomicU64,
     dirs: AtomicU64,
+    /// Symlinks, fifos and devices.
+    other: AtomicU64,
     bytes: AtomicU64,
     replaced: AtomicU64,
 }
@@ -400,7 +408,11 @@ impl Shared<'_> {
             r
         });
         match r {
-            Ok(replaced) => self.restored(replaced),
+            Ok(replaced) => {
+                self.restored(replaced);
+                self.bytes.fetch_add(src.size, Ordering::Relaxed);
+                self.progress.add(0, src.size);
+            }
             Err(err) => {
                 let left = left_as_it_was(dir, name);
                 self.fail(to, path, format!("cannot create hard link: {err}; {left}"));
@@ -492,10 +504,11 @@ fn worker(sh: &Shared, jobs: crossbeam_channel::Receiver<FileJob>) {
         let dir = job.parent.fd.as_fd();
         let name = job.entry.name.as_slice();
         let done = match write_file(sh.reader, &job, sh.chown) {
-            Ok((n, replaced)) => {
+            Ok((_, replaced)) => {
                 sh.restored(replaced);
                 sh.bytes.fetch_add(job.entry.size, Ordering::Relaxed);
-                sh.progress.add(1, n);
+                // The bar's total is the files' sizes (what was written leaves out holes).
+                sh.progress.add(1, job.entry.size);
                 true
             }
             Err(e) => {
@@ -515,6 +528,7 @@ fn worker(sh: &Shared, jobs: crossbeam_channel::Receiver<FileJob>) {
                     name: name.to_vec(),
                     dev: st.st_dev,
                     ino: st.st_ino,
+                    size: job.entry.size,
                 });
             sh.link_group_settled(*key, src, &job.path);
         }
@@ -677,7 +691,6 @@ impl Walk<'_, '_> {
             } else {
                 self.non_dir(dir, rel, &child_rel, child)?;
             }
-            sh.progress.tick();
         }
         self.stack.extend(subdirs.into_iter().rev());
         Ok(())
@@ -796,7 +809,10 @@ impl Walk<'_, '_> {
             r
         });
         match r {
-            Ok(replaced) => sh.restored(replaced),
+            Ok(replaced) => {
+                sh.other.fetch_add(1, Ordering::Relaxed);
+                sh.replaced.fetch_add(replaced as u64, Ordering::Relaxed);
+            }
             Err(err) => {
                 let left = left_as_it_was(d, &e.name);
                 sh.fail(dir, path, format!("cannot create: {err}; {left}"));
@@ -882,7 +898,12 @@ pub fn restore_files(
     // SAFETY: geteuid has no preconditions.
     let chown = unsafe { libc::geteuid() } == 0;
     let threads = crate::threads::count(opts.threads, 1);
-    let progress = Progress::new("restore", opts.progress);
+    let label = format!("restore {}", target.display());
+    let progress = match paths.is_empty() {
+        // The whole point: its size is known.
+        true => Progress::bytes(&label, point.logical_bytes, opts.progress),
+        false => Progress::spinner(&label, opts.progress),
+    };
     let sh = Shared {
         reader: &reader,
         target: target_fd.as_fd(),
@@ -893,6 +914,7 @@ pub fn restore_files(
         links: Mutex::new(HashMap::new()),
         files: AtomicU64::new(0),
         dirs: AtomicU64::new(0),
+        other: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
         replaced: AtomicU64::new(0),
     };
@@ -941,6 +963,7 @@ pub fn restore_files(
     let mut report = RestoreReport {
         files: sh.files.into_inner(),
         dirs: sh.dirs.into_inner(),
+        other: sh.other.into_inner(),
         bytes: sh.bytes.into_inner(),
         replaced: sh.replaced.into_inner(),
         errors: sh.errors.into_inner().expect("errors lock"),

@@ -248,13 +248,15 @@ impl Drop for StagedFile {
     }
 }
 
+/// The label of an image's progress bar.
+fn label(plan: &ImagePlan) -> String {
+    format!("restore {}", plan.target.display())
+}
+
 /// Phase one of an image: nothing at its target changes.
 fn stage(vault: &Vault, plan: &ImagePlan, progress: bool) -> Result<Staged, RestoreError> {
-    let bar = Progress::new("restore", progress);
-    let tick = |n: u64| {
-        bar.add(0, n);
-        bar.tick();
-    };
+    let bar = Progress::bytes(&label(plan), plan.data_bytes, progress);
+    let tick = |n: u64| bar.add(0, n);
     let r = if plan.device {
         let content = vault.reader().content(&plan.entry)?;
         content.check()?;
@@ -302,11 +304,8 @@ fn commit(
             Ok(f.written)
         }
         Staged::Device => {
-            let bar = Progress::new("restore", progress);
-            let tick = |n: u64| {
-                bar.add(0, n);
-                bar.tick();
-            };
+            let bar = Progress::bytes(&label(plan), plan.data_bytes, progress);
+            let tick = |n: u64| bar.add(0, n);
             let r = write_device(vault, plan, &tick);
             bar.finish();
             r

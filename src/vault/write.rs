@@ -780,6 +780,7 @@ fn append_packs(
 fn seal(w: PackWriter, chunks: Vec<PackChunk>) -> std::io::Result<SealedPack> {
     let (name, size) = w.seal()?;
     crate::testing::crash_point("pack-sealed");
+    crate::testing::interrupt_point("pack-sealed");
     Ok(SealedPack { name, size, chunks })
 }
 
