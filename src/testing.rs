@@ -26,12 +26,13 @@ mod injected {
         }
     }
 
-    /// Sends SIGINT to this process here if the tests asked for it (`COFFRE_INTERRUPT_AT`): a
-    /// Ctrl-C at a chosen step.
+    /// Sends SIGINT to this process here if the tests asked for it (`COFFRE_INTERRUPT_AT`): one
+    /// Ctrl-C, the first time the step is reached.
     pub fn interrupt_point(name: &str) {
         static AT: OnceLock<Option<String>> = OnceLock::new();
+        static SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
         let at = AT.get_or_init(|| std::env::var("COFFRE_INTERRUPT_AT").ok());
-        if at.as_deref() == Some(name) {
+        if at.as_deref() == Some(name) && !SENT.swap(true, std::sync::atomic::Ordering::SeqCst) {
             // SAFETY: raising a signal on ourselves; the handler (if any) only sets a flag.
             unsafe { libc::raise(libc::SIGINT) };
         }
