@@ -529,3 +529,229 @@ fn a_running_mount_reads_damaged_data_again_once_a_backup_healed_it() {
         "the healed file reads wrong"
     );
 }
+
+/// `df -B1` and `stat -f` numbers of a mount: (size, used, available) in bytes, and the
+/// (total, free, available) blocks, files and block size.
+fn df(dir: &std::path::Path) -> ((u64, u64, u64), Vec<u64>) {
+    let out = std::process::Command::new("df")
+        .args(["-B1", "--output=size,used,avail"])
+        .arg(dir)
+        .output_within();
+    assert!(out.status.success(), "df: {}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let n: Vec<u64> = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let out = std::process::Command::new("stat")
+        .args(["-f", "-c", "%b %f %a %c %S"])
+        .arg(dir)
+        .output_within();
+    assert!(out.status.success(), "stat -f: {}", stderr(&out));
+    let s = String::from_utf8(out.stdout).unwrap();
+    let f = s.split_whitespace().map(|w| w.parse().unwrap()).collect();
+    ((n[0], n[1], n[2]), f)
+}
+
+/// `coffre stats --json`: (logical bytes of the live points, bytes of the packs, points).
+fn vault_sizes(t: &TestVault) -> (u64, u64, u64) {
+    let v: serde_json::Value = serde_json::from_str(&t.ok(&["stats", "--json"])).unwrap();
+    let n = |k: &str| v[k].as_u64().unwrap();
+    (n("logical_bytes"), n("pack_bytes"), n("points"))
+}
+
+#[test]
+fn df_shows_the_logical_size_as_size_and_the_stored_bytes_as_used() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    // Two identical copies of 2 MiB of noise and 1 MiB of zeros: stored ≈ 2 MiB, logical 5 MiB.
+    let data = noise(2 << 20, 5);
+    write(&src.join("a"), &data);
+    write(&src.join("b"), &data);
+    write(&src.join("z"), &vec![0u8; 1 << 20]);
+    t.backup("x", &src);
+    let m = MountGuard::start(&t, &[]);
+    let up = |b: u64| b.div_ceil(4096) * 4096;
+    let (logical, stored, points) = vault_sizes(&t);
+    assert!(
+        logical > 2 * stored,
+        "dedup did not happen: {logical} vs {stored}"
+    );
+    let ((size, used, avail), f) = df(&m.dir);
+    assert_eq!((size, used, avail), (up(logical), up(stored), 0));
+    // stat -f: total, free (what dedup and compression save), available, files (points), bsize.
+    assert_eq!(
+        f,
+        [
+            up(logical) / 4096,
+            (up(logical) - up(stored)) / 4096,
+            0,
+            points,
+            4096
+        ]
+    );
+    // A new point shows within the mount's refresh (about a second).
+    write(&src.join("c"), &noise(1 << 20, 6));
+    t.backup("x", &src);
+    let (logical2, stored2, _) = vault_sizes(&t);
+    assert!(logical2 > logical && stored2 > stored);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while df(&m.dir).0 != (up(logical2), up(stored2), 0) {
+        assert!(Instant::now() < deadline, "df still shows {:?}", df(&m.dir));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_foreground_mount_says_where_it_serves_and_how_to_stop() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("f"), b"f");
+    t.backup("x", &src);
+    let mut m = MountGuard::start(&t, &[]);
+    let mut err = m.child.as_mut().unwrap().stderr.take().unwrap();
+    t.ok(&["umount", m.dir.to_str().unwrap()]);
+    assert!(m.wait_exit(Duration::from_secs(20)).unwrap().success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut err, &mut text).unwrap();
+    let dir = m.dir.display();
+    assert_eq!(
+        text.trim_end(),
+        format!(
+            "serving vault {} on {dir} (read-only); stop with Ctrl-C or `coffre umount {dir}`",
+            t.vault().canonicalize().unwrap().display()
+        )
+    );
+    // -q: nothing.
+    let mut m = MountGuard::start(&t, &["-q"]);
+    let mut err = m.child.as_mut().unwrap().stderr.take().unwrap();
+    t.ok(&["umount", m.dir.to_str().unwrap()]);
+    assert!(m.wait_exit(Duration::from_secs(20)).unwrap().success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut err, &mut text).unwrap();
+    assert_eq!(text, "");
+}
+
+/// `gio` (GLib's command line, what file managers use underneath) against the mount: list, info
+/// and copy agree with the source.
+#[test]
+fn gio_lists_inspects_and_copies_from_the_mount() {
+    if std::process::Command::new("gio")
+        .arg("help")
+        .output()
+        .is_err()
+    {
+        eprintln!("gio not installed (Debian: libglib2.0-bin): this test did not run");
+        return;
+    }
+    let t = TestVault::new();
+    let src = t.path("src");
+    make_tree(&src);
+    t.backup("tree", &src);
+    let m = MountGuard::start(&t, &[]);
+    let latest = m.latest("tree");
+    let gio_bytes = |args: &[&str]| {
+        let out = std::process::Command::new("gio").args(args).output_within();
+        assert!(out.status.success(), "gio {args:?}: {}", stderr(&out));
+        out.stdout
+    };
+    let gio = |args: &[&str]| String::from_utf8_lossy(&gio_bytes(args)).into_owned();
+    // Names as bytes: the tree has names that are not UTF-8, and gio prints them as they are.
+    let names = |s: Vec<u8>| {
+        let mut v: Vec<Vec<u8>> = s
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(<[u8]>::to_vec)
+            .collect();
+        v.sort();
+        v
+    };
+    // Sockets are not captured; a name holding a newline prints as two lines.
+    let mut listed = Vec::new();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let name = e.unwrap().file_name().as_encoded_bytes().to_vec();
+        if name != b"sock" {
+            listed.extend_from_slice(&name);
+            listed.push(b'\n');
+        }
+    }
+    let want = names(listed);
+    assert_eq!(names(gio_bytes(&["list", latest.to_str().unwrap()])), want);
+    assert_eq!(
+        names(gio_bytes(&["list", m.dir.to_str().unwrap()])),
+        [b"deleted".to_vec(), b"ids".to_vec(), b"items".to_vec()]
+    );
+    let file = latest.join("small.txt");
+    let info = gio(&[
+        "info",
+        "-a",
+        "standard::size,standard::type,unix::mode",
+        file.to_str().unwrap(),
+    ]);
+    let meta = std::fs::metadata(src.join("small.txt")).unwrap();
+    assert!(
+        info.contains(&format!("standard::size: {}", meta.len())),
+        "{info}"
+    );
+    assert!(
+        info.contains(&format!("unix::mode: {}", meta.mode())),
+        "{info}"
+    );
+    let info = gio(&["info", latest.join("dir").to_str().unwrap()]);
+    assert!(
+        info.contains("type: directory") && info.contains("fuse.coffre"),
+        "{info}"
+    );
+    let copy = t.path("copied");
+    gio(&["copy", file.to_str().unwrap(), copy.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        std::fs::read(src.join("small.txt")).unwrap()
+    );
+    // Writes are refused, as on any read-only file system.
+    let out = std::process::Command::new("gio")
+        .args([
+            "copy",
+            copy.to_str().unwrap(),
+            latest.join("new").to_str().unwrap(),
+        ])
+        .output_within();
+    assert!(!out.status.success());
+}
+
+/// `tar c` of a point in the mount, `tar x` elsewhere: the result is the source tree.
+#[test]
+fn tar_of_a_point_reproduces_the_source() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    make_tree(&src);
+    t.backup("tree", &src);
+    let m = MountGuard::start(&t, &[]);
+    let latest = m.latest("tree");
+    let copy = t.path("copy");
+    std::fs::create_dir(&copy).unwrap();
+    let flags = [
+        "--xattrs",
+        "--xattrs-include=*",
+        "--acls",
+        "--numeric-owner",
+    ];
+    // GNU tar cannot name paths longer than PATH_MAX: leave the deep tree out (as for rsync).
+    let script = format!(
+        "tar -C '{}' {f} --sparse --exclude=./deep -cf - . | tar -C '{}' {f} -xpf -",
+        latest.display(),
+        copy.display(),
+        f = flags.map(|f| format!("'{f}'")).join(" ")
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output_within();
+    assert!(out.status.success(), "tar: {}", stderr(&out));
+    let mut want = without_root(snapshot(&src, true));
+    want.remove(b"sock".as_slice());
+    want.retain(|k, _| !k.starts_with(b"deep"));
+    assert_same(&want, &without_root(snapshot(&copy, true)));
+}

@@ -69,10 +69,11 @@ progress bar shows the bytes restored out of the total, the percentage and the t
 soft-deleted points under deleted/ITEM/POINT/ until they are purged. Files carry their captured \
 owners, modes, times, xattrs, ACLs, hard links and holes; writes fail with EROFS; damaged data \
 reads as EIO. In the foreground the mount says on standard error where it serves and how to stop \
-it, and runs until Ctrl-C, SIGTERM or unmount (a busy mount is detached lazily). New points \
-appear within about a second. `df` on the mount shows the stored bytes of the vault as the size \
-used (blocks of 4 KiB) and no free space; `stat -f` also shows the number of live points as the \
-count of files.",
+it (-q: nothing), and runs until Ctrl-C, SIGTERM or unmount (a busy mount is detached lazily). \
+New points appear within about a second. `df` on the mount shows as its size the logical size of \
+all live points (what restoring them all would write) and as used the bytes the vault stores for \
+them, in 4 KiB blocks; the difference is what deduplication and compression save, shown as free \
+by `stat -f` (available is 0: the mount is read-only). `stat -f` counts the live points as files.",
     ),
     (
         "umount",
@@ -329,7 +330,8 @@ pub const SIDECAR_EXAMPLES: &[(&str, &[(&str, &str)])] = &[
 /// EXIT STATUS of every `coffre` page.
 pub const EXIT_STATUS: &str = "0 success; 1 error (for `backup --due` and `backup NAME...`: some \
 item failed); 2 usage error (a bad option or argument); 3 the backup finished but some entries \
-could not be read (they are listed on standard error; the point holds everything else).";
+could not be read (they are listed on standard error; the point holds everything else); 130 \
+interrupted by Ctrl-C or SIGTERM (nothing of the running backup was committed).";
 
 /// EXIT STATUS of every `coffre-restore` page.
 pub const SIDECAR_EXIT_STATUS: &str =

@@ -34,8 +34,15 @@ pub fn run(cli: &Cli, args: &MountArgs) -> Result<ExitCode> {
     };
     if !args.daemon {
         let vault = cli.open_vault()?;
+        let at = std::fs::canonicalize(&args.mountpoint).unwrap_or(args.mountpoint.clone());
+        let shown = at.display();
         mount(&vault, &args.mountpoint, &opts, || {
-            log::info!("mounted on {}", args.mountpoint.display())
+            if !cli.quiet {
+                eprintln!(
+                    "serving vault {} on {shown} (read-only); stop with Ctrl-C or `coffre umount {shown}`",
+                    vault.root().display()
+                );
+            }
         })
         .with_context(|| format!("mount on {} failed", args.mountpoint.display()))?;
         return Ok(ExitCode::SUCCESS);

@@ -352,7 +352,9 @@ impl Filesystem for CoffreFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        reply.statfs(0, 0, 0, self.view.point_count(), 0, 4096, 255, 4096);
+        let s = self.view.fs_stats();
+        let bsize = super::view::FsStats::BLOCK;
+        reply.statfs(s.blocks, s.bfree, s.bavail, s.files, 0, bsize, 255, bsize);
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

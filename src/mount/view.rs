@@ -316,6 +316,8 @@ pub struct View {
     uid: u32,
     gid: u32,
     started: SystemTime,
+    /// Sizes for `statfs`, read again when the points change.
+    fs_stats: RwLock<FsStats>,
 }
 
 /// How long the kernel may cache what never changes (everything inside a point).
@@ -343,6 +345,36 @@ fn ns_time(ns: i64) -> SystemTime {
         sec: ns.div_euclid(1_000_000_000),
         nsec: ns.rem_euclid(1_000_000_000) as u32,
     })
+}
+
+/// What `statfs` (`df`, `stat -f`) shows of the mount, in blocks of `BLOCK`: the size is the
+/// logical size of the live points (what a restore of all of them would write), the used part
+/// the bytes the vault stores for them (its packs), so the free part is what deduplication and
+/// compression save; nothing is available (the mount is read-only). Files: the live points.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsStats {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+}
+
+impl FsStats {
+    /// The block size `statfs` reports.
+    pub const BLOCK: u32 = 4096;
+
+    /// The statistics of `logical` bytes stored in `stored` bytes, over `points` points.
+    pub fn of(logical: u64, stored: u64, points: u64) -> FsStats {
+        let blocks = |b: u64| b.div_ceil(u64::from(Self::BLOCK));
+        // Stored can exceed logical (tiny points, pack headers): the size is never below it.
+        let total = blocks(logical.max(stored));
+        FsStats {
+            blocks: total,
+            bfree: total - blocks(stored),
+            bavail: 0,
+            files: points,
+        }
+    }
 }
 
 /// The kernel's 32-bit device encoding (`new_encode_dev`) of a glibc `dev_t`.
@@ -375,6 +407,7 @@ impl View {
             uid,
             gid,
             started: SystemTime::now(),
+            fs_stats: RwLock::new(FsStats::default()),
         };
         view.refresh()?;
         Ok(view)
@@ -395,6 +428,9 @@ impl View {
         let rows = self.vault.points(None)?;
         let deleted = self.vault.deleted_points()?;
         let new = Arc::new(Points::build(items, rows, deleted, sig));
+        let t = self.vault.totals()?;
+        *self.fs_stats.write().expect("fs_stats lock") =
+            FsStats::of(t.logical_bytes, t.pack_bytes, t.points);
         *self.points.write().expect("points lock") = new.clone();
         Ok(Some(PointsChange { old, new }))
     }
@@ -958,9 +994,9 @@ impl View {
         fresh
     }
 
-    /// Number of live points (for statfs).
-    pub fn point_count(&self) -> u64 {
-        self.points().by_id.len() as u64
+    /// What `statfs` answers (see `FsStats`), as of the last change of the points.
+    pub fn fs_stats(&self) -> FsStats {
+        *self.fs_stats.read().expect("fs_stats lock")
     }
 }
 
@@ -1080,6 +1116,16 @@ mod tests {
         assert_eq!(view.lookup(ROOT, b"nope"), Err(ViewError::NotFound));
         assert_eq!(view.seek(a, 0, false), Ok(11));
         assert_eq!(view.seek(a, 11, true), Err(ViewError::NoSuchOffset));
+    }
+
+    #[test]
+    fn fs_stats_show_logical_as_size_and_stored_as_used() {
+        let s = FsStats::of(10 * 4096, 3 * 4096 + 1, 2);
+        assert_eq!((s.blocks, s.bfree, s.bavail, s.files), (10, 6, 0, 2));
+        // More stored than logical: the size grows to the stored bytes, nothing is free.
+        let s = FsStats::of(100, 5000, 1);
+        assert_eq!((s.blocks, s.bfree), (2, 0));
+        assert_eq!(FsStats::of(0, 0, 0), FsStats::default());
     }
 
     #[test]
