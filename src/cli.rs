@@ -53,8 +53,9 @@ pub struct Cli {
 enum Command {
     /// Create a new, empty vault
     Init {
-        /// zstd compression level for new data (1-22; higher is smaller and slower)
-        #[arg(long, default_value_t = crate::vault::DEFAULT_ZSTD_LEVEL)]
+        /// zstd compression level for new data (-7 to 22; higher is smaller and slower)
+        #[arg(long, default_value_t = crate::vault::DEFAULT_ZSTD_LEVEL,
+              value_parser = clap::value_parser!(i32).range(-7..=22))]
         zstd_level: i32,
     },
     /// Back up a directory as a new recovery point
@@ -208,7 +209,7 @@ pub fn threads_arg(s: &str) -> std::result::Result<usize, String> {
 pub fn error_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
-        let text = cause.to_string();
+        let text = crate::words::plain(&cause.to_string());
         if line.contains(&text) {
             continue;
         }
@@ -226,12 +227,47 @@ pub fn command() -> clap::Command {
     docs::document(Cli::command(), docs::DETAILS)
 }
 
-/// Parses the process's arguments with `cmd` (exit 2 on a usage error, as clap does).
+/// Parses the process's arguments with `cmd`: a usage error is clap's message in plain words
+/// (`words::plain`) and exit code 2; `--help` and `--version` print and exit 0.
 fn parse<T: FromArgMatches>(cmd: clap::Command) -> T {
-    T::from_arg_matches(&cmd.get_matches()).unwrap_or_else(|e| e.exit())
+    let parsed = cmd.try_get_matches().and_then(|m| T::from_arg_matches(&m));
+    parsed.unwrap_or_else(|e| {
+        if !e.use_stderr() {
+            e.exit();
+        }
+        eprint!("{}", crate::words::plain(&e.render().to_string()));
+        std::process::exit(2)
+    })
+}
+
+/// Log lines as the other messages look: `warning: ...` in plain words (`-v`: `info: ...`).
+fn init_logging(filter: &str) {
+    use std::io::Write;
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
+        .format(|buf, record| {
+            let level = match record.level() {
+                log::Level::Error => "error",
+                log::Level::Warn => "warning",
+                log::Level::Info => "info",
+                log::Level::Debug | log::Level::Trace => "debug",
+            };
+            let text = crate::words::plain(&record.args().to_string());
+            writeln!(buf, "{level}: {text}")
+        })
+        .init();
 }
 
 pub use crate::progress::plural;
+
+/// Warnings with their messages in plain words (`words::plain`), for text and JSON alike.
+pub fn plain_warnings(ws: &[crate::backup::Warning]) -> Vec<crate::backup::Warning> {
+    ws.iter()
+        .map(|w| crate::backup::Warning {
+            path: w.path.clone(),
+            message: crate::words::plain(&w.message),
+        })
+        .collect()
+}
 
 /// What a point holds, in the same words for `backup` and `restore` (so the two agree):
 /// `3 files, 1 dir, 2 other entries, 1.2 MiB` (other entries: symlinks, fifos, devices; left out
@@ -255,10 +291,7 @@ pub fn main() -> ExitCode {
         _ => "debug",
     };
     // fuser warns when the kernel already dropped a mount that `umount` ended: not news.
-    let filter = format!("{level},fuser=error");
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(filter))
-        .format_timestamp(None)
-        .init();
+    init_logging(&format!("{level},fuser=error"));
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
@@ -301,9 +334,13 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             if *delete_data {
                 let how = match vault.settings()?.soft_delete_days {
                     0 => "purged (soft delete is off)".to_string(),
-                    days => format!("soft-deleted, recoverable for {days} days"),
+                    days => format!(
+                        "soft-deleted, recoverable for {}",
+                        plural(days.into(), "day")
+                    ),
                 };
-                println!("protection of {name:?} stopped; {n} points deleted ({how})");
+                let n = plural(n as u64, "point");
+                println!("protection of {name:?} stopped; {n} deleted ({how})");
             } else {
                 println!("protection of {name:?} stopped; its points are kept");
             }

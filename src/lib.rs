@@ -8,6 +8,7 @@
 //!   backup/ (files, disk, vm)   restore/ (files, image plans)   protection   schedule
 //!   maintenance/ (prune, forget, purge, undelete, policies)   policy/ (schedule, retention: pure)
 //!   mount/ (view: pure logic; fuse: the fuser adapter)   chunking  fsmeta  progress  threads
+//!   interrupt (Ctrl-C as a request)   words (counts, sizes, errors in plain words)
 //!        \_____________________________|_______________________________/
 //!                 vault/  the only code that touches vault.db and packs/
 //!     write (WriteSession, ChunkSink)   reader (VaultReader) -> chunks (read_chunk) -> content
@@ -59,3 +60,4 @@ pub mod schedule;
 pub mod testing;
 pub mod threads;
 pub mod vault;
+pub mod words;

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
+pub use crate::words::{human_bytes, plural};
+
 /// How often a visible bar is redrawn, even when nothing was counted.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -170,54 +172,5 @@ impl Ticker {
         }
         cv.notify_all();
         let _ = self.handle.join();
-    }
-}
-
-/// `1 file`, `2 files`: a count and its noun (`plural(n, "file")`; nouns ending in s, x, ch or
-/// sh take "es", a consonant and y "ies").
-pub fn plural(n: u64, noun: &str) -> String {
-    let ends = |s: &str| noun.ends_with(s);
-    let before_y = noun
-        .len()
-        .checked_sub(2)
-        .and_then(|i| noun.as_bytes().get(i));
-    match n {
-        1 => format!("1 {noun}"),
-        _ if ends("s") || ends("x") || ends("ch") || ends("sh") => format!("{n} {noun}es"),
-        _ if ends("y") && before_y.is_some_and(|c| !b"aeiou".contains(c)) => {
-            format!("{n} {}ies", &noun[..noun.len() - 1])
-        }
-        _ => format!("{n} {noun}s"),
-    }
-}
-
-/// `1.5 GiB`, `12.0 MiB`, `512 B`.
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plural;
-
-    #[test]
-    fn plurals() {
-        assert_eq!(plural(1, "file"), "1 file");
-        assert_eq!(plural(0, "file"), "0 files");
-        assert_eq!(plural(2, "entry"), "2 entries");
-        assert_eq!(plural(2, "day"), "2 days");
-        assert_eq!(plural(3, "match"), "3 matches");
-        assert_eq!(plural(1, "other entry"), "1 other entry");
     }
 }

@@ -598,8 +598,9 @@ fn check_commit_seq(root: &Path, catalog: &Catalog) -> VaultResult<()> {
         .unwrap_or(0);
     if orphaned > 0 {
         log::warn!(
-            "{orphaned} packs of {} wait in packs/orphaned (their catalog rows were lost); \
+            "{} of {} wait in packs/orphaned (their catalog rows were lost); \
              `coffre vault rebuild-index` registers their data again",
+            crate::words::plural(orphaned as u64, "pack"),
             root.display()
         );
     }

@@ -277,7 +277,7 @@ fn a_failing_pre_script_makes_no_point_and_the_post_script_still_runs() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("pre-script failed") && err.contains("exit status: 7"),
+        err.contains("pre-script failed") && err.contains("exited with code 7"),
         "{err}"
     );
     assert!(marker.exists(), "the post-script did not run");

@@ -690,7 +690,11 @@ fn soft_delete_undelete_and_purge() {
     let n = model.live.len();
     assert!(n > 0);
     let out = v.ok("stop-protection home --delete-data");
-    assert!(out.contains(&format!("{n} points deleted")), "{out}");
+    let said = match n {
+        1 => "1 point deleted".to_string(),
+        _ => format!("{n} points deleted"),
+    };
+    assert!(out.contains(&said), "{out}");
     let deleted = v.deleted("home");
     assert_eq!(deleted.len(), n);
     assert!(

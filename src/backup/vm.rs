@@ -28,7 +28,7 @@ fn run_script(script: &str, phase: &'static str, item: &str) -> Result<(), Backu
     } else {
         Err(BackupError::Script {
             phase,
-            detail: format!("{script:?} exited with {status}"),
+            detail: format!("{script:?} {}", crate::words::exit_status(status)),
         })
     }
 }

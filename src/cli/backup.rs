@@ -263,7 +263,7 @@ fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) ->
                         "point": report.point,
                         "catalog_bytes": report.catalog_bytes,
                         "repaired": report.repaired,
-                        "warnings": report.warnings,
+                        "warnings": super::plain_warnings(&report.warnings),
                     }));
                 } else {
                     crate::progress::suspend(|| print_report(&name, &report, cli.quiet));
@@ -350,7 +350,7 @@ fn backup_one(
 
 /// Warnings always (they set exit status 3), the summary unless `quiet`.
 fn print_report(name: &str, report: &BackupReport, quiet: bool) {
-    for w in &report.warnings {
+    for w in super::plain_warnings(&report.warnings) {
         eprintln!("warning: {}: {}", w.path, w.message);
     }
     if quiet {

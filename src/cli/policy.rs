@@ -259,15 +259,18 @@ fn show(vault: &Vault, name: &str, json: bool) -> Result<()> {
     println!("retention  {}", p.retention);
     let r = &p.retention;
     if let Some(n) = r.daily() {
-        println!("  daily    the newest point of each day, kept {n} days");
+        println!(
+            "  daily    the newest point of each day, kept {}",
+            crate::words::plural(u64::from(n), "day")
+        );
     }
     if let Some(w) = r.weekly() {
         // `4@sun`: the rule as typed names its day.
         let rule = w.to_string();
         let day = rule.rsplit('@').next().unwrap_or("sun");
         println!(
-            "  weekly   the newest point of each week ending on {day}, kept {} weeks",
-            w.count
+            "  weekly   the newest point of each week ending on {day}, kept {}",
+            crate::words::plural(u64::from(w.count), "week")
         );
     }
     if let Some(m) = r.monthly() {

@@ -187,17 +187,22 @@ fn print_prune(plan: &PrunePlan, dry_run: bool) {
     let fate = match plan.settings.soft_delete_days {
         0 => "purged at once: soft delete is off".to_string(),
         days => format!(
-            "soft-deleted, recoverable with `coffre undelete` for {days} days, until {} UTC",
+            "soft-deleted, recoverable with `coffre undelete` for {}, until {} UTC",
+            crate::words::plural(u64::from(days), "day"),
             human_time(plan.settings.purge_time(plan.now))
         ),
     };
     if dry_run {
         println!(
-            "dry run, nothing changed: {kept} points would be kept, {expired} expired ({fate}), \
-             {purged} purged"
+            "dry run, nothing changed: {} would be kept, {expired} expired ({fate}), {purged} \
+             purged",
+            crate::words::plural(kept as u64, "point")
         );
     } else {
-        println!("{kept} points kept, {expired} expired ({fate}), {purged} purged");
+        println!(
+            "{} kept, {expired} expired ({fate}), {purged} purged",
+            crate::words::plural(kept as u64, "point")
+        );
     }
 }
 

@@ -46,6 +46,10 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     };
     let report = restore_files(&vault, &point, &args.paths, &args.to, &opts)
         .with_context(|| format!("restore of {name}@{} failed", point.id))?;
+    let mut report = report;
+    for line in report.notes.iter_mut().chain(report.errors.iter_mut()) {
+        *line = crate::words::plain(line);
+    }
     for n in &report.notes {
         eprintln!("note: {n}");
     }

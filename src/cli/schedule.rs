@@ -68,7 +68,8 @@ pub fn run_due(cli: &Cli, run: &RunArgs) -> Result<ExitCode> {
         now_ns(),
         |name, result| match result {
             Ok(report) => {
-                for w in &report.warnings {
+                let warnings = super::plain_warnings(&report.warnings);
+                for w in &warnings {
                     eprintln!("warning: {name}: {}: {}", w.path, w.message);
                 }
                 let p = &report.point;
@@ -76,22 +77,22 @@ pub fn run_due(cli: &Cli, run: &RunArgs) -> Result<ExitCode> {
                     json_out.push(serde_json::json!({
                         "item": name,
                         "point": p,
-                        "warnings": report.warnings,
+                        "warnings": warnings,
                     }));
-                } else {
+                } else if !cli.quiet {
                     println!(
-                        "point {} of {name:?} at {} UTC: {} files, {}",
+                        "point {} of {name:?} at {} UTC: {}",
                         p.id,
                         human_time(p.time),
-                        p.files,
-                        crate::progress::human_bytes(p.logical_bytes)
+                        super::contents(p.files, p.dirs, report.other, p.logical_bytes)
                     );
                 }
             }
             Err(e) => {
+                let e = crate::words::plain(&e.to_string());
                 eprintln!("error: backup of item {name:?} failed: {e}");
                 if run.json {
-                    json_out.push(serde_json::json!({ "item": name, "error": e.to_string() }));
+                    json_out.push(serde_json::json!({ "item": name, "error": e }));
                 }
             }
         },
@@ -127,7 +128,10 @@ pub fn run_due(cli: &Cli, run: &RunArgs) -> Result<ExitCode> {
             None => println!("nothing is due"),
         }
     } else if done.prune.is_some() {
-        println!("pruned the items backed up: {expired} points expired, {purged} purged");
+        println!(
+            "pruned the items backed up: {} expired, {purged} purged",
+            crate::words::plural(expired as u64, "point")
+        );
     }
     Ok(if !done.failed.is_empty() {
         ExitCode::FAILURE

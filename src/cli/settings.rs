@@ -9,6 +9,7 @@ use super::Cli;
 use crate::maintenance::SettingChange;
 use crate::maintenance::policies::change_setting;
 use crate::vault::Immutability;
+use crate::words::plural;
 
 #[derive(clap::Args)]
 pub struct VaultArgs {
@@ -87,10 +88,10 @@ pub fn run(cli: &Cli, args: &VaultArgs) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
                 println!(
-                    "{} packs moved back from packs/orphaned; {} packs registered with {} chunks",
-                    r.unquarantined.len(),
-                    r.packs,
-                    r.chunks
+                    "{} moved back from packs/orphaned; {} registered with {}",
+                    plural(r.unquarantined.len() as u64, "pack"),
+                    plural(r.packs, "pack"),
+                    plural(r.chunks, "chunk")
                 );
                 for d in &r.damaged {
                     eprintln!("warning: pack {d} is damaged: its readable records were registered");

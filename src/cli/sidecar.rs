@@ -106,9 +106,7 @@ pub fn command() -> clap::Command {
 pub fn main() -> ExitCode {
     super::private_umask();
     let cli: Sidecar = super::parse(command());
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .format_timestamp(None)
-        .init();
+    super::init_logging("warn");
     match run(&cli) {
         Ok(c) => c,
         Err(e) => {

@@ -317,7 +317,8 @@ impl ContentReader {
                         Ok(h) => handles.push(h),
                         Err(e) if handles.is_empty() => return Err(ContentError::Target(e)),
                         Err(e) => {
-                            log::warn!("writing with {} threads: {e}", handles.len());
+                            let n = crate::words::plural(handles.len() as u64, "thread");
+                            log::warn!("writing with {n}: {e}");
                             break;
                         }
                     }

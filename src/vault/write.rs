@@ -520,7 +520,8 @@ fn gather_damage(
                 let n = catalog.mark_pack_damaged(id, 0)?;
                 if n > 0 {
                     log::warn!(
-                        "pack {name} is missing: {n} chunks will be stored again from their sources"
+                        "pack {name} is missing: {} will be stored again from their sources",
+                        crate::words::plural(n as u64, "chunk")
                     );
                 }
             }
@@ -528,7 +529,8 @@ fn gather_damage(
                 let n = catalog.mark_pack_damaged(id, have)?;
                 if n > 0 {
                     log::warn!(
-                        "pack {name} is truncated: {n} chunks will be stored again from their sources"
+                        "pack {name} is truncated: {} will be stored again from their sources",
+                        crate::words::plural(n as u64, "chunk")
                     );
                 }
             }
