@@ -212,7 +212,11 @@ fn disk_backup_and_sidecar_restore_show_a_byte_bar() {
         &[],
     );
     assert_eq!(code, Some(0), "{screen}");
-    assert!(!screen.contains('%'), "{screen:?}");
+    assert!(
+        !screen.contains('%') && !screen.contains("written"),
+        "{screen:?}"
+    );
+    assert_eq!(std::fs::read(&to2).unwrap(), std::fs::read(&img).unwrap());
 }
 
 /// Files of `packs/` with their sizes, and whether a quarantine exists.

@@ -26,7 +26,8 @@ struct Sidecar {
     /// ~/.local/share/coffre/vault]
     #[arg(long, global = true, value_name = "DIR")]
     vault: Option<PathBuf>,
-    /// No progress line
+    /// Quiet: no progress bars and no lines about what is written (a --dry-run still shows
+    /// its plan); warnings, errors and what to run next remain
     #[arg(short, long, global = true)]
     quiet: bool,
     #[command(subcommand)]
@@ -161,7 +162,9 @@ fn show(plans: &[ImagePlan], dry: bool) {
 }
 
 fn execute(vault: &Vault, plan: &RestorePlan, dry: bool, quiet: bool) -> Result<()> {
-    show(&plan.images, dry);
+    if dry || !quiet {
+        show(&plan.images, dry);
+    }
     if dry {
         return Ok(());
     }
@@ -171,11 +174,13 @@ fn execute(vault: &Vault, plan: &RestorePlan, dry: bool, quiet: bool) -> Result<
         None
     };
     let out = apply_plan(vault, lock.as_ref(), plan, !quiet, |p, n| {
-        println!(
-            "  {} written to {}, every block checked",
-            human_bytes(n),
-            p.target.display()
-        );
+        if !quiet {
+            println!(
+                "  {} written to {}, every block checked",
+                human_bytes(n),
+                p.target.display()
+            );
+        }
     })
     .with_context(|| format!("restore of {}@{} failed", plan.item.name, plan.point))?;
     let name = &plan.item.name;
