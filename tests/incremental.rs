@@ -185,7 +185,7 @@ fn unreadable_entries_are_warnings_and_exit_3() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
-        err.contains("secret.txt") && err.contains("Permission denied"),
+        err.contains("secret.txt") && err.contains(": permission denied"),
         "{err}"
     );
     assert!(err.contains("closed"), "{err}");
