@@ -304,3 +304,85 @@ fn interrupted_backup_of_several_items_names_what_was_kept() {
     assert_eq!(t.points("a").len(), 2);
     assert_eq!(t.points("b").len(), 1);
 }
+
+/// The bar keeps moving while nothing progresses (a large file, a slow disk): the backup below
+/// blocks on a FUSE mount whose server is stopped, and the terminal still gets fresh frames,
+/// the elapsed time growing over the same counts.
+#[test]
+fn the_bar_moves_while_the_backup_waits() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let served = TestVault::new();
+    let inner = served.path("src");
+    write(&inner.join("f"), b"f");
+    served.backup("x", &inner);
+    let m = MountGuard::start(&served, &[]);
+    let pid = m.child.as_ref().unwrap().id() as i32;
+    let t = TestVault::new();
+    // SAFETY: stopping and continuing our own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let line = format!(
+        "'{COFFRE}' backup --item y '{}'",
+        served.dir.path().display()
+    );
+    let mut child = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("COFFRE_VAULT", t.vault())
+        .env("COLUMNS", "200")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut out = child.stdout.take().unwrap();
+    let sink = screen.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    // Frames as (counts, elapsed): "backup y: 3 files, 1.2 KiB, 10 B/s, 2s".
+    let frames = |s: &str| -> Vec<(String, String)> {
+        s.split('\r')
+            .filter_map(|f| f.split_once("backup y: ").map(|x| x.1.to_string()))
+            .filter_map(|f| {
+                let parts: Vec<&str> = f.trim_end().split(", ").collect();
+                (parts.len() == 4).then(|| {
+                    (
+                        format!("{}, {}", parts[0], parts[1]),
+                        parts[3].trim().to_string(),
+                    )
+                })
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let frozen = loop {
+        let f = frames(&screen.lock().unwrap());
+        let stuck = f.iter().find(|(_, e)| e == "2s").and_then(|(c, _)| {
+            f.iter()
+                .any(|(c1, e1)| c1 == c && e1 == "1s")
+                .then(|| c.clone())
+        });
+        if let Some(c) = stuck {
+            break c;
+        }
+        if std::time::Instant::now() > deadline {
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+            panic!("no steady frames: {:?}", screen.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let status = wait_within(&mut child, Duration::from_secs(60)).expect("backup finished");
+    reader.join().unwrap();
+    assert!(status.success(), "{}", screen.lock().unwrap());
+    assert!(frozen.contains(" file"), "{frozen}");
+    drop(m); // unmounts
+}
