@@ -69,12 +69,11 @@ fn plain(page: &str) -> String {
     s
 }
 
-/// The long options a page's OPTIONS section lists (the line after each `.TP`).
+/// The long options a page lists (the line after a `.TP` that starts with `-`, in OPTIONS or
+/// in a section of its own for options under a help heading).
 fn page_options(page: &str) -> BTreeSet<String> {
     let text = plain(page);
-    let mut lines = text.lines().skip_while(|l| *l != ".SH OPTIONS");
-    lines.next();
-    let body: Vec<&str> = lines.take_while(|l| !l.starts_with(".SH")).collect();
+    let body: Vec<&str> = text.lines().collect();
     let heads = body
         .windows(2)
         .filter(|w| w[0] == ".TP")
@@ -101,7 +100,13 @@ fn check_tree(bin_path: &str, bin: &str, path: Vec<String>, dir: &Path, pages: &
     let name = page_name(bin, &path);
     let page = std::fs::read_to_string(dir.join(&name))
         .unwrap_or_else(|e| panic!("no page {name} for `{bin} {}`: {e}", path.join(" ")));
-    let help_opts = long_options(section(&text, "Options:").into_iter());
+    // "Options:" and any "<Heading>:" section of options (clap's help_heading).
+    let titles: Vec<&str> = text
+        .lines()
+        .filter(|l| l.ends_with(':') && !l.starts_with(' ') && *l != "Commands:")
+        .filter(|l| *l != "Arguments:" && !l.starts_with("Usage"))
+        .collect();
+    let help_opts = long_options(titles.iter().flat_map(|t| section(&text, t)));
     assert!(
         !help_opts.is_empty(),
         "{name}: no options parsed from --help"
