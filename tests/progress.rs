@@ -386,3 +386,59 @@ fn the_bar_moves_while_the_backup_waits() {
     assert!(frozen.contains(" file"), "{frozen}");
     drop(m); // unmounts
 }
+
+/// A restore cannot stop half-way cleanly: Ctrl-C ends it at once, with one line saying what is
+/// left, on a terminal (the bar cleared first) and in a pipe alike.
+#[cfg(feature = "fault-injection")]
+#[test]
+fn interrupted_restores_say_what_is_left() {
+    use std::os::unix::process::ExitStatusExt;
+    let t = TestVault::new();
+    let src = t.path("src");
+    tree(&src);
+    t.backup("x", &src);
+    let dst = t.path("r");
+    let said = format!(
+        "interrupted: the restore into {} did not finish; entries it was replacing are as they \
+         were, a new file may be partly written; the same command completes it",
+        dst.display()
+    );
+    let env = [("COFFRE_INTERRUPT_AT", "restore-file-written")];
+    let (code, screen) = on_terminal(
+        &t,
+        COFFRE,
+        &["restore", "x", "--to", dst.to_str().unwrap()],
+        &env,
+    );
+    assert_eq!(code, Some(130), "{screen}");
+    assert!(screen.contains(&format!("\x1b[2K{said}")), "{screen:?}");
+    assert!(!screen.contains("restored "), "{screen:?}");
+    // The same command completes it.
+    t.ok(&["restore", "x", "--to", dst.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read(dst.join("big")).unwrap(),
+        std::fs::read(src.join("big")).unwrap()
+    );
+
+    let img = t.path("disk.img");
+    write(&img, &noise(2 << 20, 9));
+    t.ok(&["backup-disk", "-q", "--item", "d", img.to_str().unwrap()]);
+    let to = t.path("out.img");
+    let out = Command::new(SIDECAR)
+        .env("COFFRE_VAULT", t.vault())
+        .env("COFFRE_INTERRUPT_AT", "image-data-written")
+        .args(["disk", "d", "--to", to.to_str().unwrap()])
+        .output_within();
+    assert_eq!(out.status.signal(), Some(libc::SIGINT), "{}", stderr(&out));
+    let point = &t.points("d")[0]["id"];
+    assert_eq!(
+        stderr(&out).lines().last().unwrap(),
+        format!(
+            "interrupted: the restore of d@{} did not finish; a file target is replaced only when \
+             complete (a partial copy may remain beside it), a device may be partly written; the \
+             same command completes it",
+            point.as_str().unwrap()
+        )
+    );
+    assert!(!to.exists(), "a partial image took the target's name");
+}

@@ -39,6 +39,11 @@ pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     let (name, point) = args.spec.split_once('@').unwrap_or((&args.spec, "latest"));
     let item = vault.item(name)?;
     let point = vault.resolve_point(&item, point)?;
+    crate::interrupt::end_with(&format!(
+        "interrupted: the restore into {} did not finish; entries it was replacing are as they \
+         were, a new file may be partly written; the same command completes it",
+        args.to.display()
+    ));
     let opts = RestoreOptions {
         threads: args.threads,
         progress: !cli.quiet && !args.json,

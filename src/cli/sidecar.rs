@@ -168,6 +168,12 @@ fn execute(vault: &Vault, plan: &RestorePlan, dry: bool, quiet: bool) -> Result<
     if dry {
         return Ok(());
     }
+    crate::interrupt::end_with(&format!(
+        "interrupted: the restore of {}@{} did not finish; a file target is replaced only when \
+         complete (a partial copy may remain beside it), a device may be partly written; the same \
+         command completes it",
+        plan.item.name, plan.point
+    ));
     let lock = if plan.in_place || plan.protect_as.is_some() {
         Some(vault.lock(true)?)
     } else {

@@ -509,6 +509,7 @@ fn worker(sh: &Shared, jobs: crossbeam_channel::Receiver<FileJob>) {
                 sh.bytes.fetch_add(job.entry.size, Ordering::Relaxed);
                 // The bar's total is the files' sizes (what was written leaves out holes).
                 sh.progress.add(1, job.entry.size);
+                crate::testing::interrupt_point("restore-file-written");
                 true
             }
             Err(e) => {

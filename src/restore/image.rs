@@ -256,7 +256,10 @@ fn label(plan: &ImagePlan) -> String {
 /// Phase one of an image: nothing at its target changes.
 fn stage(vault: &Vault, plan: &ImagePlan, progress: bool) -> Result<Staged, RestoreError> {
     let bar = Progress::bytes(&label(plan), plan.data_bytes, progress);
-    let tick = |n: u64| bar.add(0, n);
+    let tick = |n: u64| {
+        bar.add(0, n);
+        crate::testing::interrupt_point("image-data-written");
+    };
     let r = if plan.device {
         let content = vault.reader().content(&plan.entry)?;
         content.check()?;
