@@ -61,7 +61,9 @@ POINT is a point id or unique prefix, the point's directory name in the mount \
 and renamed over what was there only when complete, so an entry the vault cannot supply leaves \
 the existing one as it was (each such path is listed, exit status 1). Restored entries get \
 exactly the captured permissions; symlinks inside DIR are never followed. On a terminal a \
-progress bar shows the bytes restored out of the total, the percentage and the time left.",
+progress bar shows the bytes restored out of the total, the percentage and the time left. Ctrl-C \
+ends a restore at once: entries it was replacing are as they were, a new file may be partly \
+written, and the same command completes it.",
     ),
     (
         "mount",
@@ -126,7 +128,8 @@ written. An existing target is refused without --force; a target that is mounted
 device, has a mounted partition, is an active swap area or is held by dm/md is always refused, \
 by --dry-run too. A symbolic link as target is refused unless it names a block device. --to the \
 item's own image is an in-place restore. On a terminal a progress bar shows the bytes written, \
-the percentage and the time left (-q hides it).",
+the percentage and the time left (-q hides it). Ctrl-C ends a restore at once: a file target is \
+replaced only when complete, a device may be partly written; the same command completes it.",
     ),
     (
         "vm",
