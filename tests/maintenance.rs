@@ -569,3 +569,51 @@ fn a_mount_reading_during_gc_sees_exact_bytes_and_gc_deletes_after_it_ends() {
     assert!(after["packs_deleted"].as_u64().unwrap() > 0, "{after}");
     assert_eq!(t.run(&["verify"]).status.code(), Some(0));
 }
+
+#[test]
+fn gc_deletes_nothing_while_a_point_needs_an_unreadable_tree_and_check_names_it() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    let (keep, _) = backup_state(&t, "x", &src, 3);
+    let (old, _) = backup_state(&t, "x", &src, 1);
+    forget_and_purge(&t, "x", &old);
+    let _ = t.ok(&["points"]); // checkpoints the WAL into vault.db on close
+    {
+        // Damage the root tree of the kept point: gc can no longer know what it needs.
+        let db = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = db
+            .prepare("SELECT id, data FROM trees")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        for (id, mut data) in rows {
+            let n = data.len();
+            data[n / 2] ^= 0xff;
+            db.execute(
+                "UPDATE trees SET data=?2 WHERE id=?1",
+                rusqlite::params![id, data],
+            )
+            .unwrap();
+        }
+    }
+    let before = packs(&t);
+    let out = t.run(&["gc"]);
+    assert_fails(&out, "gc deleted nothing");
+    assert!(stderr(&out).contains("coffre check"), "{}", stderr(&out));
+    assert_eq!(packs(&t), before, "no pack deleted");
+    let (code, report) = run_json(&t, &["check", "--json"]);
+    assert_eq!(code, 1);
+    assert!(
+        !report["check"]["broken"].as_array().unwrap().is_empty(),
+        "{report}"
+    );
+    let named: Vec<&str> = report["damaged_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["point"].as_str().unwrap())
+        .collect();
+    assert!(named.contains(&keep.as_str()), "{report}");
+}

@@ -236,21 +236,37 @@ pub struct VerifyState {
 }
 
 impl VerifyState {
+    /// Opens (creating) `VAULT/verify.db`; on a vault this process cannot write (read-only
+    /// media, another user's replica), a state in memory: every pack counts as never verified.
     pub fn open(root: &Path) -> VaultResult<VerifyState> {
         let path = root.join("verify.db");
+        let conn = match Self::open_file(&path) {
+            Ok(c) => c,
+            Err(e) => {
+                log::debug!("verification times kept in memory only: {e}");
+                Connection::open_in_memory()?
+            }
+        };
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS verified(pack TEXT PRIMARY KEY, at INTEGER NOT NULL)",
+        )?;
+        Ok(VerifyState { conn })
+    }
+
+    fn open_file(path: &Path) -> VaultResult<Connection> {
         // Private like every vault file, whatever the umask.
         std::fs::File::options()
             .create(true)
             .append(true)
             .mode(super::FILE_MODE)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let conn = Connection::open(&path)?;
+            .open(path)
+            .map_err(io_err(path))?;
+        let conn = Connection::open(path)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS verified(pack TEXT PRIMARY KEY, at INTEGER NOT NULL)",
         )?;
-        Ok(VerifyState { conn })
+        Ok(conn)
     }
 
     pub fn last(&self, pack: &str) -> VaultResult<Option<i64>> {
