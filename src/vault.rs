@@ -41,7 +41,7 @@ pub use chunks::ChunkBytes;
 pub use content::{ContentError, ContentReader};
 pub use damage::DamageSet;
 pub use format::{ChunkId, Content, Entry, Extent, Kind, ListId, Timestamp, TreeId};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{GcOptions, GcReport, REPACK_BELOW};
 pub use lifecycle::{AppliedChanges, PointChanges};
 pub use lock::{Lease, WriteLock};
 pub use model::{

@@ -46,9 +46,22 @@ pub struct GcArgs {
     /// Compression threads for repacking [default: 0 = one per core]
     #[arg(long, default_value_t = 0, value_parser = super::threads_arg)]
     threads: usize,
+    /// Rewrite packs with less than PCT % of their bytes still needed (0 only deletes packs
+    /// with nothing needed; 100 rewrites every pack holding any garbage)
+    #[arg(long, value_name = "PCT", default_value_t = crate::vault::REPACK_BELOW * 100.0, value_parser = parse_share)]
+    repack_below: f64,
     /// Print the report as JSON
     #[arg(long)]
     json: bool,
+}
+
+fn parse_share(s: &str) -> std::result::Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "{s:?} is not a percentage: use a number from 0 to 100"
+        )),
+    }
 }
 
 /// `10m`, `90s`, `1h30m`, `2d`; a bare number is seconds.
@@ -234,6 +247,7 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
     let report = vault.gc(&GcOptions {
         dry_run: args.dry_run,
         threads: args.threads,
+        repack_below: Some(args.repack_below / 100.0),
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -31,9 +31,8 @@ use super::store::{LocalStore, ORPHANED_DIR, PackStore};
 use super::write::{SessionOptions, SinkMode};
 use super::{ChunkId, Vault, VaultError, VaultResult, WriteLock, io_err, packs};
 
-/// A pack is repacked when less than this share of its stored bytes is live. Measured on the
-/// benchmark's Linux-tree vault (see BENCHMARKS.md): lower leaves the vault more than 10 % above
-/// a fresh one after forgetting most points; higher rewrites packs for little gain.
+/// By default a pack is repacked when less than this share of its stored bytes is live.
+/// Measured on the benchmark's Linux-tree history (see BENCHMARKS.md, `scripts/bench-gc`).
 pub const REPACK_BELOW: f64 = 0.8;
 /// Live bytes one round moves at most, so the writer lock is held for seconds, not minutes.
 const ROUND_BYTES: u64 = 256 << 20;
@@ -45,6 +44,8 @@ pub struct GcOptions {
     pub dry_run: bool,
     /// Compression threads for repacking (0 = one per core).
     pub threads: usize,
+    /// Repack packs with less than this share of live bytes (`None`: `REPACK_BELOW`).
+    pub repack_below: Option<f64>,
 }
 
 /// What a collection did (or, with `dry_run`, would do).
@@ -111,7 +112,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(c: &Catalog, reach: &Reach, skip: &HashSet<i64>) -> VaultResult<Plan> {
+    fn new(c: &Catalog, reach: &Reach, skip: &HashSet<i64>, below: f64) -> VaultResult<Plan> {
         let mut by_pack: HashMap<i64, Vec<ChunkRow>> = HashMap::new();
         for row in c.chunk_rows()? {
             by_pack.entry(row.loc.pack).or_default().push(row);
@@ -122,7 +123,7 @@ impl Plan {
                 continue;
             }
             let rows = by_pack.remove(&id).unwrap_or_default();
-            if let Some(p) = plan_pack(id, name, size, rows, reach) {
+            if let Some(p) = plan_pack(id, name, size, rows, reach, below) {
                 packs.push(p);
             }
         }
@@ -163,6 +164,7 @@ fn plan_pack(
     size: u64,
     rows: Vec<ChunkRow>,
     reach: &Reach,
+    below: f64,
 ) -> Option<PackPlan> {
     let mut per_record: HashMap<u64, usize> = HashMap::new();
     for r in &rows {
@@ -177,7 +179,7 @@ fn plan_pack(
             (rec.stored_len as u64 * r.loc.len as u64) / (rec.plain_len as u64).max(1)
         })
         .sum();
-    let worth = live.is_empty() || (live_stored as f64) < REPACK_BELOW * size as f64;
+    let worth = live.is_empty() || (live_stored as f64) < below * size as f64;
     if !worth || (dead.is_empty() && !live.is_empty()) {
         return None;
     }
@@ -253,10 +255,11 @@ impl Vault {
             catalog_bytes_before: self.catalog_bytes(),
             ..GcReport::default()
         };
+        let below = opts.repack_below.unwrap_or(REPACK_BELOW);
         let mut mark = Mark::new(&self.db_path())?;
         crate::testing::crash_point("gc-marked");
         if opts.dry_run {
-            let plan = Plan::new(&self.catalog, &mark.reach, &HashSet::new())?;
+            let plan = Plan::new(&self.catalog, &mark.reach, &HashSet::new(), below)?;
             describe(&plan.packs, &mut report);
             report.trees_dropped = plan.dead_trees.len() as u64;
             report.lists_dropped = plan.dead_lists.len() as u64;
@@ -268,7 +271,7 @@ impl Vault {
         loop {
             let lock = self.lock(true)?;
             mark.catch_up(&self.catalog)?;
-            let plan = Plan::new(&self.catalog, &mark.reach, &tried)?;
+            let plan = Plan::new(&self.catalog, &mark.reach, &tried, below)?;
             let round = plan.round();
             let blobs =
                 report.rounds == 0 && !(plan.dead_trees.is_empty() && plan.dead_lists.is_empty());
