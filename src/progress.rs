@@ -56,7 +56,7 @@ impl Progress {
             label,
             Some(total),
             enabled,
-            "{prefix}: [{bar:30}] {percent:>3}% {binary_bytes}/{binary_total_bytes}, {files}, \
+            "{prefix}: [{bar:30}] {percent:>3}% {binary_bytes}/{binary_total_bytes}{and_files}, \
              {binary_bytes_per_sec}, {eta} left",
         )
     }
@@ -68,7 +68,8 @@ impl Progress {
 
     fn make(label: &str, total: Option<u64>, enabled: bool, template: &str) -> Progress {
         let files = Arc::new(AtomicU64::new(0));
-        let shown = files.clone();
+        let (shown, shown_if_any) = (files.clone(), files.clone());
+        // `files`: `3 files`; `and_files`: `, 3 files`, or nothing before the first file.
         let style = ProgressStyle::with_template(template)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> ")
@@ -76,6 +77,15 @@ impl Progress {
                 "files",
                 move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
                     let _ = write!(w, "{}", plural(shown.load(Ordering::Relaxed), "file"));
+                },
+            )
+            .with_key(
+                "and_files",
+                move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let n = shown_if_any.load(Ordering::Relaxed);
+                    if n > 0 {
+                        let _ = write!(w, ", {}", plural(n, "file"));
+                    }
                 },
             );
         let bar = match (enabled && !board().is_hidden(), total) {

@@ -106,6 +106,7 @@ pub fn command() -> clap::Command {
 /// Entry point of the `coffre-restore` binary.
 pub fn main() -> ExitCode {
     super::private_umask();
+    super::default_sigpipe();
     let cli: Sidecar = super::parse(command());
     super::init_logging("warn");
     match run(&cli) {
