@@ -313,11 +313,16 @@ fn daemon_mode_returns_once_ready_and_bad_mount_points_are_refused() {
     t.backup("x", &src);
     let dir = t.path("mnt-daemon");
     std::fs::create_dir(&dir).unwrap();
-    t.ok(&["mount", "--daemon", dir.to_str().unwrap()]);
+    let said = t.ok(&["mount", "--daemon", dir.to_str().unwrap()]);
     let guard = MountGuard {
         dir: dir.canonicalize().unwrap(),
         child: None,
     };
+    let at = guard.dir.display();
+    assert_eq!(
+        said,
+        format!("mounted on {at} (read-only); `coffre umount {at}` ends it\n")
+    );
     assert_eq!(
         std::fs::read(dir.join("items/x/latest/f")).unwrap(),
         b"daemon"
@@ -325,6 +330,17 @@ fn daemon_mode_returns_once_ready_and_bad_mount_points_are_refused() {
     // A busy mount point.
     let out = t.run(&["mount", dir.to_str().unwrap()]);
     assert_fails(&out, "already a mount point");
+    t.ok(&["umount", dir.to_str().unwrap()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_fuse_mounted(&guard.dir) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // -q: nothing said.
+    assert_eq!(
+        t.ok(&["-q", "mount", "--daemon", dir.to_str().unwrap()]),
+        ""
+    );
     t.ok(&["umount", dir.to_str().unwrap()]);
     let deadline = Instant::now() + Duration::from_secs(10);
     while is_fuse_mounted(&guard.dir) {

@@ -85,7 +85,14 @@ pub fn run(cli: &Cli, args: &MountArgs) -> Result<ExitCode> {
             let mut msg = String::new();
             std::io::BufReader::new(std::fs::File::from(rd)).read_line(&mut msg)?;
             if msg.starts_with("ok\n") {
-                println!("mounted on {}", args.mountpoint.display());
+                if !cli.quiet {
+                    let at =
+                        std::fs::canonicalize(&args.mountpoint).unwrap_or(args.mountpoint.clone());
+                    println!(
+                        "mounted on {} (read-only); `coffre umount {0}` ends it",
+                        at.display()
+                    );
+                }
                 Ok(ExitCode::SUCCESS)
             } else if msg.is_empty() {
                 bail!("the mount process died before the mount was ready")
