@@ -222,9 +222,35 @@ fn stored_job(vault: &Vault, name: &std::ffi::OsStr) -> Result<ItemSource> {
 }
 
 /// Backs up every item of `todo` (one failing does not stop the others), reports each result,
-/// and returns the worst status: 1 if any item failed, else 3 if any point misses entries, else 0.
+/// and returns the worst status: 1 if any item failed, else 3 if any point misses entries, else 0;
+/// 130 if Ctrl-C stopped it (the running backup commits nothing).
 fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) -> Result<ExitCode> {
-    let json = run.json;
+    check_keep_until(run)?;
+    let vault = cli.open_or_init_vault()?;
+    let lock = vault.lock(!run.no_wait)?;
+    // From here a Ctrl-C stops the running backup before its commit (see `interrupt`).
+    crate::interrupt::catch();
+    let total = todo.len();
+    let items = Progress::items("backup", total as u64, !cli.quiet && !run.json && total > 1);
+    let mut outcome = Outcome::default();
+    for (name, job) in todo {
+        if crate::interrupt::requested() {
+            break;
+        }
+        let result = job.and_then(|job| backup_one(cli, &vault, &lock, &name, &job, run));
+        items.next_item();
+        match result {
+            Err(e) if is_interrupted(&e) => break,
+            Ok(report) => outcome.made(cli, run.json, name, &report),
+            Err(e) => outcome.failed(run.json, name, &e),
+        }
+    }
+    items.finish();
+    outcome.finish(run.json, total)
+}
+
+/// `--keep-until` must be after the point's time (a usage error, found before the vault opens).
+fn check_keep_until(run: &RunArgs) -> Result<()> {
     if let Some(until) = run.keep_until {
         let time = run.time.unwrap_or_else(crate::vault::now_ns);
         if until <= time {
@@ -236,72 +262,70 @@ fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) ->
             .into());
         }
     }
-    let vault = cli.open_or_init_vault()?;
-    let lock = vault.lock(!run.no_wait)?;
-    // From here a Ctrl-C stops the running backup before its commit (see `interrupt`).
-    crate::interrupt::catch();
-    let total = todo.len();
-    let (mut failed, mut partial) = (Vec::new(), false);
-    let mut json_out = Vec::new();
-    let mut kept = Vec::new();
-    let show = !cli.quiet && !json;
-    let items = Progress::items("backup", total as u64, show && total > 1);
-    for (name, job) in todo {
+    Ok(())
+}
+
+/// What `backup A B C` did so far.
+#[derive(Default)]
+struct Outcome {
+    kept: Vec<String>,
+    failed: Vec<String>,
+    partial: bool,
+    json: Vec<serde_json::Value>,
+}
+
+impl Outcome {
+    fn made(&mut self, cli: &Cli, json: bool, name: String, report: &BackupReport) {
+        self.partial |= !report.warnings.is_empty();
+        if json {
+            self.json.push(serde_json::json!({
+                "item": name,
+                "point": report.point,
+                "catalog_bytes": report.catalog_bytes,
+                "repaired": report.repaired,
+                "warnings": super::plain_warnings(&report.warnings),
+            }));
+        } else {
+            crate::progress::suspend(|| print_report(&name, report, cli.quiet));
+        }
+        self.kept.push(name);
+    }
+
+    fn failed(&mut self, json: bool, name: String, e: &anyhow::Error) {
+        let line = super::error_line(e);
+        crate::progress::suspend(|| eprintln!("error: {line}"));
+        if json {
+            self.json
+                .push(serde_json::json!({ "item": name, "error": line }));
+        }
+        self.failed.push(name);
+    }
+
+    /// Prints the JSON and the closing line; the exit code.
+    fn finish(self, json: bool, total: usize) -> Result<ExitCode> {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&self.json)?);
+        }
         if crate::interrupt::requested() {
-            break;
+            eprintln!("{}", interrupted_line(&self.kept));
+            return Ok(ExitCode::from(super::EXIT_INTERRUPTED));
         }
-        let result = job.and_then(|job| backup_one(cli, &vault, &lock, &name, &job, run));
-        items.next_item();
-        match result {
-            Err(e) if is_interrupted(&e) => break,
-            Ok(report) => {
-                partial |= !report.warnings.is_empty();
-                kept.push(name.clone());
-                if json {
-                    json_out.push(serde_json::json!({
-                        "item": name,
-                        "point": report.point,
-                        "catalog_bytes": report.catalog_bytes,
-                        "repaired": report.repaired,
-                        "warnings": super::plain_warnings(&report.warnings),
-                    }));
-                } else {
-                    crate::progress::suspend(|| print_report(&name, &report, cli.quiet));
-                }
+        if !self.failed.is_empty() {
+            if total > 1 {
+                eprintln!(
+                    "error: {} of {total} items failed: {}",
+                    self.failed.len(),
+                    self.failed.join(", ")
+                );
             }
-            Err(e) => {
-                let line = super::error_line(&e);
-                crate::progress::suspend(|| eprintln!("error: {line}"));
-                if json {
-                    json_out.push(serde_json::json!({ "item": name, "error": line }));
-                }
-                failed.push(name);
-            }
+            return Ok(ExitCode::FAILURE);
         }
+        Ok(if self.partial {
+            ExitCode::from(EXIT_PARTIAL)
+        } else {
+            ExitCode::SUCCESS
+        })
     }
-    items.finish();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&json_out)?);
-    }
-    if crate::interrupt::requested() {
-        eprintln!("{}", interrupted_line(&kept));
-        return Ok(ExitCode::from(super::EXIT_INTERRUPTED));
-    }
-    if !failed.is_empty() {
-        if total > 1 {
-            eprintln!(
-                "error: {} of {total} items failed: {}",
-                failed.len(),
-                failed.join(", ")
-            );
-        }
-        return Ok(ExitCode::FAILURE);
-    }
-    Ok(if partial {
-        ExitCode::from(EXIT_PARTIAL)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 fn is_interrupted(e: &anyhow::Error) -> bool {
