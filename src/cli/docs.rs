@@ -23,8 +23,9 @@ item is backed up even when another fails, each failure is reported on its own l
 status is the worst one (1 if an item failed, else 3, else 0); --exclude and -x are refused there \
 (they redefine an item). --json prints one object per item: its point, or an `error` string.\n\n\
 On a terminal each item gets its own progress line (files, bytes, rate); -q hides them. Ctrl-C \
-stops the backup before its commit: nothing is committed and the vault is unchanged (data already \
-written to packs is garbage for a later gc).",
+stops the running backup before its commit: nothing of it is committed and the packs it wrote \
+are deleted, so the vault is as it was; points of items backed up before it are kept (exit \
+status 130). A second Ctrl-C ends the process at once.",
     ),
     (
         "backup-disk",
