@@ -123,7 +123,11 @@ fn chosen_points(vault: &Vault, targets: &[String]) -> Result<Option<Vec<PointRo
                 ))
                 .into());
             }
-            None => out.extend(vault.points(Some(&vault.item(t)?))?),
+            None => {
+                let item = vault.item(t)?;
+                let all = vault.all_points()?;
+                out.extend(all.into_iter().filter(|p| p.item == item.name));
+            }
         }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -190,6 +194,9 @@ fn print_text(r: &VerifyReport, data: bool) {
     for p in &c.bad_packs {
         println!("pack {p} is missing or shorter than the catalog says");
     }
+    if !c.bad_packs.is_empty() && c.bad_chunks.is_empty() {
+        println!("  (no point needs data from it; `coffre gc` forgets it)");
+    }
     for id in &c.missing_chunks {
         println!("chunk {id} is needed but not in the catalog");
     }
@@ -221,8 +228,15 @@ fn print_text(r: &VerifyReport, data: bool) {
             }
         );
     }
+    if !r.unreferenced_damaged.is_empty() {
+        println!(
+            "note: {} damaged chunks no point needs (marked bad, so no backup reuses them; \
+             `coffre gc` drops them)",
+            r.unreferenced_damaged.len()
+        );
+    }
     if r.is_clean() {
-        println!("no damage found");
+        println!("no damage found in what the points need");
         return;
     }
     println!("damaged files ({}):", r.damaged_files.len());

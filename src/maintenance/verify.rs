@@ -55,7 +55,10 @@ pub struct VerifyReport {
     pub seconds: f64,
     /// True if `--max-duration` stopped the run before every chosen pack was read.
     pub stopped_in_time: bool,
+    /// Damaged chunks the chosen points need.
     pub damaged_chunks: Vec<BadChunk>,
+    /// Damaged chunks no point needs (marked bad, so no backup reuses them; gc drops them).
+    pub unreferenced_damaged: Vec<BadChunk>,
     pub damaged_files: Vec<DamagedFile>,
     /// True if the damage was marked bad in the catalog now (else: by the next backup).
     pub marked: bool,
@@ -76,8 +79,8 @@ pub trait VerifyProgress: Sync {
 /// `check`: the catalog half only, over every point.
 pub fn check(vault: &Vault) -> VaultResult<VerifyReport> {
     let started = Instant::now();
-    let points = vault.all_points()?;
-    let (check, _) = vault.check_catalog(&points)?;
+    let _lease = vault.lease()?;
+    let (check, _, points) = vault.check_catalog(None)?;
     let mut report = VerifyReport {
         check,
         ..VerifyReport::default()
@@ -97,11 +100,7 @@ pub fn verify(
     let started = Instant::now();
     let _lease = vault.lease()?;
     let all = points.is_none();
-    let points = match points {
-        Some(p) => p,
-        None => vault.all_points()?,
-    };
-    let (check, reach) = vault.check_catalog(&points)?;
+    let (check, reach, points) = vault.check_catalog(points.as_deref())?;
     let mut jobs = vault.verify_jobs((!all).then_some(&reach.chunks))?;
     let total = jobs.len() as u64;
     if let Some(pct) = opts.sample {
@@ -114,13 +113,17 @@ pub fn verify(
     };
     run_jobs(vault, &jobs, opts, started, progress, &mut report)?;
     report.packs_left = total - report.packs_verified;
+    let (needed, unreferenced) = std::mem::take(&mut report.damaged_chunks)
+        .into_iter()
+        .partition(|b| parse_id(&b.id).is_some_and(|id| reach.chunks.contains(&id)));
+    (report.damaged_chunks, report.unreferenced_damaged) = (needed, unreferenced);
     let ids = damaged_ids(&report);
-    if !report.damaged_chunks.is_empty() {
-        let bad: Vec<ChunkId> = report
-            .damaged_chunks
-            .iter()
-            .filter_map(|b| parse_id(&b.id))
-            .collect();
+    let all_bad = report
+        .damaged_chunks
+        .iter()
+        .chain(&report.unreferenced_damaged);
+    let bad: Vec<ChunkId> = all_bad.filter_map(|b| parse_id(&b.id)).collect();
+    if !bad.is_empty() {
         vault.report_damage(&bad);
         // Marked now if no writer holds the vault; else the writer's next session marks them.
         if let Ok(lock) = vault.lock(false) {
@@ -177,7 +180,14 @@ fn run_jobs(
                         return;
                     }
                     crate::testing::crash_point("verify-pack");
-                    let (bad, read) = verifier.verify(job);
+                    let (bad, read) = match verifier.verify(job) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            out.lock().expect("report lock").4.get_or_insert(e);
+                            stop.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                    };
                     read_bytes.fetch_add(read, Ordering::Relaxed);
                     let saved = state
                         .lock()

@@ -63,7 +63,11 @@ const MIGRATIONS: &[&str] = &[
     // with its chunks' rows marked garbage (bad = 2: readers that started before may still read
     // them, backups store them anew), until no reader older than that epoch is left. Chunks are
     // found by pack without a scan.
+    // Trees and content lists no point needs are doomed the same way, and stored anew (undoomed)
+    // if a backup needs them again before they go.
     "ALTER TABLE packs ADD COLUMN doomed INTEGER;
+     ALTER TABLE trees ADD COLUMN doomed INTEGER;
+     ALTER TABLE lists ADD COLUMN doomed INTEGER;
      CREATE INDEX chunks_pack ON chunks(pack);",
 ];
 
@@ -185,6 +189,11 @@ pub struct ChunkLoc {
     pub offset: u32,
     pub len: u32,
     pub bad: bool,
+}
+
+/// `"trees"` or `"lists"`: the only tables a blob id may name.
+fn blob_table(table: &str) -> &'static str {
+    if table == "trees" { "trees" } else { "lists" }
 }
 
 /// A chunk row: the chunk and where it is.
@@ -1018,10 +1027,11 @@ impl Catalog {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The ids of every stored tree (`"trees"`) or content list (`"lists"`).
+    /// The ids of every tree (`"trees"`) or content list (`"lists"`) not doomed.
     pub fn blob_ids(&self, table: &str) -> VaultResult<Vec<[u8; 32]>> {
-        let table = if table == "trees" { "trees" } else { "lists" };
-        let mut st = self.conn.prepare(&format!("SELECT id FROM {table}"))?;
+        let table = blob_table(table);
+        let sql = format!("SELECT id FROM {table} WHERE doomed IS NULL");
+        let mut st = self.conn.prepare(&sql)?;
         let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
         let mut out = Vec::new();
         for r in rows {
@@ -1032,14 +1042,35 @@ impl Catalog {
         Ok(out)
     }
 
-    /// Removes a tree (`"trees"`) or content list (`"lists"`) no point needs.
+    /// Doomed trees or content lists: id and the epoch of the commit that doomed them.
+    pub fn doomed_blobs(&self, table: &str) -> VaultResult<Vec<([u8; 32], u64)>> {
+        let table = blob_table(table);
+        let sql = format!("SELECT id, doomed FROM {table} WHERE doomed IS NOT NULL");
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, u64>(1)?)))?;
+        let mut out = Vec::new();
+        for r in rows {
+            let (id, epoch) = r?;
+            if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+                out.push((id, epoch));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Dooms (`Some(epoch)`) or brings back (`None`) a tree or content list.
+    pub fn doom_blob(&self, table: &str, id: &[u8; 32], epoch: Option<u64>) -> VaultResult<()> {
+        let sql = format!("UPDATE {} SET doomed = ?2 WHERE id = ?1", blob_table(table));
+        self.conn
+            .prepare_cached(&sql)?
+            .execute(params![&id[..], epoch])?;
+        Ok(())
+    }
+
+    /// Removes a doomed tree or content list for good.
     pub fn delete_blob(&self, table: &str, id: &[u8; 32]) -> VaultResult<()> {
-        let sql = if table == "trees" {
-            "DELETE FROM trees WHERE id = ?1"
-        } else {
-            "DELETE FROM lists WHERE id = ?1"
-        };
-        self.conn.prepare_cached(sql)?.execute([&id[..]])?;
+        let sql = format!("DELETE FROM {} WHERE id = ?1", blob_table(table));
+        self.conn.prepare_cached(&sql)?.execute([&id[..]])?;
         Ok(())
     }
 
@@ -1096,15 +1127,17 @@ impl Catalog {
         plain: &[u8],
         replace: bool,
     ) -> VaultResult<u64> {
-        let exists_sql = format!("SELECT 1 FROM {table} WHERE id=?1");
-        if !replace
-            && self
-                .conn
-                .prepare_cached(&exists_sql)?
-                .query_row([&id[..]], |_| Ok(()))
-                .optional()?
-                .is_some()
-        {
+        let exists_sql = format!("SELECT doomed FROM {table} WHERE id=?1");
+        let existing: Option<Option<i64>> = self
+            .conn
+            .prepare_cached(&exists_sql)?
+            .query_row([&id[..]], |r| r.get(0))
+            .optional()?;
+        if !replace && let Some(doomed) = existing {
+            // Doomed by a gc but needed again: it stays (same id, same bytes).
+            if doomed.is_some() {
+                self.doom_blob(table, id, None)?;
+            }
             return Ok(0);
         }
         let z = zstd::bulk::compress(plain, 3).map_err(|e| VaultError::Io {

@@ -6,13 +6,14 @@
 //! yet), plan from the chunk table as it is now, and act on a bounded slice of it. A pack holding
 //! nothing live is *doomed*; a pack with less than `REPACK_BELOW` of its bytes live has its live
 //! chunks read back, checked (`scrub`) and written into new packs by a write session (their rows
-//! then name the new packs), then is doomed. The first round also drops trees and content lists
-//! no point needs. Dead chunks in packs that stay keep their rows: a later backup may deduplicate
-//! against them.
+//! then name the new packs), then is doomed. The first round also dooms the trees and content
+//! lists no point needs (brought back if a backup stores them again before they go). Dead
+//! chunks in packs that stay keep their rows: a later backup may deduplicate against them.
 //! A doomed pack keeps its row (with the epoch of that commit) and its remaining rows, marked
 //! garbage: a reader that started before (a mount showing a point just purged, with a file open)
 //! still finds and reads them, while backups never reuse them. Its file is deleted, and its rows
-//! forgotten, only when no reader's lease is older than that epoch. Quarantined packs whose
+//! forgotten, only when no reader's lease is older than that epoch; doomed trees and lists go
+//! by the same rule, after a last check, under the lock, that no point needs them. Quarantined packs whose
 //! every chunk the catalog holds elsewhere (a killed gc's or backup's leftovers) are deleted.
 //! Safety nets: nothing is deleted while any blob a point needs cannot be read; a pack is doomed
 //! only when no live row names it any more, checked inside the commit.
@@ -65,6 +66,8 @@ pub struct GcReport {
     /// Packs no longer named but kept until readers that started before the gc end.
     pub packs_waiting: u64,
     pub bytes_waiting: u64,
+    /// Trees and content lists no longer needed but kept for such readers.
+    pub blobs_waiting: u64,
     /// Quarantined packs deleted because the catalog holds all their chunks elsewhere.
     pub orphans_deleted: u64,
     pub orphan_bytes_deleted: u64,
@@ -80,12 +83,10 @@ pub struct GcReport {
 }
 
 impl GcReport {
-    /// Bytes given back to the file system (negative if repacking wrote more than it freed so
-    /// far, e.g. while old packs wait for readers).
+    /// Pack bytes given back to the file system (negative if repacking wrote more than it
+    /// freed so far, e.g. while old packs wait for readers). The catalog's change is apart.
     pub fn reclaimed(&self) -> i64 {
         (self.bytes_deleted + self.orphan_bytes_deleted) as i64 - self.bytes_written as i64
-            + self.catalog_bytes_before as i64
-            - self.catalog_bytes_after as i64
     }
 }
 
@@ -199,10 +200,9 @@ fn plan_pack(
     })
 }
 
-/// The mark: what points need, and the last point row it has seen.
+/// The mark: what points need.
 struct Mark {
     reach: Reach,
-    seen: i64,
 }
 
 impl Mark {
@@ -212,19 +212,19 @@ impl Mark {
         c.begin_read()?;
         let mut mark = Mark {
             reach: Reach::default(),
-            seen: 0,
         };
         let r = mark.catch_up(&c);
         c.rollback();
         r.map(|()| mark)
     }
 
-    /// Adds the points committed since the last walk (under the writer lock: no other commit
-    /// can come between this and the round's commit).
+    /// Adds what every point needs now (under the writer lock: no other commit can come between
+    /// this and the round's commit). Every point is looked at, not only rows above a mark: a
+    /// row id freed by a purge is given to the next point. Trees already walked are skipped, so
+    /// this costs one root per point plus what is new.
     fn catch_up(&mut self, c: &Catalog) -> VaultResult<()> {
-        for p in c.points_after(self.seen)? {
+        for p in c.points_after(0)? {
             self.reach.add_point(c, &p)?;
-            self.seen = self.seen.max(p.rowid);
         }
         if let Some(b) = self.reach.broken.first() {
             let more = self.reach.broken.len() - 1;
@@ -249,7 +249,12 @@ impl Vault {
     /// commit; refuses to run twice at once.
     pub fn gc(&self, opts: &GcOptions) -> VaultResult<GcReport> {
         let started = Instant::now();
-        let _only = gc_lock(self.root())?;
+        // A dry run changes nothing: it may run beside a gc.
+        let _only = if opts.dry_run {
+            None
+        } else {
+            Some(gc_lock(self.root())?)
+        };
         let mut report = GcReport {
             dry_run: opts.dry_run,
             catalog_bytes_before: self.catalog_bytes(),
@@ -281,10 +286,11 @@ impl Vault {
             tried.extend(round.iter().map(|p| p.id));
             self.gc_round(&lock, &round, blobs.then_some(&plan), opts, &mut report)?;
             report.rounds += 1;
-            self.delete_doomed(&lock, &mut report)?;
+            self.delete_doomed(&lock, &mark.reach, &mut report)?;
         }
         let lock = self.lock(true)?;
-        self.delete_doomed(&lock, &mut report)?;
+        mark.catch_up(&self.catalog)?;
+        self.delete_doomed(&lock, &mark.reach, &mut report)?;
         self.delete_redundant_orphans(&lock, &mut report)?;
         self.compact_catalog(&lock)?;
         report.catalog_bytes_after = self.catalog_bytes();
@@ -343,10 +349,10 @@ impl Vault {
             }
             if let Some(plan) = blobs {
                 for id in &plan.dead_trees {
-                    c.delete_blob("trees", id)?;
+                    c.doom_blob("trees", id, Some(epoch))?;
                 }
                 for id in &plan.dead_lists {
-                    c.delete_blob("lists", id)?;
+                    c.doom_blob("lists", id, Some(epoch))?;
                 }
             }
             c.set_meta("epoch", &epoch.to_string())?;
@@ -356,10 +362,6 @@ impl Vault {
         report.packs_repacked += repacked;
         report.chunks_dropped += dropped;
         report.bytes_written += session.stored_bytes();
-        if let Some(plan) = blobs {
-            report.trees_dropped += plan.dead_trees.len() as u64;
-            report.lists_dropped += plan.dead_lists.len() as u64;
-        }
         crate::testing::crash_point("gc-round-committed");
         Ok(())
     }
@@ -402,7 +404,8 @@ impl Vault {
                         unreadable.push(row.id);
                     }
                 },
-            );
+            )
+            .map_err(io_err(&self.packs_dir().join(format!("{}.pack", p.name))))?;
             crate::testing::crash_point("gc-pack-moved");
         }
         match failed {
@@ -411,8 +414,18 @@ impl Vault {
         }
     }
 
-    /// Deletes doomed packs no live reader may still ask for, and forgets them.
-    fn delete_doomed(&self, _lock: &WriteLock, report: &mut GcReport) -> VaultResult<()> {
+    /// Deletes doomed packs, trees and lists no live reader may still ask for (no lease older
+    /// than the commit that doomed them), and brings back doomed trees and lists a point needs
+    /// again (`reach` is up to date: taken under this lock).
+    fn delete_doomed(
+        &self,
+        _lock: &WriteLock,
+        reach: &Reach,
+        report: &mut GcReport,
+    ) -> VaultResult<()> {
+        let oldest = self.oldest_lease()?;
+        let may_go = |epoch: u64| oldest.is_none_or(|o| o >= epoch);
+        self.delete_doomed_blobs(reach, &may_go, report)?;
         let doomed = self.catalog.doomed_packs()?;
         (report.packs_waiting, report.bytes_waiting) = (0, 0);
         if doomed.is_empty() {
@@ -426,10 +439,9 @@ impl Vault {
             .into_iter()
             .map(|p| (p.name, p.size))
             .collect();
-        let oldest = self.oldest_lease()?;
         for (id, name, epoch) in doomed {
             let size = sizes.get(&name).copied().unwrap_or(0);
-            if oldest.is_some_and(|o| o < epoch) {
+            if !may_go(epoch) {
                 report.packs_waiting += 1;
                 report.bytes_waiting += size;
                 continue;
@@ -448,9 +460,40 @@ impl Vault {
         self.store.sync().map_err(io_err(&dir))
     }
 
-    /// Deletes quarantined packs whose every readable chunk the catalog holds, good, in a pack
-    /// that exists: nothing would be lost (a killed gc's or backup's copies). Others stay for
-    /// `coffre vault rebuild-index`.
+    fn delete_doomed_blobs(
+        &self,
+        reach: &Reach,
+        may_go: &dyn Fn(u64) -> bool,
+        report: &mut GcReport,
+    ) -> VaultResult<()> {
+        report.blobs_waiting = 0;
+        for table in ["trees", "lists"] {
+            for (id, epoch) in self.catalog.doomed_blobs(table)? {
+                let needed = if table == "trees" {
+                    reach.trees.contains(&super::TreeId(id))
+                } else {
+                    reach.lists.contains(&super::ListId(id))
+                };
+                if needed {
+                    self.catalog.doom_blob(table, &id, None)?;
+                } else if may_go(epoch) {
+                    self.catalog.delete_blob(table, &id)?;
+                    if table == "trees" {
+                        report.trees_dropped += 1;
+                    } else {
+                        report.lists_dropped += 1;
+                    }
+                } else {
+                    report.blobs_waiting += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes quarantined packs whose every readable chunk the catalog holds elsewhere, read
+    /// back and checked: nothing would be lost (a killed gc's or backup's copies). Others stay
+    /// for `coffre vault rebuild-index`.
     fn delete_redundant_orphans(
         &self,
         _lock: &WriteLock,
@@ -490,12 +533,17 @@ impl Vault {
         chunks: &[packs::ScannedChunk],
         present: &HashSet<String>,
     ) -> VaultResult<bool> {
+        let reader = self.reader();
         for c in chunks {
             let Some(loc) = self.catalog.chunk(&c.id)? else {
                 return Ok(false);
             };
             let named = self.catalog.pack_name(loc.pack)?;
             if loc.bad || !named.is_some_and(|n| present.contains(&n)) {
+                return Ok(false);
+            }
+            // The other copy must really be there: read it back (checked against its id).
+            if reader.read_chunk(&c.id).is_err() {
                 return Ok(false);
             }
         }

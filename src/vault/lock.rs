@@ -100,29 +100,35 @@ impl Lease {
         epoch: impl FnOnce() -> VaultResult<u64>,
     ) -> VaultResult<Lease> {
         let dir = root.join(LEASES_DIR);
-        let made = std::fs::create_dir_all(&dir).and_then(|_| {
-            // Locked under a name a collection ignores, then renamed: a collection never sees
-            // a lease file whose flock is not held yet (it would take it for a dead reader's).
-            let name = random_hex(8);
-            let (tmp, path) = (
-                dir.join(format!("{name}.new")),
-                dir.join(format!("{name}.lease")),
-            );
-            let f = File::options()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            flock(&f, libc::LOCK_SH)?;
-            std::fs::rename(&tmp, &path)?;
-            Ok((path, f))
-        });
+        // A file gone before it was renamed (swept as a dead reader's): try again.
+        let mut made = make_lease(&dir);
+        for _ in 0..3 {
+            match &made {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => made = make_lease(&dir),
+                _ => break,
+            }
+        }
         let (path, file) = match made {
             Ok((p, f)) => (Some(p), Some(f)),
             // A vault this reader cannot write (read-only media: nothing can delete packs under
-            // us; a full disk; another user's vault): read without a lease rather than not at all.
+            // us; another user's vault), or a full disk: read without a lease rather than not
+            // at all, and say so when a gc could run.
             Err(e) => {
-                log::debug!("reading {} without a lease: {e}", root.display());
+                let quiet = matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied
+                );
+                let level = if quiet {
+                    log::Level::Debug
+                } else {
+                    log::Level::Warn
+                };
+                log::log!(
+                    level,
+                    "reading {} without a lease (a gc running now could delete data this reader \
+                     needs): {e}",
+                    root.display()
+                );
                 (None, None)
             }
         };
@@ -160,6 +166,25 @@ impl Drop for Lease {
     }
 }
 
+/// Creates a lease file in `dir`, locked under a name a collection leaves alone while young,
+/// then renamed: a collection never sees a `.lease` file whose flock is not held yet.
+fn make_lease(dir: &Path) -> std::io::Result<(PathBuf, File)> {
+    std::fs::create_dir_all(dir)?;
+    let name = random_hex(8);
+    let (tmp, path) = (
+        dir.join(format!("{name}.new")),
+        dir.join(format!("{name}.lease")),
+    );
+    let f = File::options()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    flock(&f, libc::LOCK_SH)?;
+    std::fs::rename(&tmp, &path)?;
+    Ok((path, f))
+}
+
 /// The oldest epoch among live leases (`None` if there is none), removing stale lease files.
 /// A lease file that is not written yet counts as epoch 0: its reader may be about to read.
 pub(super) fn oldest_lease(root: &Path) -> VaultResult<Option<u64>> {
@@ -173,8 +198,13 @@ pub(super) fn oldest_lease(root: &Path) -> VaultResult<Option<u64>> {
     for ent in entries {
         let path = ent.map_err(io_err(&dir))?.path();
         if path.extension().is_some_and(|x| x == "new") {
-            // A reader killed between creating and renaming its lease: gone if unlocked.
-            if let Ok(f) = File::open(&path)
+            // A reader killed between creating and renaming its lease: gone if unlocked and a
+            // minute old (a young one may belong to a reader about to lock it).
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() >= 60));
+            if old
+                && let Ok(f) = File::open(&path)
                 && flock(&f, libc::LOCK_EX | libc::LOCK_NB).unwrap_or(false)
             {
                 let _ = std::fs::remove_file(&path);
@@ -184,7 +214,15 @@ pub(super) fn oldest_lease(root: &Path) -> VaultResult<Option<u64>> {
         if path.extension().is_none_or(|x| x != "lease") {
             continue;
         }
-        let Ok(f) = File::open(&path) else { continue };
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue, // just ended
+            Err(_) => {
+                // A lease this process cannot read (another user's reader): assume the oldest.
+                oldest = Some(0);
+                continue;
+            }
+        };
         if flock(&f, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err(&path))? {
             let _ = std::fs::remove_file(&path); // its reader is gone
             continue;

@@ -62,6 +62,9 @@ impl Vault {
             .collect();
         self.catalog.begin()?;
         let r = (|| {
+            // Rows naming packs that are gone (a catalog older than a gc that moved their
+            // chunks) are bad: the copies found here replace them.
+            super::write::mark_missing_packs(&self.catalog, &*store)?;
             for p in &unknown {
                 let mut data = vec![0u8; p.size as usize];
                 store

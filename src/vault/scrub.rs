@@ -21,13 +21,15 @@ pub struct Scrubbed {
 
 /// Reads pack `name` and calls `f` for every row of `rows` (sorted here by record), with the
 /// chunk's bytes when they decompress and hash to its id, or why not. A pack shorter than the
-/// rows say is read record by record, so the records before the cut still check out.
+/// rows say is read record by record, so the records before the cut still check out. A missing
+/// pack, a short one and a read error of the medium (EIO) are damage; any other error (no
+/// permission, too many open files) says nothing about the data and is returned.
 pub fn scrub_pack(
     store: &dyn PackStore,
     name: &str,
     rows: &mut [ChunkRow],
     mut f: impl FnMut(&ChunkRow, Result<&[u8], String>),
-) -> Scrubbed {
+) -> io::Result<Scrubbed> {
     rows.sort_by_key(|r| (r.loc.record.offset, r.loc.offset));
     let end = rows
         .iter()
@@ -42,7 +44,7 @@ pub fn scrub_pack(
             out.read = end;
             if let Err(e) = packs::check_header(&data) {
                 let why = format!("pack {name} has a damaged header: {e}");
-                return fail_all(rows, &why, f);
+                return Ok(fail_all(rows, &why, f));
             }
             for group in records(rows) {
                 let start = group[0].loc.record.offset as usize;
@@ -59,16 +61,26 @@ pub fn scrub_pack(
                         out.read += stored.len() as u64;
                         check_record(group, &stored, &mut f);
                     }
-                    Err(e) => {
+                    Err(e) if is_damage(&e) => {
                         let why = read_error(name, &e);
                         group.iter().for_each(|r| f(r, Err(why.clone())));
                     }
+                    Err(e) => return Err(e),
                 }
             }
         }
-        Err(e) => return fail_all(rows, &read_error(name, &e), f),
+        Err(e) if is_damage(&e) => return Ok(fail_all(rows, &read_error(name, &e), f)),
+        Err(e) => return Err(e),
     }
-    out
+    Ok(out)
+}
+
+/// True for read errors that mean the stored bytes are gone or unreadable.
+fn is_damage(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::UnexpectedEof
+    ) || e.raw_os_error() == Some(libc::EIO)
 }
 
 fn fail_all(

@@ -55,7 +55,8 @@ pub struct CatalogCheck {
     pub missing_chunks: Vec<String>,
     /// Chunks points need that are marked bad, or whose pack is missing or too short.
     pub bad_chunks: Vec<BadChunk>,
-    /// Packs the catalog names that are missing or shorter than it says.
+    /// Packs the catalog names that are missing or shorter than it says (a failure only through
+    /// `bad_chunks`, when a point needs a chunk in one; otherwise `coffre gc` forgets them).
     pub bad_packs: Vec<String>,
     /// Pack files the catalog does not name (the next backup quarantines them).
     pub unknown_packs: Vec<String>,
@@ -63,10 +64,7 @@ pub struct CatalogCheck {
 
 impl CatalogCheck {
     pub fn is_clean(&self) -> bool {
-        self.broken.is_empty()
-            && self.missing_chunks.is_empty()
-            && self.bad_chunks.is_empty()
-            && self.bad_packs.is_empty()
+        self.broken.is_empty() && self.missing_chunks.is_empty() && self.bad_chunks.is_empty()
     }
 }
 
@@ -76,21 +74,32 @@ impl Vault {
         self.catalog.points_after(0)
     }
 
-    /// The catalog check over `points` (see the module header). Reads only the catalog and the
-    /// pack listing.
-    pub fn check_catalog(&self, points: &[PointRow]) -> VaultResult<(CatalogCheck, Reach)> {
+    /// The catalog check over `points` (every point, live or soft-deleted, if `None`), on one
+    /// snapshot of the catalog, with the pack files listed after it: hold a lease, so a pack the
+    /// snapshot names is not deleted by a gc meanwhile. Reads only the catalog and the listing.
+    pub fn check_catalog(
+        &self,
+        points: Option<&[PointRow]>,
+    ) -> VaultResult<(CatalogCheck, Reach, Vec<PointRow>)> {
+        self.catalog.begin_read()?;
+        let r = self.check_snapshot(points);
+        self.catalog.rollback();
+        r
+    }
+
+    fn check_snapshot(
+        &self,
+        points: Option<&[PointRow]>,
+    ) -> VaultResult<(CatalogCheck, Reach, Vec<PointRow>)> {
+        let points = match points {
+            Some(p) => p.to_vec(),
+            None => self.catalog.points_after(0)?,
+        };
+        let points = &points[..];
         let mut reach = Reach::default();
         for p in points {
             reach.add_point(&self.catalog, p)?;
         }
-        let dir = self.packs_dir();
-        let listed: HashMap<String, u64> = self
-            .store
-            .list()
-            .map_err(io_err(&dir))?
-            .into_iter()
-            .map(|p| (p.name, p.size))
-            .collect();
         let all_packs = self.catalog.packs()?;
         let names: HashMap<i64, (String, u64)> = all_packs
             .iter()
@@ -106,6 +115,16 @@ impl Vault {
             broken: reach.broken.clone(),
             ..CatalogCheck::default()
         };
+        let rows = self.catalog.chunk_rows()?;
+        // Listed after every catalog read: a pack the snapshot names exists unless damaged.
+        let dir = self.packs_dir();
+        let listed: HashMap<String, u64> = self
+            .store
+            .list()
+            .map_err(io_err(&dir))?
+            .into_iter()
+            .map(|p| (p.name, p.size))
+            .collect();
         for (_, name, size) in &packs {
             if listed.get(name).is_none_or(|have| have < size) {
                 out.bad_packs.push(name.clone());
@@ -119,7 +138,7 @@ impl Vault {
             .collect();
         out.unknown_packs.sort();
         let mut seen = HashSet::new();
-        for row in self.catalog.chunk_rows()? {
+        for row in rows {
             if !reach.chunks.contains(&row.id) {
                 continue;
             }
@@ -153,7 +172,7 @@ impl Vault {
             .map(|id| id.to_hex())
             .collect();
         out.missing_chunks.sort();
-        Ok((out, reach))
+        Ok((out, reach, points.to_vec()))
     }
 
     /// Every named pack holding a chunk of `only` (all packs if `None`), least recently verified
@@ -213,7 +232,8 @@ pub struct PackVerifier {
 
 impl PackVerifier {
     /// Reads one pack and checks every chunk of the job; returns the bad ones and bytes read.
-    pub fn verify(&self, job: &PackJob) -> (Vec<BadChunk>, u64) {
+    /// Errors that say nothing about the data (no permission, too many open files) are returned.
+    pub fn verify(&self, job: &PackJob) -> VaultResult<(Vec<BadChunk>, u64)> {
         let mut rows = job.rows.clone();
         let mut bad = Vec::new();
         let read = scrub_pack(&*self.store, &job.name, &mut rows, |row, r| {
@@ -225,8 +245,12 @@ impl PackVerifier {
                 });
             }
         })
+        .map_err(|e| super::VaultError::Io {
+            path: format!("{}/{}.pack", self.store.describe(), job.name).into(),
+            source: e,
+        })?
         .read;
-        (bad, read)
+        Ok((bad, read))
     }
 }
 

@@ -534,6 +534,31 @@ fn gather_damage(
     store: &dyn PackStore,
     journal: &Journal,
 ) -> VaultResult<DamageSet> {
+    mark_missing_packs(catalog, store)?;
+    let mut found = journal.take();
+    // A reported blob that checks out now (repaired since) is not damage any more.
+    let mut still = Vec::with_capacity(found.len());
+    for d in found.drain(..) {
+        let keep = match &d {
+            Damaged::Chunk(id) => {
+                catalog.mark_chunk_bad(id)?;
+                true
+            }
+            Damaged::Tree(id) => catalog.tree_damaged(id)?,
+            Damaged::List(id) => catalog.list_damaged(id)?,
+        };
+        if keep {
+            still.push(d);
+        }
+    }
+    let found = still;
+    let bad: HashSet<ChunkId> = catalog.bad_chunks()?.into_iter().collect();
+    Ok(DamageSet::new(bad, &found))
+}
+
+/// Marks bad the chunks of packs that are missing or shorter than the catalog says (so no
+/// backup deduplicates against them, and `rebuild-index` may register other copies).
+pub(super) fn mark_missing_packs(catalog: &Catalog, store: &dyn PackStore) -> VaultResult<()> {
     let listed: std::collections::HashMap<String, u64> = store
         .list()
         .map_err(|e| VaultError::Io {
@@ -566,25 +591,7 @@ fn gather_damage(
             Some(_) => {}
         }
     }
-    let mut found = journal.take();
-    // A reported blob that checks out now (repaired since) is not damage any more.
-    let mut still = Vec::with_capacity(found.len());
-    for d in found.drain(..) {
-        let keep = match &d {
-            Damaged::Chunk(id) => {
-                catalog.mark_chunk_bad(id)?;
-                true
-            }
-            Damaged::Tree(id) => catalog.tree_damaged(id)?,
-            Damaged::List(id) => catalog.list_damaged(id)?,
-        };
-        if keep {
-            still.push(d);
-        }
-    }
-    let found = still;
-    let bad: HashSet<ChunkId> = catalog.bad_chunks()?.into_iter().collect();
-    Ok(DamageSet::new(bad, &found))
+    Ok(())
 }
 
 /// A fresh point id (8 hex digits) not used in this vault yet.
