@@ -91,7 +91,7 @@ pub fn points(vault: &Vault, item: Option<&str>, deleted: bool, json: bool) -> R
     }
     println!(
         "{:<8}  {:<20} {:<19} {:>9} {:>11} {:>11}  {:<19}  WHY",
-        "ID", "ITEM", "TIME (UTC)", "FILES", "SIZE", "NEW STORED", "EXPIRES (UTC)"
+        "ID", "ITEM", "TIME", "FILES", "SIZE", "NEW STORED", "EXPIRES"
     );
     for e in evaluated {
         let p = &e.point;
@@ -135,8 +135,8 @@ fn deleted_points(
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<8}  {:<20} {:<19}  {:<19}  {:<15}  PURGE (UTC)",
-        "ID", "ITEM", "TIME (UTC)", "DELETED (UTC)", "BY"
+        "{:<8}  {:<20} {:<19}  {:<19}  {:<15}  PURGE",
+        "ID", "ITEM", "TIME", "DELETED", "BY"
     );
     for p in &points {
         println!(
