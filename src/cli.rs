@@ -6,6 +6,7 @@
 //! `maintenance`, `schedule` or `vault`.
 
 mod backup;
+mod browse;
 mod list;
 mod mount;
 mod policy;
@@ -83,6 +84,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the entries of a point (no FUSE needed), like `restic ls`
+    Ls(browse::LsArgs),
+    /// Find entries by name or path glob across every point of some items, newest first
+    Find(browse::FindArgs),
+    /// Show what changed between two points: + added, - removed, M modified, U metadata only,
+    /// T type changed
+    Diff(browse::DiffArgs),
+    /// Write a file of a point to stdout, or a directory as a tar stream
+    Dump(browse::DumpArgs),
     /// Restore files from a recovery point into a directory (no FUSE needed)
     Restore(restore::RestoreArgs),
     /// Show every recovery point as a read-only file system (foreground; Ctrl-C or umount ends it)
@@ -260,6 +270,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             json,
         } => list::points(&cli.open_vault()?, item.as_deref(), *deleted, *json),
         Command::Stats { json } => list::stats(&cli.open_vault()?, *json),
+        Command::Ls(args) => browse::ls(cli, args),
+        Command::Find(args) => browse::find(cli, args),
+        Command::Diff(args) => browse::diff(cli, args),
+        Command::Dump(args) => browse::dump(cli, args),
         Command::Restore(args) => restore::run(cli, args),
         Command::Mount(args) => mount::run(cli, args),
         Command::StopProtection { name, delete_data } => {

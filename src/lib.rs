@@ -45,6 +45,7 @@
 //! once with `--no-wait`.
 
 pub mod backup;
+pub mod browse;
 pub mod chunking;
 pub mod cli;
 pub mod fsmeta;
