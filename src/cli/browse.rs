@@ -3,6 +3,7 @@
 //! the output is both one JSON document and greppable. `ls`, `find` and `diff` read only the
 //! catalog and take no lock; `dump` reads chunk data under a reader's lease, like `restore`.
 
+use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -14,7 +15,8 @@ use serde::Serialize;
 use super::{Cli, UsageError};
 use crate::browse::{Browser, Change, ChangeKind, DiffCounts, Pattern, point_label};
 use crate::vault::{
-    Entry, Kind, PointRow, Vault, human_time, mount_path, point_dir_names, timestamp,
+    Entry, Kind, PointRow, Vault, human_time, mount_path, point_dir_name, point_dir_names,
+    timestamp,
 };
 
 #[derive(clap::Args)]
@@ -87,28 +89,36 @@ struct PointJson {
     mount_path: String,
 }
 
-fn point_json(vault: &Vault, p: &PointRow) -> Result<PointJson> {
-    Ok(PointJson {
+fn point_json(paths: &MountPaths, p: &PointRow) -> PointJson {
+    PointJson {
         item: p.item.clone(),
         id: p.id.clone(),
         time: timestamp(p.time),
-        mount_path: mount_path(p, &dir_name(vault, p)?),
-    })
+        mount_path: paths.of(p),
+    }
 }
 
-/// The mount directory name of a point (it depends on the other points of its second).
-fn dir_name(vault: &Vault, p: &PointRow) -> Result<String> {
-    let item = vault.item(&p.item)?;
-    let rows = if p.deleted_at.is_some() {
-        vault.deleted_points(Some(&item))?
-    } else {
-        vault.points(Some(&item))?
-    };
-    let names = point_dir_names(&rows);
-    Ok(rows.iter().position(|r| r.rowid == p.rowid).map_or_else(
-        || crate::vault::point_dir_name(p.time),
-        |i| names[i].clone(),
-    ))
+/// Where each point shows inside a mount (a point's directory name depends on the other points
+/// of its item and second, so they are named together, as the mount names them).
+pub(super) struct MountPaths(HashMap<i64, String>);
+
+impl MountPaths {
+    pub(super) fn new(vault: &Vault) -> Result<MountPaths> {
+        let mut map = HashMap::new();
+        for rows in [vault.points(None)?, vault.deleted_points(None)?] {
+            for (p, name) in rows.iter().zip(point_dir_names(&rows)) {
+                map.insert(p.rowid, mount_path(p, &name));
+            }
+        }
+        Ok(MountPaths(map))
+    }
+
+    pub(super) fn of(&self, p: &PointRow) -> String {
+        self.0
+            .get(&p.rowid)
+            .cloned()
+            .unwrap_or_else(|| mount_path(p, &point_dir_name(p.time)))
+    }
 }
 
 /// An entry as JSON shows it.
@@ -251,7 +261,7 @@ pub fn ls(cli: &Cli, args: &LsArgs) -> Result<ExitCode> {
     if args.json {
         let head = format!(
             "{{\"point\":{},\"entries\":",
-            serde_json::to_string(&point_json(&vault, &point)?)?
+            serde_json::to_string(&point_json(&MountPaths::new(&vault)?, &point))?
         );
         let mut lines = JsonLines::new(&mut out, &head)?;
         browser.list(&point, path, args.recursive, &mut |p, e| {
@@ -299,6 +309,7 @@ pub fn find(cli: &Cli, args: &FindArgs) -> Result<ExitCode> {
     let vault = cli.open_vault()?;
     let points = points_of(&vault, &args.items)?;
     let browser = Browser::new(vault.reader());
+    let paths = MountPaths::new(&vault)?;
     let mut out = stdout();
     let (mut found, mut in_points) = (0u64, 0u64);
     let mut current: Option<(String, PointJson)> = None;
@@ -306,7 +317,7 @@ pub fn find(cli: &Cli, args: &FindArgs) -> Result<ExitCode> {
         let mut lines = JsonLines::new(&mut out, "")?;
         browser.find(&points, &pattern, &mut |p, path, e| {
             if current.as_ref().is_none_or(|(id, _)| *id != p.id) {
-                let pj = point_json(&vault, p).map_err(io::Error::other)?;
+                let pj = point_json(&paths, p);
                 current = Some((p.id.clone(), pj));
             }
             let point = current.as_ref().map(|(_, pj)| pj).expect("set just above");
@@ -319,7 +330,7 @@ pub fn find(cli: &Cli, args: &FindArgs) -> Result<ExitCode> {
     } else {
         browser.find(&points, &pattern, &mut |p, path, e| {
             if current.as_ref().is_none_or(|(id, _)| *id != p.id) {
-                let pj = point_json(&vault, p).map_err(io::Error::other)?;
+                let pj = point_json(&paths, p);
                 writeln!(
                     out,
                     "{} ({}, {}):",
@@ -386,10 +397,11 @@ pub fn diff(cli: &Cli, args: &DiffArgs) -> Result<ExitCode> {
     let path = args.path.as_ref().map_or(&b""[..], |p| p.as_bytes());
     let mut out = stdout();
     if args.json {
+        let paths = MountPaths::new(&vault)?;
         let head = format!(
             "{{\"before\":{},\"after\":{},\"changes\":",
-            serde_json::to_string(&point_json(&vault, &a)?)?,
-            serde_json::to_string(&point_json(&vault, &b)?)?
+            serde_json::to_string(&point_json(&paths, &a))?,
+            serde_json::to_string(&point_json(&paths, &b))?
         );
         let mut lines = JsonLines::new(&mut out, &head)?;
         let counts = browser.diff(&a, &b, path, &mut |c| lines.push(&change_json(c)))?;
