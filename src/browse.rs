@@ -67,36 +67,46 @@ pub fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 /// holds more than `CACHE_ENTRIES` entries it starts over.
 const CACHE_ENTRIES: usize = 4_000_000;
 
+/// Decoded trees by id, and how many entries they hold in all.
+#[derive(Default)]
+struct TreeCache {
+    trees: HashMap<TreeId, Arc<Vec<Entry>>>,
+    entries: usize,
+}
+
+/// What `find` calls for each match: the point, the path inside it, the entry.
+pub type FindVisit<'a> = dyn FnMut(&PointRow, &[u8], &Entry) -> io::Result<()> + 'a;
+
 /// The read side of browsing: one per command run.
 pub struct Browser {
     reader: Arc<VaultReader>,
-    cache: Mutex<(HashMap<TreeId, Arc<Vec<Entry>>>, usize)>,
+    cache: Mutex<TreeCache>,
 }
 
 impl Browser {
     pub fn new(reader: Arc<VaultReader>) -> Browser {
         Browser {
             reader,
-            cache: Mutex::new((HashMap::new(), 0)),
+            cache: Mutex::new(TreeCache::default()),
         }
     }
 
     /// A directory listing, sorted by name (cached).
     fn tree(&self, id: &TreeId) -> BrowseResult<Arc<Vec<Entry>>> {
-        if let Some(t) = self.cache_lock().0.get(id) {
+        if let Some(t) = self.cache_lock().trees.get(id) {
             return Ok(t.clone());
         }
         let t = Arc::new(self.reader.tree(id)?);
         let mut c = self.cache_lock();
-        if c.1 + t.len() > CACHE_ENTRIES {
-            *c = (HashMap::new(), 0);
+        if c.entries + t.len() > CACHE_ENTRIES {
+            *c = TreeCache::default();
         }
-        c.1 += t.len();
-        c.0.insert(*id, t.clone());
+        c.entries += t.len();
+        c.trees.insert(*id, t.clone());
         Ok(t)
     }
 
-    fn cache_lock(&self) -> std::sync::MutexGuard<'_, (HashMap<TreeId, Arc<Vec<Entry>>>, usize)> {
+    fn cache_lock(&self) -> std::sync::MutexGuard<'_, TreeCache> {
         // A panic while holding the cache leaves it valid (it is only ever replaced whole).
         self.cache.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -179,7 +189,7 @@ impl Browser {
         &self,
         points: &[PointRow],
         pattern: &Pattern,
-        visit: &mut dyn FnMut(&PointRow, &[u8], &Entry) -> io::Result<()>,
+        visit: &mut FindVisit,
     ) -> BrowseResult<()> {
         for p in points {
             let root = self.reader.root_entry(p)?;
@@ -222,7 +232,7 @@ impl Browser {
 
     fn write_content(&self, e: &Entry, out: &mut dyn Write) -> BrowseResult<()> {
         let mut r = ContentRead::new(&self.reader, e)?;
-        io::copy(&mut r, out).map_err(|err| unwrap_vault(err))?;
+        io::copy(&mut r, out).map_err(unwrap_vault)?;
         Ok(())
     }
 

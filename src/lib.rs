@@ -5,7 +5,8 @@
 //! ```text
 //!   coffre (src/main.rs)          coffre-restore (src/bin/coffre-restore.rs)      thin: clap
 //!        |                                  |                                     + cli/ (print)
-//!   backup/ (files, disk, vm)   restore/ (files, image plans)   protection   schedule
+//!   backup/ (files, disk, vm)   restore/ (files, image plans)   browse (ls, find, diff, dump)
+//!   protection   schedule
 //!   maintenance/ (prune, forget, purge, undelete, policies)   policy/ (schedule, retention: pure)
 //!   mount/ (view: pure logic; fuse: the fuser adapter)   chunking  fsmeta  progress  threads
 //!        \_____________________________|_______________________________/
@@ -13,6 +14,7 @@
 //!     write (WriteSession, ChunkSink)   reader (VaultReader) -> chunks (read_chunk) -> content
 //!     catalog (SQLite, private)   store (PackStore: LocalStore)   packs (format)   lock (leases)
 //!     model (Item, ItemSource, ItemState)   format (ids, trees, lists)   damage (journal)
+//!     names (point specs and times: the one parser, jiff)
 //!     lifecycle (policies, settings, soft delete, purge, undelete)
 //! ```
 //!
@@ -38,6 +40,8 @@
 //! | restore, coffre-restore --to    | lease              | nothing           | everything                |
 //! | vault rebuild-index             | writer lock        | another writer    | readers                   |
 //! | items, points, stats, schedule, policy list/show, vault show | nothing | nothing | everything |
+//! | ls, find, diff (catalog only)  | nothing            | nothing           | everything                |
+//! | dump (reads chunk data)         | lease              | nothing           | everything                |
 //! | a garbage collection (later)    | writer lock briefly| leases older than the commit that stops naming a pack, before deleting it | everything |
 //!
 //! Readers rely on SQLite WAL snapshots and on packs being immutable while named by the catalog,
