@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use crate::vault::{Content, Entry, Kind, PointRow, TreeId, VaultError, VaultReader};
+use crate::vault::{Entry, Kind, PointRow, TreeId, VaultError, VaultReader};
 
 /// Why browsing failed.
 #[derive(Debug, thiserror::Error)]
@@ -551,11 +551,7 @@ impl Differ<'_, '_> {
 /// The same bytes (files: same size and content ids; symlinks: same target; devices: same
 /// device number).
 fn same_content(x: &Entry, y: &Entry) -> bool {
-    x.size == y.size && x.target == y.target && x.rdev == y.rdev && same_ids(&x.content, &y.content)
-}
-
-fn same_ids(a: &Content, b: &Content) -> bool {
-    a == b
+    x.size == y.size && x.target == y.target && x.rdev == y.rdev && x.content == y.content
 }
 
 /// The metadata a restore sets: mode, owner, mtime and xattrs (ctime changes with any of them,

@@ -251,6 +251,8 @@ pub fn main() -> ExitCode {
         .init();
     match run(&cli) {
         Ok(code) => code,
+        // A reader that stopped reading (`coffre find '*.c' | head`) is not an error.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) if json => {
             print_json_error(&error_line(&e));
             exit_code_for(&e)
@@ -260,6 +262,13 @@ pub fn main() -> ExitCode {
             exit_code_for(&e)
         }
     }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Whether `--json` was asked for (before a `--`): errors are then JSON too.

@@ -675,3 +675,44 @@ fn errors_under_json_are_json_with_the_same_exit_codes() {
     // Without --json, the usual one line.
     fails(&t.run(&["points", "nosuch"]), 1, "error: no item named");
 }
+
+#[test]
+fn a_reader_that_stops_early_is_not_an_error() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    for i in 0..4000 {
+        write(
+            &src.join(format!("dir{}/file-with-a-longish-name-{i:05}.c", i % 10)),
+            b"x",
+        );
+    }
+    t.backup("home", &src);
+    for args in [
+        &["ls", "home", "-R", "-l"][..],
+        &["find", "*.c"],
+        &["dump", "home", "/"],
+    ] {
+        let mut child = t
+            .cmd()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut head = [0u8; 100];
+        std::io::Read::read_exact(child.stdout.as_mut().unwrap(), &mut head).unwrap();
+        drop(child.stdout.take());
+        let Some(status) = common::wait_within(&mut child, std::time::Duration::from_secs(60))
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("coffre {args:?} did not end after its reader left");
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(
+            status.success() && err.is_empty(),
+            "{args:?}: {status:?} {err}"
+        );
+    }
+}
