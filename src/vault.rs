@@ -18,14 +18,18 @@ mod chunks;
 pub mod content;
 pub mod damage;
 pub mod format;
+mod gc;
 mod lifecycle;
 mod lock;
 pub mod model;
 mod names;
 pub mod packs;
+mod reach;
 mod reader;
 mod rebuild;
+mod scrub;
 pub mod store;
+mod verify;
 pub mod write;
 
 use std::fs::{self, File};
@@ -38,6 +42,7 @@ pub use chunks::ChunkBytes;
 pub use content::{ContentError, ContentReader};
 pub use damage::DamageSet;
 pub use format::{ChunkId, Content, Entry, Extent, Kind, ListId, Timestamp, TreeId};
+pub use gc::{GcOptions, GcReport};
 pub use lifecycle::{AppliedChanges, PointChanges};
 pub use lock::{Lease, WriteLock};
 pub use model::{
@@ -49,8 +54,10 @@ pub use names::{
     human_time, human_time_zone, mount_path, point_dir_name, point_dir_names, split_point_ref,
     timestamp,
 };
+pub use reach::{Broken, Reach};
 pub use reader::VaultReader;
 pub use rebuild::RebuildReport;
+pub use verify::{BadChunk, CatalogCheck, PackJob, VerifyState};
 pub use write::{ChunkSink, Committed, NewPoint, SessionOptions, SinkMode, WriteSession};
 
 use catalog::{Catalog, CatalogPool};
@@ -98,6 +105,13 @@ pub enum VaultError {
     WriteFailed(String),
     #[error(transparent)]
     BadName(#[from] BadItemName),
+    #[error("another `coffre gc` is running on vault {0}; let it finish")]
+    GcRunning(PathBuf),
+    #[error(
+        "gc deleted nothing: points need data the catalog cannot give ({0}); run `coffre check` \
+         for the list, and back the items up again"
+    )]
+    GcRefused(String),
     #[error("vault {0} is locked by another writer; wait for it or drop --no-wait")]
     Locked(PathBuf),
     #[error(
