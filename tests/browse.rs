@@ -497,6 +497,19 @@ fn dump_writes_a_file_and_a_tar_stream_that_tar_extracts_exactly() {
         "{names}"
     );
 
+    // A tar stream is never written to a terminal (script(1) gives coffre one).
+    let tty = Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} dump home tree", env!("CARGO_BIN_EXE_coffre")),
+            "/dev/null",
+        ])
+        .env("COFFRE_VAULT", t.vault())
+        .output_within();
+    let said = String::from_utf8_lossy(&tty.stdout).into_owned();
+    assert_eq!(tty.status.code(), Some(2), "{said}");
+    assert!(said.contains("redirect it to a file or a pipe"), "{said}");
+
     fails(
         &t.run(&["dump", "home", "tree/nope"]),
         1,
