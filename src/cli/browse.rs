@@ -311,48 +311,50 @@ pub fn find(cli: &Cli, args: &FindArgs) -> Result<ExitCode> {
     let browser = Browser::new(vault.reader());
     let paths = MountPaths::new(&vault)?;
     let mut out = stdout();
-    let (mut found, mut in_points) = (0u64, 0u64);
-    let mut current: Option<(String, PointJson)> = None;
+    let mut current = None;
     if args.json {
         let mut lines = JsonLines::new(&mut out, "")?;
         browser.find(&points, &pattern, &mut |p, path, e| {
-            if current.as_ref().is_none_or(|(id, _)| *id != p.id) {
-                let pj = point_json(&paths, p);
-                current = Some((p.id.clone(), pj));
-            }
-            let point = current.as_ref().map(|(_, pj)| pj).expect("set just above");
-            lines.push(&FoundJson {
-                point,
-                entry: entry_json(path, e),
-            })
+            let (point, _) = switch_point(&mut current, &paths, p);
+            let entry = entry_json(path, e);
+            lines.push(&FoundJson { point, entry })
         })?;
         lines.end("")?;
     } else {
+        let (mut found, mut in_points) = (0u64, 0u64);
         browser.find(&points, &pattern, &mut |p, path, e| {
-            if current.as_ref().is_none_or(|(id, _)| *id != p.id) {
-                let pj = point_json(&paths, p);
-                writeln!(
-                    out,
-                    "{} ({}, {}):",
-                    point_label(p),
-                    human_time(p.time),
-                    pj.mount_path
-                )?;
-                current = Some((p.id.clone(), pj));
+            let (pj, fresh) = switch_point(&mut current, &paths, p);
+            if fresh {
+                let (label, time) = (point_label(p), human_time(p.time));
+                writeln!(out, "{label} ({time}, {}):", pj.mount_path)?;
                 in_points += 1;
             }
             found += 1;
             writeln!(out, "  {}", long_line(path, e))
         })?;
-        writeln!(
-            out,
-            "found {found} {} in {in_points} of {} points",
-            if found == 1 { "entry" } else { "entries" },
-            points.len()
-        )?;
+        let noun = if found == 1 { "entry" } else { "entries" };
+        let of = points.len();
+        writeln!(out, "found {found} {noun} in {in_points} of {of} points")?;
     }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The point of the match at hand, as JSON shows it: made once per point (matches come point by
+/// point), and whether it was just made.
+fn switch_point<'a>(
+    current: &'a mut Option<PointJson>,
+    paths: &MountPaths,
+    p: &PointRow,
+) -> (&'a PointJson, bool) {
+    if current
+        .as_ref()
+        .is_some_and(|c| c.id != p.id || c.item != p.item)
+    {
+        *current = None;
+    }
+    let fresh = current.is_none();
+    (current.get_or_insert_with(|| point_json(paths, p)), fresh)
 }
 
 /// A change of `diff` as JSON shows it.
