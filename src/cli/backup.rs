@@ -10,7 +10,7 @@ use super::{Cli, EXIT_PARTIAL, UsageError};
 use crate::backup::files::check_excludes;
 use crate::backup::{BackupReport, RunOptions, backup_item};
 use crate::progress::human_bytes;
-use crate::vault::{DiskSource, FilesSource, ItemSource, Vault, VmSource, human_time};
+use crate::vault::{DiskSource, FilesSource, ItemSource, Vault, VmSource, human_time_zone};
 
 #[derive(clap::Args)]
 pub struct BackupArgs {
@@ -228,9 +228,9 @@ fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) ->
         let time = run.time.unwrap_or_else(crate::vault::now_ns);
         if until <= time {
             return Err(super::UsageError(format!(
-                "--keep-until {} UTC is not after the point's time ({} UTC)",
-                human_time(until),
-                human_time(time)
+                "--keep-until {} is not after the point's time ({})",
+                human_time_zone(until),
+                human_time_zone(time)
             ))
             .into());
         }
@@ -312,10 +312,10 @@ fn print_report(name: &str, report: &BackupReport) {
     }
     let p = &report.point;
     println!(
-        "point {} of {:?} at {} UTC: {} files, {} dirs, {}",
+        "point {} of {:?} at {}: {} files, {} dirs, {}",
         p.id,
         name,
-        human_time(p.time),
+        human_time_zone(p.time),
         p.files,
         p.dirs,
         human_bytes(p.logical_bytes)
