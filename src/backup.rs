@@ -48,8 +48,8 @@ pub enum BackupError {
     Thread(std::io::Error),
     #[error(
         "refused by the vault's immutability ({level}: no change may make an existing point end \
-         earlier): a point back-dated to {time} UTC, before the newest point of item {item:?} \
-         ({newest} UTC), could take a role from an existing point"
+         earlier): a point back-dated to {time}, before the newest point of item {item:?} \
+         ({newest}), could take a role from an existing point"
     )]
     Immutable {
         level: crate::vault::Immutability,
@@ -119,8 +119,8 @@ fn check_back_dating(
         Some(newest) if newest.time > time => Err(BackupError::Immutable {
             level,
             item: item.name.clone(),
-            time: crate::vault::human_time(time),
-            newest: crate::vault::human_time(newest.time),
+            time: crate::vault::human_time_zone(time),
+            newest: crate::vault::human_time_zone(newest.time),
         }),
         _ => Ok(()),
     }

@@ -6,6 +6,7 @@
 //! `maintenance`, `schedule` or `vault`.
 
 mod backup;
+mod browse;
 mod docs;
 mod generate;
 mod list;
@@ -89,6 +90,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the entries of a point (no FUSE needed), like `restic ls`
+    Ls(browse::LsArgs),
+    /// Find entries by name or path glob across every point of some items, newest first
+    Find(browse::FindArgs),
+    /// Show what changed between two points: + added, - removed, M modified, U metadata only,
+    /// T type changed
+    Diff(browse::DiffArgs),
+    /// Write a file of a point to stdout, or a directory as a tar stream
+    Dump(browse::DumpArgs),
     /// Restore files from a recovery point into a directory (no FUSE needed)
     Restore(restore::RestoreArgs),
     /// Show every recovery point as a read-only file system (foreground; Ctrl-C or umount ends it)
@@ -256,14 +266,21 @@ pub fn command() -> clap::Command {
 /// Parses the process's arguments with `cmd`: a usage error is clap's message in plain words
 /// (`words::plain`) and exit code 2; `--help` and `--version` print and exit 0.
 fn parse<T: FromArgMatches>(cmd: clap::Command) -> T {
-    let parsed = cmd.try_get_matches().and_then(|m| T::from_arg_matches(&m));
-    parsed.unwrap_or_else(|e| {
-        if !e.use_stderr() {
-            e.exit();
-        }
-        eprint!("{}", crate::words::plain(&e.render().to_string()));
-        std::process::exit(2)
-    })
+    try_parse(cmd).unwrap_or_else(|e| exit_with(e))
+}
+
+fn try_parse<T: FromArgMatches>(cmd: clap::Command) -> Result<T, clap::Error> {
+    cmd.try_get_matches().and_then(|m| T::from_arg_matches(&m))
+}
+
+/// Ends the process for a clap error: help and version as clap prints them, a usage error in
+/// plain words with exit code 2.
+fn exit_with(e: clap::Error) -> ! {
+    if !e.use_stderr() {
+        e.exit();
+    }
+    eprint!("{}", crate::words::plain(&e.render().to_string()));
+    std::process::exit(2)
 }
 
 /// Log lines as the other messages look: `warning: ...` in plain words (`-v`: `info: ...`).
@@ -311,7 +328,19 @@ pub fn contents(files: u64, dirs: u64, other: u64, bytes: u64) -> String {
 pub fn main() -> ExitCode {
     private_umask();
     default_sigpipe();
-    let cli: Cli = parse(command());
+    let json = json_requested(std::env::args_os());
+    let cli: Cli = match try_parse(command()) {
+        Ok(cli) => cli,
+        Err(e) if json && e.use_stderr() => {
+            // clap's message without its usage and hint lines, on one line.
+            let text = crate::words::plain(&e.render().to_string());
+            let message = text.split("\n\n").next().unwrap_or_default();
+            let message = message.strip_prefix("error: ").unwrap_or(message);
+            print_json_error(&message.split_whitespace().collect::<Vec<_>>().join(" "));
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+        Err(e) => exit_with(e),
+    };
     let level = match cli.verbose {
         0 => "warn",
         1 => "info",
@@ -321,11 +350,34 @@ pub fn main() -> ExitCode {
     init_logging(&format!("{level},fuser=error"));
     match run(&cli) {
         Ok(code) => code,
+        Err(e) if json => {
+            print_json_error(&error_line(&e));
+            exit_code_for(&e)
+        }
         Err(e) => {
             eprintln!("error: {}", error_line(&e));
             exit_code_for(&e)
         }
     }
+}
+
+/// Whether `--json` was asked for (before a `--`): errors are then JSON too.
+fn json_requested(args: impl Iterator<Item = std::ffi::OsString>) -> bool {
+    args.skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// An error under `--json`: one line `{"error": "..."}` on stderr (stdout keeps only what a
+/// command printed before it failed); the exit code is the same as without `--json`.
+pub(crate) fn print_json_error(message: &str) {
+    #[derive(serde::Serialize)]
+    struct JsonError<'a> {
+        error: &'a str,
+    }
+    let line = serde_json::to_string(&JsonError { error: message })
+        .unwrap_or_else(|_| r#"{"error":"(unprintable)"}"#.to_string());
+    eprintln!("{line}");
 }
 
 fn run(cli: &Cli) -> Result<ExitCode> {
@@ -352,6 +404,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             json,
         } => list::points(&cli.open_vault()?, item.as_deref(), *deleted, *json),
         Command::Stats { json } => list::stats(&cli.open_vault()?, *json),
+        Command::Ls(args) => browse::ls(cli, args),
+        Command::Find(args) => browse::find(cli, args),
+        Command::Diff(args) => browse::diff(cli, args),
+        Command::Dump(args) => browse::dump(cli, args),
         Command::Restore(args) => restore::run(cli, args),
         Command::Mount(args) => mount::run(cli, args),
         Command::StopProtection { name, delete_data } => {

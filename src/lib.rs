@@ -5,7 +5,8 @@
 //! ```text
 //!   coffre (src/main.rs)          coffre-restore (src/bin/coffre-restore.rs)      thin: clap
 //!        |                                  |                                     + cli/ (print)
-//!   backup/ (files, disk, vm)   restore/ (files, image plans)   protection   schedule
+//!   backup/ (files, disk, vm)   restore/ (files, image plans)   browse (ls, find, diff, dump)
+//!   protection   schedule
 //!   maintenance/ (prune, forget, purge, undelete, policies, verify/check)   policy/ (pure)
 //!   mount/ (view: pure logic; fuse: the fuser adapter)   chunking  fsmeta  progress  threads
 //!   interrupt (Ctrl-C as a request)   words (counts, sizes, errors in plain words)
@@ -14,6 +15,7 @@
 //!     write (WriteSession, ChunkSink)   reader (VaultReader) -> chunks (read_chunk) -> content
 //!     catalog (SQLite, private)   store (PackStore: LocalStore)   packs (format)   lock (leases)
 //!     model (Item, ItemSource, ItemState)   format (ids, trees, lists)   damage (journal)
+//!     names (point specs and times: the one parser, jiff)
 //!     lifecycle (policies, settings, soft delete, purge, undelete)   rebuild (rebuild-index)
 //!     reach (what points need)   scrub (read a pack back, checked)   verify (check, verify.db)
 //!     gc (mark, rounds, doomed packs)
@@ -41,15 +43,18 @@
 //! | restore, coffre-restore --to    | lease              | nothing           | everything                |
 //! | vault rebuild-index             | writer lock        | another writer    | readers                   |
 //! | items, points, stats, schedule, policy list/show, vault show | nothing | nothing | everything |
+//! | ls, find, diff (catalog only)  | nothing            | nothing           | everything                |
+//! | dump (reads chunk data)         | lease              | nothing           | everything                |
 //! | gc                              | `VAULT/gc.lock` (its life); writer lock per round (seconds) | another gc (refused); a writer, per round; leases older than the round that doomed a pack, before deleting it | backups (between rounds), mounts, restores, verify |
 //! | verify                          | lease; writer lock only if free (`lock(false)`) to mark damage | nothing | everything |
-//! | check                           | nothing            | nothing           | everything                |
+//! | check                           | lease (a snapshot) | nothing           | everything                |
 //!
 //! Readers rely on SQLite WAL snapshots and on packs being immutable while named by the catalog,
 //! so they never block writers and writers never break them. A second writer waits, or fails at
 //! once with `--no-wait`.
 
 pub mod backup;
+pub mod browse;
 pub mod chunking;
 pub mod cli;
 pub mod fsmeta;

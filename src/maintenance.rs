@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use jiff::Timestamp;
 
 use crate::policy::{Point, Policy, PolicyError, Verdict};
-use crate::vault::{Immutability, Item, ItemState, PointRow, Vault, VaultError, human_time};
+use crate::vault::{Immutability, Item, ItemState, PointRow, Vault, VaultError, human_time_zone};
 
 pub use delete::{ForgetPlan, PurgePlan, UndeletePlan};
 pub use policies::{PolicyEdit, SettingChange};
@@ -163,10 +163,10 @@ fn check_no_earlier_expiry(
     };
     let more = shortened.count();
     let mut detail = format!(
-        "with {change}, point {}@{} ({} UTC) would expire {} instead of {}",
+        "with {change}, point {}@{} ({}) would expire {} instead of {}",
         item.name,
         first.point.id,
-        human_time(first.point.time),
+        human_time_zone(first.point.time),
         when(after.expires),
         when(first.verdict.expires),
     );
@@ -191,7 +191,7 @@ fn expiry_order(a: Option<Timestamp>, b: Option<Timestamp>) -> std::cmp::Orderin
 /// An expiry for people: `2027-03-07 02:00:00 UTC` or `never`.
 pub fn when(t: Option<Timestamp>) -> String {
     match t.and_then(ns_of) {
-        Some(ns) => format!("{} UTC", human_time(ns)),
+        Some(ns) => human_time_zone(ns),
         None if t.is_some() => "after 2262".to_string(),
         None => "never".to_string(),
     }

@@ -22,6 +22,7 @@ mod gc;
 mod lifecycle;
 mod lock;
 pub mod model;
+mod names;
 pub mod packs;
 mod reach;
 mod reader;
@@ -49,6 +50,10 @@ pub use model::{
     DiskSource, FilesSource, Immutability, Item, ItemKind, ItemSource, ItemState, VaultSettings,
     VmSource, check_item_name, check_policy_name,
 };
+pub use names::{
+    human_time, human_time_zone, mount_path, point_dir_name, point_dir_names, split_point_ref,
+    timestamp,
+};
 pub use reach::{Broken, Reach};
 pub use reader::VaultReader;
 pub use rebuild::RebuildReport;
@@ -56,6 +61,7 @@ pub use verify::{BadChunk, CatalogCheck, PackJob, VerifyState};
 pub use write::{ChunkSink, Committed, NewPoint, SessionOptions, SinkMode, WriteSession};
 
 use catalog::{Catalog, CatalogPool};
+use names::pick_point;
 use store::{LocalStore, PackStore};
 
 /// Errors of the storage layer, each carrying what the user needs to act.
@@ -505,70 +511,23 @@ impl Vault {
             .create_item(name, source.kind(), &source.to_json(), now_ns(), None)
     }
 
-    /// Resolves `POINT` of an item: `latest` (or empty); a point directory name as the mount
-    /// shows it (`2026-11-23T140005Z`, or `2026-11-23T140005Z-3fa2c1d0` for a later point of
-    /// the same second); a point id or unique prefix; or the UTC time `points` prints
-    /// (`2026-11-23 14:00:05`). Several matches are an error that lists them.
+    /// Resolves `POINT` of an item, in any form `vault::names` reads (`latest`, `latest~2`, an
+    /// id or unique prefix, a mount directory name, RFC 3339, the local time tables print); an
+    /// empty spec is `latest`. Several matches are an error that lists them.
     pub fn resolve_point(&self, item: &Item, spec: &str) -> VaultResult<PointRow> {
-        let mut points = self.catalog.points(Some(item.id))?;
+        let points = self.catalog.points(Some(item.id))?;
         let full = format!("{}@{}", item.name, spec);
-        if spec.is_empty() || spec == "latest" {
-            return points.pop().ok_or(VaultError::PointNotFound(full));
-        }
+        let spec = if spec.is_empty() { "latest" } else { spec };
         pick_point(points, spec, &full, VaultError::PointNotFound)
     }
-}
 
-/// The one point of `points` (oldest first) that `spec` names: a name the mount shows or a
-/// whole id (exact), else a unique id prefix or the time `points` prints; several matches are
-/// `ambiguous` with the candidates. Live and soft-deleted points are named alike.
-fn pick_point(
-    mut points: Vec<PointRow>,
-    spec: &str,
-    full: &str,
-    not_found: fn(String) -> VaultError,
-) -> VaultResult<PointRow> {
-    let names = point_dir_names(&points);
-    if spec.is_empty() {
-        return Err(not_found(full.to_string()));
+    /// Resolves `NAME[@POINT]` (the newest point when no point is given).
+    pub fn resolve(&self, spec: &str) -> VaultResult<(Item, PointRow)> {
+        let (name, point) = split_point_ref(spec);
+        let item = self.item(name)?;
+        let point = self.resolve_point(&item, point)?;
+        Ok((item, point))
     }
-    if let Some(i) = (0..points.len()).find(|&i| names[i] == spec || points[i].id == spec) {
-        return Ok(points.swap_remove(i));
-    }
-    let hits: Vec<usize> = (0..points.len())
-        .filter(|&i| points[i].id.starts_with(spec) || human_time(points[i].time) == spec)
-        .collect();
-    match hits.as_slice() {
-        [] => Err(not_found(full.to_string())),
-        [i] => Ok(points.swap_remove(*i)),
-        many => Err(VaultError::AmbiguousPoint {
-            spec: full.to_string(),
-            candidates: many
-                .iter()
-                .map(|&i| format!("{} ({})", points[i].id, names[i]))
-                .collect::<Vec<_>>()
-                .join(", "),
-        }),
-    }
-}
-
-/// The directory names of points in the mount, one per row of `points` (oldest first, as
-/// `Catalog::points` lists them; any mix of items): the UTC second (`2026-11-23T140005Z`), or
-/// `<second>-<id>` for a point whose item already has an earlier point in that second. The
-/// mount and `resolve_point` both name points with this, so every name the mount shows resolves.
-pub fn point_dir_names(points: &[PointRow]) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    points
-        .iter()
-        .map(|p| {
-            let name = point_dir_name(p.time);
-            if seen.insert((p.item.as_str(), name.clone())) {
-                name
-            } else {
-                format!("{name}-{}", p.id)
-            }
-        })
-        .collect()
 }
 
 /// The file beside the catalog that remembers how many write sessions committed: a catalog that
@@ -668,101 +627,9 @@ pub fn sync_dir(path: &Path) -> VaultResult<()> {
     store::sync_dir(path).map_err(io_err(path))
 }
 
-/// The UTC name of a point directory in the mount: `2026-11-23T140005Z`.
-pub fn point_dir_name(time_ns: i64) -> String {
-    let secs = time_ns.div_euclid(1_000_000_000);
-    let (y, m, d, hh, mm, ss) = civil_from_unix(secs);
-    format!("{y:04}-{m:02}-{d:02}T{hh:02}{mm:02}{ss:02}Z")
-}
-
-/// A human UTC time: `2026-11-23 14:00:05`.
-pub fn human_time(time_ns: i64) -> String {
-    let secs = time_ns.div_euclid(1_000_000_000);
-    let (y, m, d, hh, mm, ss) = civil_from_unix(secs);
-    format!("{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}")
-}
-
-/// Converts Unix seconds to (year, month, day, hour, minute, second) in UTC
-/// (Howard Hinnant's days-from-civil algorithm, inverted).
-pub fn civil_from_unix(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = if m <= 2 { y + 1 } else { y };
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn points_of_one_second_get_their_id_after_the_first() {
-        let row = |item: &str, id: &str, time: i64| PointRow {
-            rowid: 0,
-            id: id.into(),
-            item: item.into(),
-            time,
-            root: Vec::new(),
-            files: 0,
-            dirs: 0,
-            logical_bytes: 0,
-            new_chunks: 0,
-            new_bytes: 0,
-            stored_bytes: 0,
-            warnings: 0,
-            duration_ms: 0,
-            consistency: None,
-            started: None,
-            keep_until: None,
-            deleted_at: None,
-            deleted_by: None,
-        };
-        let t = 1_795_442_405_000_000_000;
-        let rows = [
-            row("a", "00000001", t),
-            row("b", "00000002", t + 1),
-            row("a", "00000003", t + 999_999_999),
-            row("a", "00000004", t + 1_000_000_000),
-        ];
-        assert_eq!(
-            point_dir_names(&rows),
-            [
-                "2026-11-23T140005Z",
-                "2026-11-23T140005Z",
-                "2026-11-23T140005Z-00000003",
-                "2026-11-23T140006Z"
-            ]
-        );
-    }
-
-    #[test]
-    fn point_names_are_utc_and_sortable() {
-        assert_eq!(point_dir_name(0), "1970-01-01T000000Z");
-        assert_eq!(
-            point_dir_name(1_795_442_405_000_000_000),
-            "2026-11-23T140005Z"
-        );
-        assert_eq!(
-            point_dir_name(951_782_400 * 1_000_000_000),
-            "2000-02-29T000000Z"
-        );
-    }
 
     #[test]
     fn foreign_and_damaged_catalogs_are_refused_without_change() {

@@ -350,7 +350,7 @@ fn assert_points_match(v: &Vault, now: &str, item: &str, model: &Model, rules: &
         let want = &expected[id];
         let why = format!("point {id} taken {}: {}", p["time"], p["reason"]);
         assert_eq!(
-            p["expires"].as_i64(),
+            common::json_ns(&p["expires"]),
             want.expires.map(ns),
             "expiry of {why}"
         );
@@ -617,9 +617,12 @@ fn soft_delete_undelete_and_purge() {
     assert_eq!(deleted.keys().collect::<Vec<_>>(), vec![&ninth]);
     let p = &deleted[&ninth];
     assert_eq!(p["deleted_by"], "forget");
-    let deleted_at = p["deleted_at"].as_i64().unwrap();
+    let deleted_at = common::json_ns(&p["deleted_at"]).unwrap();
     assert!((ns(now)..ns(now) + 60_000_000_000).contains(&deleted_at));
-    assert_eq!(p["purge_at"].as_i64().unwrap(), deleted_at + 14 * DAY_NS);
+    assert_eq!(
+        common::json_ns(&p["purge_at"]).unwrap(),
+        deleted_at + 14 * DAY_NS
+    );
     let human = v.ok("points home --deleted");
     assert!(
         human.contains("forget") && human.contains("2026-06-29 12:00"),
@@ -639,7 +642,7 @@ fn soft_delete_undelete_and_purge() {
         out.contains("kept at least until 2026-06-29 12:00"),
         "{out}"
     );
-    let keep_until = v.points("home")[&ninth]["keep_until"].as_i64().unwrap();
+    let keep_until = common::json_ns(&v.points("home")[&ninth]["keep_until"]).unwrap();
     let fortnight = ns(now) + 14 * DAY_NS;
     assert!((fortnight..fortnight + 60_000_000_000).contains(&keep_until));
     let keep_until = Timestamp::from_nanosecond(keep_until.into()).unwrap();
@@ -732,7 +735,7 @@ fn immutability_refuses_what_would_shorten_a_point_life() {
     let points = v.points_at(at_now, "x");
     let expired = points
         .iter()
-        .find(|(_, p)| p["expires"].as_i64().is_some_and(|e| e <= ns(now)))
+        .find(|(_, p)| common::json_ns(&p["expires"]).is_some_and(|e| e <= ns(now)))
         .map(|(id, _)| id.clone())
         .expect("a point expired since the last prune");
     let deleted: Vec<String> = v.deleted("x").into_keys().collect();

@@ -303,6 +303,21 @@ fn interrupted_backup_of_several_items_names_what_was_kept() {
     );
     assert_eq!(t.points("a").len(), 2);
     assert_eq!(t.points("b").len(), 1);
+    // Under --json: the points made, then the line as a JSON error.
+    write(&b.join("big2"), &noise(40 << 20, 5));
+    let out = t
+        .cmd()
+        .args(["backup", "--json", "a", "b"])
+        .env("COFFRE_INTERRUPT_AT", "pack-sealed")
+        .output_within();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let made: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(made.as_array().unwrap().len(), 1);
+    assert_eq!(made[0]["item"], "a");
+    assert_eq!(
+        stderr(&out).lines().last().unwrap(),
+        r#"{"error":"interrupted: the new point of \"a\" is kept; nothing else was committed"}"#
+    );
 }
 
 /// The bar keeps moving while nothing progresses (a large file, a slow disk): the backup below

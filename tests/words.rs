@@ -107,7 +107,7 @@ fn bad_values_are_usage_errors_in_plain_words() {
         ),
         (COFFRE, &["items", "extra"], "unexpected argument"),
         (COFFRE, &["points", "x", "y"], "unexpected argument"),
-        (COFFRE, &["stats", "--json", "x"], "unexpected argument"),
+        (COFFRE, &["stats", "x"], "unexpected argument"),
         (COFFRE, &["restore", "x"], "--to"),
         (
             COFFRE,
@@ -269,7 +269,14 @@ fn backup_and_restore_count_a_point_the_same_way() {
     make_tree(&src);
     let out = t.ok(&["backup", "--item", "tree", src.to_str().unwrap()]);
     let line = out.lines().next().unwrap();
-    let backed = counts(line.split_once(" UTC: ").unwrap().1);
+    let backed = counts(
+        line.split_once(" at ")
+            .unwrap()
+            .1
+            .split_once(": ")
+            .unwrap()
+            .1,
+    );
     let out = t.ok(&["restore", "tree", "--to", t.path("r").to_str().unwrap()]);
     let restored = counts(out.lines().next().unwrap());
     assert_eq!(backed, restored);

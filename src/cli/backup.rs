@@ -11,7 +11,7 @@ use crate::backup::BackupError;
 use crate::backup::files::check_excludes;
 use crate::backup::{BackupReport, RunOptions, backup_item};
 use crate::progress::{Progress, human_bytes};
-use crate::vault::{DiskSource, FilesSource, ItemSource, Vault, VmSource, human_time};
+use crate::vault::{DiskSource, FilesSource, ItemSource, Vault, VmSource, human_time_zone};
 
 #[derive(clap::Args)]
 pub struct BackupArgs {
@@ -255,9 +255,9 @@ fn check_keep_until(run: &RunArgs) -> Result<()> {
         let time = run.time.unwrap_or_else(crate::vault::now_ns);
         if until <= time {
             return Err(super::UsageError(format!(
-                "--keep-until {} UTC is not after the point's time ({} UTC)",
-                human_time(until),
-                human_time(time)
+                "--keep-until {} is not after the point's time ({})",
+                human_time_zone(until),
+                human_time_zone(time)
             ))
             .into());
         }
@@ -307,7 +307,10 @@ impl Outcome {
             println!("{}", serde_json::to_string_pretty(&self.json)?);
         }
         if crate::interrupt::requested() {
-            eprintln!("{}", interrupted_line(&self.kept));
+            match json {
+                true => super::print_json_error(&interrupted_line(&self.kept)),
+                false => eprintln!("{}", interrupted_line(&self.kept)),
+            }
             return Ok(ExitCode::from(super::EXIT_INTERRUPTED));
         }
         if !self.failed.is_empty() {
@@ -382,10 +385,10 @@ fn print_report(name: &str, report: &BackupReport, quiet: bool) {
     }
     let p = &report.point;
     println!(
-        "point {} of {:?} at {} UTC: {}",
+        "point {} of {:?} at {}: {}",
         p.id,
         name,
-        human_time(p.time),
+        human_time_zone(p.time),
         super::contents(p.files, p.dirs, report.other, p.logical_bytes)
     );
     println!(

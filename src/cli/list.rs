@@ -8,7 +8,74 @@ use anyhow::Result;
 
 use crate::maintenance::{Evaluated, evaluate};
 use crate::progress::human_bytes;
-use crate::vault::{ItemSource, Vault, human_time, now_ns};
+use serde::Serialize;
+
+use super::browse::MountPaths;
+use crate::policy::RoleKind;
+use crate::vault::{ItemSource, PointRow, Vault, human_time, now_ns, timestamp};
+
+/// A point in `points --json` (times RFC 3339, UTC). The keys are the documented schema.
+#[derive(Serialize)]
+struct PointJson<'a> {
+    id: &'a str,
+    item: &'a str,
+    time: jiff::Timestamp,
+    /// Where the point shows inside a mount: `items/<item>/<dir>` (`deleted/...` once deleted).
+    mount_path: String,
+    files: u64,
+    dirs: u64,
+    logical_bytes: u64,
+    new_chunks: u64,
+    new_bytes: u64,
+    stored_bytes: u64,
+    warnings: u64,
+    duration_ms: u64,
+    /// `crash`, `file` or `application` for disk and VM points; null for files points.
+    consistency: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keep_until: Option<jiff::Timestamp>,
+}
+
+impl<'a> PointJson<'a> {
+    fn new(p: &'a PointRow, paths: &MountPaths) -> PointJson<'a> {
+        PointJson {
+            id: &p.id,
+            item: &p.item,
+            time: timestamp(p.time),
+            mount_path: paths.of(p),
+            files: p.files,
+            dirs: p.dirs,
+            logical_bytes: p.logical_bytes,
+            new_chunks: p.new_chunks,
+            new_bytes: p.new_bytes,
+            stored_bytes: p.stored_bytes,
+            warnings: p.warnings,
+            duration_ms: p.duration_ms,
+            consistency: p.consistency.as_deref(),
+            keep_until: p.keep_until.map(timestamp),
+        }
+    }
+}
+
+/// A live point: when it expires (null: never), its retention roles and why.
+#[derive(Serialize)]
+struct LivePointJson<'a> {
+    #[serde(flatten)]
+    point: PointJson<'a>,
+    expires: Option<jiff::Timestamp>,
+    roles: Vec<RoleKind>,
+    reason: &'a str,
+}
+
+/// A soft-deleted point: when and by what it was deleted, when it is purged.
+#[derive(Serialize)]
+struct DeletedPointJson<'a> {
+    #[serde(flatten)]
+    point: PointJson<'a>,
+    deleted_at: Option<jiff::Timestamp>,
+    deleted_by: Option<&'a str>,
+    purge_at: Option<jiff::Timestamp>,
+}
 
 fn join_paths(p: &[std::path::PathBuf]) -> String {
     p.iter()
@@ -75,23 +142,22 @@ pub fn points(vault: &Vault, item: Option<&str>, deleted: bool, json: bool) -> R
         .collect();
     evaluated.sort_by_key(|e| (e.point.time, e.point.rowid));
     if json {
-        let out = evaluated
+        let paths = MountPaths::new(vault)?;
+        let out: Vec<LivePointJson> = evaluated
             .iter()
-            .map(|e| {
-                let mut v = serde_json::to_value(&e.point)?;
-                let roles: Vec<_> = e.verdict.roles.iter().map(|r| r.kind).collect();
-                v["expires"] = e.expires_ns().into();
-                v["roles"] = serde_json::to_value(roles)?;
-                v["reason"] = e.verdict.reason.clone().into();
-                Ok(v)
+            .map(|e| LivePointJson {
+                point: PointJson::new(&e.point, &paths),
+                expires: e.verdict.expires,
+                roles: e.verdict.roles.iter().map(|r| r.kind).collect(),
+                reason: &e.verdict.reason,
             })
-            .collect::<Result<Vec<serde_json::Value>>>()?;
+            .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
         "{:<8}  {:<20} {:<19} {:>9} {:>11} {:>11}  {:<19}  WHY",
-        "ID", "ITEM", "TIME (UTC)", "FILES", "SIZE", "NEW STORED", "EXPIRES (UTC)"
+        "ID", "ITEM", "TIME", "FILES", "SIZE", "NEW STORED", "EXPIRES"
     );
     for e in evaluated {
         let p = &e.point;
@@ -123,20 +189,22 @@ fn deleted_points(
     let points = vault.deleted_points(item)?;
     let purge_at = |p: &crate::vault::PointRow| p.deleted_at.map(|d| settings.purge_time(d));
     if json {
-        let out = points
+        let paths = MountPaths::new(vault)?;
+        let out: Vec<DeletedPointJson> = points
             .iter()
-            .map(|p| {
-                let mut v = serde_json::to_value(p)?;
-                v["purge_at"] = purge_at(p).into();
-                Ok(v)
+            .map(|p| DeletedPointJson {
+                point: PointJson::new(p, &paths),
+                deleted_at: p.deleted_at.map(timestamp),
+                deleted_by: p.deleted_by.as_deref(),
+                purge_at: purge_at(p).map(timestamp),
             })
-            .collect::<Result<Vec<serde_json::Value>>>()?;
+            .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<8}  {:<20} {:<19}  {:<19}  {:<15}  PURGE (UTC)",
-        "ID", "ITEM", "TIME (UTC)", "DELETED (UTC)", "BY"
+        "{:<8}  {:<20} {:<19}  {:<19}  {:<15}  PURGE",
+        "ID", "ITEM", "TIME", "DELETED", "BY"
     );
     for p in &points {
         println!(

@@ -8,7 +8,9 @@ use super::{Cli, UsageError};
 use crate::maintenance::{
     Evaluated, ForgetPlan, PointAction, PrunePlan, PurgePlan, UndeletePlan, when,
 };
-use crate::vault::{Deletion, Item, PointRow, Vault, VaultSettings, human_time, now_ns};
+use crate::vault::{
+    Deletion, Item, PointRow, Vault, VaultSettings, human_time, human_time_zone, now_ns,
+};
 
 #[derive(clap::Args)]
 pub struct PruneArgs {
@@ -28,8 +30,9 @@ pub struct PruneArgs {
 
 #[derive(clap::Args)]
 pub struct ForgetArgs {
-    /// Points to soft-delete: NAME@POINT, POINT a point id (or unique prefix), a point time such
-    /// as 2026-11-23T140005Z, or `latest`
+    /// Points to soft-delete: NAME@POINT, POINT a point id (or unique prefix), `latest`,
+    /// `latest~N`, a time (RFC 3339, or local as `coffre points` shows it) or a mount directory
+    /// name such as 2026-11-23T140005Z
     #[arg(value_name = "NAME@POINT", required = true)]
     specs: Vec<String>,
     /// Fail at once if another writer holds the vault, instead of waiting
@@ -121,10 +124,10 @@ pub fn evaluated_json(e: &Evaluated) -> serde_json::Value {
 fn purge_reason(p: &PointRow, settings: &VaultSettings) -> String {
     let deleted_at = p.deleted_at.unwrap_or(p.time);
     format!(
-        "soft-deleted {} UTC by {}; its soft-delete period ended {} UTC",
-        human_time(deleted_at),
+        "soft-deleted {} by {}; its soft-delete period ended {}",
+        human_time_zone(deleted_at),
         p.deleted_by.as_deref().unwrap_or("an older coffre"),
-        human_time(settings.purge_time(deleted_at))
+        human_time_zone(settings.purge_time(deleted_at))
     )
 }
 
@@ -187,9 +190,9 @@ fn print_prune(plan: &PrunePlan, dry_run: bool) {
     let fate = match plan.settings.soft_delete_days {
         0 => "purged at once: soft delete is off".to_string(),
         days => format!(
-            "soft-deleted, recoverable with `coffre undelete` for {}, until {} UTC",
+            "soft-deleted, recoverable with `coffre undelete` for {}, until {}",
             crate::words::plural(u64::from(days), "day"),
-            human_time(plan.settings.purge_time(plan.now))
+            human_time_zone(plan.settings.purge_time(plan.now))
         ),
     };
     if dry_run {
@@ -223,19 +226,19 @@ pub fn forget(cli: &Cli, args: &ForgetArgs) -> Result<ExitCode> {
     for p in &plan.points {
         if plan.purges_at_once() {
             println!(
-                "purged {}@{} ({} UTC): soft delete is off (soft-delete-days 0)",
+                "purged {}@{} ({}): soft delete is off (soft-delete-days 0)",
                 p.item,
                 p.id,
-                human_time(p.time)
+                human_time_zone(p.time)
             );
         } else {
             println!(
-                "forgot {}@{} ({} UTC): soft-deleted until {} UTC; `coffre undelete {}@{}` \
+                "forgot {}@{} ({}): soft-deleted until {}; `coffre undelete {}@{}` \
                  brings it back",
                 p.item,
                 p.id,
-                human_time(p.time),
-                human_time(plan.purge_time()),
+                human_time_zone(p.time),
+                human_time_zone(plan.purge_time()),
                 p.item,
                 p.id
             );
@@ -261,10 +264,10 @@ pub fn undelete(cli: &Cli, args: &UndeleteArgs) -> Result<ExitCode> {
     plan.apply(&vault, &lock)?;
     for (p, keep) in &plan.points {
         println!(
-            "undeleted {}@{} ({} UTC): kept at least until {}",
+            "undeleted {}@{} ({}): kept at least until {}",
             p.item,
             p.id,
-            human_time(p.time),
+            human_time_zone(p.time),
             when(Some(crate::maintenance::timestamp(*keep)))
         );
     }
@@ -287,10 +290,10 @@ pub fn purge(cli: &Cli, args: &PurgeArgs) -> Result<ExitCode> {
     plan.apply(&vault, &lock)?;
     for p in &plan.points {
         println!(
-            "purged {}@{} ({} UTC); its data is reclaimed by a later garbage collection",
+            "purged {}@{} ({}); its data is reclaimed by a later garbage collection",
             p.item,
             p.id,
-            human_time(p.time)
+            human_time_zone(p.time)
         );
     }
     Ok(ExitCode::SUCCESS)

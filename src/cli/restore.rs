@@ -10,8 +10,9 @@ use crate::restore::files::{RestoreOptions, restore_files};
 
 #[derive(clap::Args)]
 pub struct RestoreArgs {
-    /// Item and point: NAME (latest point), NAME@ID (point id or unique prefix) or
-    /// NAME@2026-11-23T140005Z (point directory name)
+    /// Item and point: NAME (latest point) or NAME@POINT, POINT an id or unique prefix,
+    /// `latest~N`, a time (RFC 3339, or local as `coffre points` shows it) or a mount directory
+    /// name such as 2026-11-23T140005Z
     #[arg(value_name = "NAME[@POINT]")]
     spec: String,
     /// Paths inside the point to restore (default: everything); each is restored under its own
@@ -36,9 +37,8 @@ pub struct RestoreArgs {
 
 pub fn run(cli: &Cli, args: &RestoreArgs) -> Result<ExitCode> {
     let vault = cli.open_vault()?;
-    let (name, point) = args.spec.split_once('@').unwrap_or((&args.spec, "latest"));
-    let item = vault.item(name)?;
-    let point = vault.resolve_point(&item, point)?;
+    let (item, point) = vault.resolve(&args.spec)?;
+    let name = &item.name;
     crate::interrupt::end_with(&format!(
         "interrupted: the restore into {} did not finish; entries it was replacing are as they \
          were, a new file may be partly written; the same command completes it",

@@ -8,7 +8,7 @@ use super::backup::RunArgs;
 use super::{Cli, EXIT_PARTIAL};
 use crate::backup::RunOptions;
 use crate::schedule::{SchedulePlan, backup_due};
-use crate::vault::{ItemState, human_time, now_ns};
+use crate::vault::{ItemState, human_time, human_time_zone, now_ns};
 
 #[derive(clap::Args)]
 pub struct ScheduleArgs {
@@ -30,7 +30,7 @@ pub fn show(cli: &Cli, args: &ScheduleArgs) -> Result<ExitCode> {
     }
     println!(
         "{:<20} {:<12} {:<24} {:<19}  {:<19}  DUE",
-        "ITEM", "POLICY", "SCHEDULE", "LAST POINT (UTC)", "NEXT SLOT (UTC)"
+        "ITEM", "POLICY", "SCHEDULE", "LAST POINT", "NEXT SLOT"
     );
     for e in &plan.entries {
         let due = match (e.due, e.state) {
@@ -81,9 +81,9 @@ pub fn run_due(cli: &Cli, run: &RunArgs) -> Result<ExitCode> {
                     }));
                 } else if !cli.quiet {
                     println!(
-                        "point {} of {name:?} at {} UTC: {}",
+                        "point {} of {name:?} at {}: {}",
                         p.id,
-                        human_time(p.time),
+                        human_time_zone(p.time),
                         super::contents(p.files, p.dirs, report.other, p.logical_bytes)
                     );
                 }
@@ -124,7 +124,7 @@ pub fn run_due(cli: &Cli, run: &RunArgs) -> Result<ExitCode> {
             .filter_map(|e| e.next_slot.map(|t| (t, &e.item)))
             .min();
         match next {
-            Some((t, item)) => println!("nothing is due; next: {item:?} at {} UTC", human_time(t)),
+            Some((t, item)) => println!("nothing is due; next: {item:?} at {}", human_time_zone(t)),
             None => println!("nothing is due"),
         }
     } else if done.prune.is_some() {

@@ -38,7 +38,8 @@ struct Sidecar {
 enum Cmd {
     /// Restore a disk image to a file or block device (sparse; every block checked)
     Disk {
-        /// Item and point: NAME, NAME@ID or NAME@2026-11-23T140005Z
+        /// Item and point: NAME (latest) or NAME@POINT (an id or prefix, latest~N, a time, or a
+        /// mount directory name such as 2026-11-23T140005Z)
         #[arg(value_name = "NAME[@POINT]")]
         spec: String,
         /// Target file or block device
@@ -130,7 +131,7 @@ fn open(cli: &Sidecar) -> Result<Vault> {
 }
 
 fn resolve(vault: &Vault, spec: &str, kind: ItemKind) -> Result<(Item, PointRow)> {
-    let (name, point) = spec.split_once('@').unwrap_or((spec, "latest"));
+    let (name, point) = crate::vault::split_point_ref(spec);
     let item = vault.item(name)?;
     if item.kind != kind {
         let hint = match item.kind {

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use super::{MaintenanceError, MaintenanceResult, evaluate_item, when};
 use crate::vault::{
     AppliedChanges, DAY_NS, Deletion, Item, PointChanges, PointRow, Vault, VaultError,
-    VaultSettings, WriteLock, human_time,
+    VaultSettings, WriteLock, human_time_zone,
 };
 
 /// How long an undeleted point is kept when no time is given.
@@ -119,9 +119,9 @@ fn check_forget(
                 return Err(MaintenanceError::Immutable {
                     level: settings.immutability,
                     detail: format!(
-                        "{command} would end point {name}@{} ({} UTC) before its expiry ({}: {})",
+                        "{command} would end point {name}@{} ({}) before its expiry ({}: {})",
                         p.id,
-                        human_time(p.time),
+                        human_time_zone(p.time),
                         when(e.verdict.expires),
                         e.verdict.reason
                     ),
@@ -156,11 +156,11 @@ impl PurgePlan {
                 return Err(MaintenanceError::Immutable {
                     level: settings.immutability,
                     detail: format!(
-                        "purge would end point {}@{} now; it stays recoverable until {} UTC, \
+                        "purge would end point {}@{} now; it stays recoverable until {}, \
                          when prune purges it",
                         p.item,
                         p.id,
-                        human_time(purge_time)
+                        human_time_zone(purge_time)
                     ),
                 });
             }
@@ -202,9 +202,9 @@ impl UndeletePlan {
         let keep = keep_until.unwrap_or(now.saturating_add(UNDELETE_KEEP_DAYS * DAY_NS));
         if keep <= now {
             return Err(MaintenanceError::Refused(format!(
-                "--keep-until {} UTC is not in the future: the next prune would take the point \
+                "--keep-until {} is not in the future: the next prune would take the point \
                  again",
-                human_time(keep)
+                human_time_zone(keep)
             )));
         }
         Ok(UndeletePlan {

@@ -699,3 +699,10 @@ impl Drop for MountGuard {
         }
     }
 }
+
+/// A JSON time (RFC 3339, as `--json` prints them) as nanoseconds since the epoch; `None` for
+/// null or anything else.
+pub fn json_ns(v: &serde_json::Value) -> Option<i64> {
+    let ts: jiff::Timestamp = v.as_str()?.parse().ok()?;
+    i64::try_from(ts.as_nanosecond()).ok()
+}
