@@ -37,12 +37,12 @@ pub use chunks::ChunkBytes;
 pub use content::{ContentError, ContentReader};
 pub use damage::DamageSet;
 pub use format::{ChunkId, Content, Entry, Extent, Kind, ListId, Timestamp, TreeId};
-pub use lifecycle::{AppliedChanges, PointChanges};
-pub use lock::{Lease, WriteLock};
+pub use lifecycle::{AppliedChanges, ItemRemoval, PointChanges};
+pub use lock::{Lease, LockHolder, LockWait, WriteLock};
 pub use model::{
-    BadItemName, BadPolicyName, DAY_NS, DEFAULT_POLICY, DEFAULT_SOFT_DELETE_DAYS, Deletion,
-    DiskSource, FilesSource, Immutability, Item, ItemKind, ItemSource, ItemState, VaultSettings,
-    VmSource, check_item_name, check_policy_name,
+    BadItemName, BadPolicyName, BadTag, DAY_NS, DEFAULT_POLICY, DEFAULT_SOFT_DELETE_DAYS, Deletion,
+    DiskSource, FilesSource, Immutability, Item, ItemKind, ItemSource, ItemState, MAX_NOTE_BYTES,
+    PointLabels, VaultSettings, VmSource, check_item_name, check_policy_name, check_tag,
 };
 pub use reader::VaultReader;
 pub use rebuild::RebuildReport;
@@ -92,8 +92,24 @@ pub enum VaultError {
     WriteFailed(String),
     #[error(transparent)]
     BadName(#[from] BadItemName),
-    #[error("vault {0} is locked by another writer; wait for it or drop --no-wait")]
-    Locked(PathBuf),
+    #[error(
+        "vault {} is locked by another writer, {holder}; wait for it (drop --no-wait, or give \
+         --lock-wait a duration)",
+        path.display()
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error(
+        "gave up after waiting {} for the lock of vault {}, held by {holder}",
+        lock::shown_duration(*waited),
+        path.display()
+    )]
+    LockTimeout {
+        path: PathBuf,
+        holder: String,
+        waited: std::time::Duration,
+    },
+    #[error("an item named {0:?} already exists")]
+    ItemExists(String),
     #[error(
         "vault {0} can only be read (a read-only file system, a full disk, or no write permission): \
          listing, restoring and mounting work; this command needs it writable"
@@ -202,6 +218,7 @@ pub struct Vault {
     reader: Arc<VaultReader>,
     zstd_level: i32,
     id: String,
+    lock_wait: LockWait,
 }
 
 /// Decompressed records a process keeps in memory, by default.
@@ -319,6 +336,7 @@ impl Vault {
             reader,
             zstd_level,
             id,
+            lock_wait: LockWait::default(),
         })
     }
 
@@ -356,13 +374,25 @@ impl Vault {
         self.reader.clone()
     }
 
-    /// Takes the writer lock (waiting for it unless `wait` is false) and recovers from a killed
-    /// writer.
+    /// How `lock(true)` waits for another writer (default: as long as it takes).
+    pub fn set_lock_wait(&mut self, wait: LockWait) {
+        self.lock_wait = wait;
+    }
+
+    /// Takes the writer lock (waiting for it as `set_lock_wait` said, unless `wait` is false)
+    /// and recovers from a killed writer.
     pub fn lock(&self, wait: bool) -> VaultResult<WriteLock> {
         if self.catalog.read_only() {
             return Err(VaultError::ReadOnly(self.root.clone()));
         }
-        let lock = lock::write_lock(&self.root, wait)?;
+        let how = match wait {
+            true => self.lock_wait,
+            false => LockWait {
+                limit: Some(std::time::Duration::ZERO),
+                on_wait: None,
+            },
+        };
+        let lock = lock::write_lock(&self.root, &how)?;
         self.recover()?;
         Ok(lock)
     }
@@ -717,6 +747,8 @@ mod tests {
             keep_until: None,
             deleted_at: None,
             deleted_by: None,
+            tags: Vec::new(),
+            note: None,
         };
         let t = 1_795_442_405_000_000_000;
         let rows = [

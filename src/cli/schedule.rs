@@ -58,6 +58,7 @@ pub fn run_due(cli: &Cli, run: &RunArgs) -> Result<ExitCode> {
     let opts = RunOptions {
         threads: run.threads,
         progress: !cli.quiet && !run.json,
+        labels: run.labels()?,
         ..RunOptions::default()
     };
     let mut json_out = Vec::new();

@@ -69,6 +69,8 @@ pub struct NewPoint {
     pub consistency: Option<String>,
     /// `backup --keep-until`: keep the point at least until then (ns), whatever its policy says.
     pub keep_until: Option<i64>,
+    /// `backup --tag` and `--note`.
+    pub labels: super::model::PointLabels,
 }
 
 /// What a committed session added.
@@ -377,6 +379,8 @@ impl WriteSession<'_> {
             keep_until: p.keep_until,
             deleted_at: None,
             deleted_by: None,
+            tags: p.labels.tags,
+            note: p.labels.note,
         };
         tx.catalog.insert_point(p.item, &point)?;
         let seq = tx.catalog.bump_commit_seq()?;
@@ -809,7 +813,7 @@ mod tests {
         ItemSource::Files(FilesSource {
             path: "/src".into(),
             excludes: vec![],
-            one_file_system: false,
+            ..Default::default()
         })
     }
 
@@ -827,6 +831,7 @@ mod tests {
             warnings: 0,
             consistency: None,
             keep_until: None,
+            labels: Default::default(),
         }
     }
 
