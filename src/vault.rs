@@ -93,7 +93,7 @@ pub enum VaultError {
     #[error(transparent)]
     BadName(#[from] BadItemName),
     #[error(
-        "vault {} is locked by another writer, {holder}; wait for it (drop --no-wait, or give \
+        "vault {} is locked by {holder}; wait for it (drop --no-wait, or give \
          --lock-wait a duration)",
         path.display()
     )]

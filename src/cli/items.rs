@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 
 use super::{Cli, UsageError, table};
-use crate::backup::excludes::parse_size;
+use crate::backup::excludes::{check_excludes, parse_size};
 use crate::items::{ItemEdit, ItemSummary, Removed, edit, remove, rename, summary};
 use crate::progress::human_bytes;
 use crate::vault::{ItemRemoval, ItemSource, human_time};
@@ -143,6 +143,15 @@ impl EditArgs {
             && e.pre_script.is_none()
             && e.post_script.is_none()
             && e.policy.is_none();
+        // Bad patterns are usage errors, found before the vault is touched.
+        let added = crate::vault::FilesSource {
+            excludes: e.add_excludes.clone(),
+            iexcludes: e.add_iexcludes.clone(),
+            exclude_files: e.add_exclude_files.clone(),
+            exclude_if_present: e.add_exclude_if_present.clone(),
+            ..Default::default()
+        };
+        check_excludes(&added).map_err(|e| UsageError(e.to_string()))?;
         if empty {
             return Err(UsageError(format!(
                 "nothing to change: give --path, --exclude…, --pre-script/--post-script or \

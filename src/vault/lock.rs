@@ -155,9 +155,10 @@ pub(super) fn write_lock(root: &Path, wait: &LockWait) -> VaultResult<WriteLock>
     let try_lock = |f: &File| flock(f, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err(&path));
     if !try_lock(&f)? {
         let holder = read_holder(&path);
-        let shown = holder
-            .as_ref()
-            .map_or_else(|| "another process".to_string(), |h| h.to_string());
+        let shown = holder.as_ref().map_or_else(
+            || "another writer".to_string(),
+            |h| format!("another writer, {h}"),
+        );
         if wait.limit == Some(Duration::ZERO) {
             return Err(VaultError::Locked {
                 path: root.to_path_buf(),
