@@ -335,7 +335,7 @@ fn rename_keeps_points_and_rm_refuses_until_points_are_forgotten() {
     // A point comes back with `undelete`; purging the others frees the name once none is left.
     let first = deleted[0]["id"].as_str().unwrap().to_string();
     t.ok(&["undelete", &format!("papers@{first}")]);
-    assert_eq!(ids(&t.points("papers")), [first.clone()]);
+    assert_eq!(ids(&t.points("papers")), std::slice::from_ref(&first));
     let others: Vec<String> = deleted.as_array().unwrap()[1..]
         .iter()
         .map(|p| format!("papers@{}", p["id"].as_str().unwrap()))
