@@ -37,7 +37,8 @@ pub struct Cli {
     /// ~/.local/share/coffre/vault]
     #[arg(long, global = true, value_name = "DIR")]
     vault: Option<PathBuf>,
-    /// More log output (-v info, -vv debug)
+    /// More output: -v lists each file a backup reads (`+ PATH` new, `M PATH` changed) and logs
+    /// info; -vv debug
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// No progress line

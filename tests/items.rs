@@ -111,6 +111,10 @@ fn disk_and_vm(t: &TestVault) -> (String, String) {
         "--item",
         "disk1",
         img.to_str().unwrap(),
+        "--tag",
+        "disk-tag",
+        "--note",
+        "raw image",
     ]));
     let v = json(&t.ok(&[
         "backup-vm",
@@ -195,6 +199,12 @@ fn items_show_every_kind_and_item_show_tells_all() {
     ] {
         assert!(show.contains(needle), "{needle} missing: {show}");
     }
+    // Tags and notes on disk points too.
+    assert_eq!(
+        tagged(&t, &["--tag", "disk-tag"]),
+        std::slice::from_ref(&disk_point)
+    );
+    assert_eq!(t.points("disk1")[0]["note"], "raw image");
     let shown = json(&t.ok(&["item", "show", "docs", "--json"]));
     assert_eq!(shown["kind"], "files");
     assert_eq!(shown["points"], 1);
@@ -310,9 +320,16 @@ fn rename_keeps_points_and_rm_refuses_until_points_are_forgotten() {
     assert_eq!(ids(&t.points("papers")), before);
     assert_eq!(tagged(&t, &["--tag", "kept"]), before[1..]);
     assert_fails(&t.run(&["points", "docs"]), "no item named \"docs\"");
-    let p = t.backup("papers", &src); // the stored definition followed the rename
-    assert!(p["point"]["id"].is_string());
-    t.backup("other", &src);
+    // The stored definition and the files cache followed the rename: the previous point is
+    // found, so no file is new (an unchanged one is read again only when the cache cannot
+    // trust it yet, listed `M`); a new item lists every file as new.
+    let out = t.ok(&["backup", "papers", "-v"]);
+    assert!(!out.lines().any(|l| l.starts_with("+ ")), "{out}");
+    let out = t.ok(&["backup", "--item", "other", src.to_str().unwrap(), "-v"]);
+    assert!(
+        out.contains(&format!("+ {}", src.join("f").display())),
+        "{out}"
+    );
     assert_fails(
         &t.run(&["item", "rename", "papers", "other"]),
         "already exists",
