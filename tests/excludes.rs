@@ -65,6 +65,10 @@ fn excludes_tree(src: &Path) {
         ("fake/data", b"kept: the tag is not valid"),
         ("tagged/.nobackup", b""),
         ("tagged/data", b"left out"),
+        ("headed/.keepout", b"NOBACKUP please"),
+        ("headed/data", b"left out"),
+        ("unheaded/.keepout", b"something else"),
+        ("unheaded/data", b"kept: the tag lacks the header"),
         ("small.bin", &[7u8; 1000]),
     ] {
         write(&src.join(p), data);
@@ -100,6 +104,8 @@ fn every_exclude_option_is_applied_stored_and_reused() {
         "--exclude-caches",
         "--exclude-if-present",
         ".nobackup",
+        "--exclude-if-present",
+        ".keepout:NOBACKUP",
         "--exclude-larger-than",
         "1M",
     ]);
@@ -122,6 +128,11 @@ fn every_exclude_option_is_applied_stored_and_reused() {
         "fake/data",
         "tagged/",
         "tagged/.nobackup",
+        "headed/",
+        "headed/.keepout",
+        "unheaded/",
+        "unheaded/.keepout",
+        "unheaded/data",
         "small.bin",
     ]);
     let dst = t.path("dst1");
@@ -139,7 +150,7 @@ fn every_exclude_option_is_applied_stored_and_reused() {
     assert_eq!(source["exclude_caches"], true);
     assert_eq!(
         source["exclude_if_present"],
-        serde_json::json!([".nobackup"])
+        serde_json::json!([".nobackup", ".keepout:NOBACKUP"])
     );
     assert_eq!(source["exclude_larger_than"], 1 << 20);
     let human = t.ok(&["item", "show", "x"]);

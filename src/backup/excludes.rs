@@ -5,7 +5,8 @@
 //! is anchored at the backed-up directory, a trailing `/` matches directories only, `**` crosses
 //! directories, `{a,b}` alternates and `!pattern` re-includes (later patterns win). A pattern
 //! that starts with the backed-up directory's absolute path is anchored there. Tagged directories
-//! (`--exclude-caches`, `--exclude-if-present NAME`) keep only their tag file, as restic does;
+//! (`--exclude-caches`, `--exclude-if-present NAME[:HEADER]`) keep only their tag file, as
+//! restic does (a tag with a header counts only if the file starts with it);
 //! `--exclude-larger-than` leaves out bigger files. Pure matching: no I/O but reading the exclude
 //! files (once, at compile time) and a tag file's first bytes.
 
@@ -28,9 +29,9 @@ const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55"
 /// The compiled exclude rules of one backup.
 pub(crate) struct Excludes {
     patterns: Gitignore,
-    /// Tag file names whose directory keeps only the tag, and whether the tag's signature must
-    /// be checked (`CACHEDIR.TAG`).
-    tags: Vec<(Vec<u8>, bool)>,
+    /// Tag file names whose directory keeps only the tag, with the bytes the tag must start
+    /// with, if any (`CACHEDIR.TAG`'s signature, or `--exclude-if-present NAME:HEADER`).
+    tags: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     larger_than: Option<u64>,
 }
 
@@ -90,18 +91,25 @@ impl Excludes {
             }
         }
         let patterns = b.build().map_err(|e| bad("", e))?;
-        let mut tags: Vec<(Vec<u8>, bool)> = Vec::new();
+        let mut tags: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         if def.exclude_caches {
-            tags.push((CACHEDIR_TAG.as_bytes().to_vec(), true));
+            tags.push((
+                CACHEDIR_TAG.as_bytes().to_vec(),
+                Some(CACHEDIR_SIGNATURE.to_vec()),
+            ));
         }
-        for name in &def.exclude_if_present {
+        for spec in &def.exclude_if_present {
+            let (name, header) = match spec.split_once(':') {
+                Some((n, h)) => (n, Some(h.as_bytes().to_vec())),
+                None => (spec.as_str(), None),
+            };
             if name.is_empty() || name.contains('/') {
                 return Err(bad(
-                    name,
-                    "--exclude-if-present takes a file name, without '/'",
+                    spec,
+                    "--exclude-if-present takes a file name (NAME or NAME:HEADER), without '/'",
                 ));
             }
-            tags.push((name.as_bytes().to_vec(), false));
+            tags.push((name.as_bytes().to_vec(), header));
         }
         Ok(Excludes {
             patterns,
@@ -123,9 +131,10 @@ impl Excludes {
 
     /// If the directory (open as `dir`, listing `names`) is tagged, the one name it keeps.
     pub(crate) fn tagged(&self, dir: BorrowedFd, names: &[Vec<u8>]) -> Option<Vec<u8>> {
-        self.tags.iter().find_map(|(tag, signed)| {
+        self.tags.iter().find_map(|(tag, header)| {
             names.binary_search(tag).ok()?;
-            (!signed || has_signature(dir, tag)).then(|| tag.clone())
+            let valid = header.as_ref().is_none_or(|h| starts_with(dir, tag, h));
+            valid.then(|| tag.clone())
         })
     }
 }
@@ -138,15 +147,17 @@ fn glob_detail(e: ignore::Error) -> String {
     }
 }
 
-/// True if the file `name` in `dir` starts with the `CACHEDIR.TAG` signature.
-fn has_signature(dir: BorrowedFd, name: &[u8]) -> bool {
+/// True if the file `name` in `dir` starts with `header` (a tag whose header does not match
+/// does not count: the directory is backed up whole).
+fn starts_with(dir: BorrowedFd, name: &[u8], header: &[u8]) -> bool {
     use std::os::unix::fs::FileExt;
-    let Ok(fd) = fsmeta::open_at(dir, name, libc::O_RDONLY | libc::O_NOCTTY, 0) else {
+    let flags = libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK | libc::O_NOFOLLOW;
+    let Ok(fd) = fsmeta::open_at(dir, name, flags, 0) else {
         return false;
     };
     let file = std::fs::File::from(fd);
-    let mut buf = [0u8; CACHEDIR_SIGNATURE.len()];
-    file.read_exact_at(&mut buf, 0).is_ok() && buf == CACHEDIR_SIGNATURE
+    let mut buf = vec![0u8; header.len()];
+    file.read_exact_at(&mut buf, 0).is_ok() && buf == header
 }
 
 /// Checks an item's exclude rules without backing anything up (so a bad one is refused before

@@ -40,8 +40,9 @@ pub struct BackupArgs {
     /// Leave out the contents of directories holding a valid CACHEDIR.TAG (the tag is kept)
     #[arg(long)]
     exclude_caches: bool,
-    /// Leave out the contents of directories holding a file named NAME (the file is kept)
-    #[arg(long, value_name = "NAME")]
+    /// Leave out the contents of directories holding a file named NAME (the file is kept);
+    /// NAME:HEADER only counts a file that starts with HEADER
+    #[arg(long, value_name = "NAME[:HEADER]")]
     exclude_if_present: Vec<String>,
     /// Leave out files larger than SIZE (bytes, or with K, M, G, T: powers of 1024)
     #[arg(long, value_name = "SIZE", value_parser = size_arg)]
