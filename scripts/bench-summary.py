@@ -85,6 +85,13 @@ if have_tree:
     line("peak RSS MiB (f)", "f", "", rss, ratio=False)
     line("f. differences after restore (rsync, content + metadata)", "f-verify", "bytes",
          lambda t, s, k: "–" if med(t, s, k) is None else f"{med(t, s, k):.0f}", ratio=False)
+    if any(r["step"] == "g" for r in rows):
+        line("g. verify every byte: wall s", "g", "wall_s")
+        line("g. verify: CPU s (user+sys)", "g", "", cpu)
+        line("g. floor (read + decompress all packs, all cores): wall s", "g-floor", "wall_s", ratio=False)
+        line("h. reclaim after forgetting half the points: wall s", "h", "wall_s")
+        line("h. MB reclaimed", "h", "bytes", mbcell)
+        line("h. verify after reclaiming: wall s", "h-verify", "wall_s")
 cat = vals("coffre", "b-catalog", "bytes")
 if cat:
     p(f"| b. coffre catalog growth per no-change backup, bytes | {', '.join(str(int(c)) for c in cat)} | | | |")
@@ -111,6 +118,20 @@ if "coffre" in tools and "restic" in tools and med("coffre", "a", "wall_s") is n
     cn, rn = med("coffre", "c", "bytes"), med("restic", "c", "bytes")
     chk("incremental new bytes ≤ restic's", cn <= rn, f"{mb(cn)} MB vs {mb(rn)} MB")
     chk("restore to tmpfs ≤ 0.5× restic", ratio("f") <= 0.5, f"{ratio('f'):.2f}×")
+    if med("coffre", "g", "wall_s") is not None:
+        g = med("coffre", "g", "wall_s")
+        for other in ("restic", "borg"):
+            o = med(other, "g", "wall_s")
+            if o:
+                chk(f"verify ≥ 3× faster than {other}", o / g >= 3, f"{o / g:.1f}× faster")
+        fl = med("coffre", "g-floor", "wall_s")
+        if fl:
+            chk("verify within 1.5× of the read+decompress floor", g / fl <= 1.5, f"{g / fl:.2f}×")
+        h, rh = med("coffre", "h", "wall_s"), med("restic", "h", "wall_s")
+        if h and rh:
+            chk("gc ≥ 3× faster than restic prune", rh / h >= 3, f"{rh / h:.1f}× faster")
+            cb, rb = med("coffre", "h", "bytes"), med("restic", "h", "bytes")
+            chk("gc reclaims at least as much as restic prune", cb >= rb, f"{mb(cb)} MB vs {mb(rb)} MB")
     peak = max(max(vals("coffre", s, "rss_mib") or [0]) for s in "abcf")
     chk("peak RSS ≤ 100 MiB", peak <= 100, f"{peak:.0f} MiB")
     p("\n".join(checks))

@@ -8,6 +8,7 @@
 mod backup;
 mod items;
 mod list;
+mod maint;
 mod mount;
 mod policy;
 mod prune;
@@ -128,6 +129,24 @@ enum Command {
     Schedule(schedule::ScheduleArgs),
     /// Show or change the vault's settings (soft-delete period, immutability)
     Vault(settings::VaultArgs),
+    /// Read every stored byte back and check it against its id (exit 1 if anything is damaged)
+    ///
+    /// Checks the catalog (as `coffre check` does), then reads every pack holding data of the
+    /// chosen points, decompresses it and checks each chunk's BLAKE3 id, on all cores. Packs are
+    /// read least recently verified first and each one's time is kept, so a time-boxed run
+    /// (`--max-duration`) continues where the last one stopped. Damaged chunks are marked bad
+    /// (the next backup stores them again from the source) and the files that need them are
+    /// named as the mount shows them.
+    Verify(maint::VerifyArgs),
+    /// Check the catalog quickly: every point's trees and lists, every chunk's pack present and
+    /// long enough (no data is read; exit 1 on a problem)
+    Check(maint::CheckArgs),
+    /// Reclaim the space of data no live or soft-deleted point needs
+    ///
+    /// Packs with nothing live are deleted; packs mostly garbage are rewritten. Runs beside
+    /// backups (it takes the writer lock only for short commits) and mounts (a pack a running
+    /// mount or restore may still read is deleted by a later gc, after it ends).
+    Gc(maint::GcArgs),
 }
 
 impl Cli {
@@ -208,6 +227,13 @@ pub fn private_umask() {
     unsafe { libc::umask(0o077) };
 }
 
+/// `coffre points | head` ends quietly, like any Unix tool, instead of panicking on a closed
+/// pipe (Rust ignores SIGPIPE by default).
+pub fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal; no handler runs Rust code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// A bad argument found after parsing (clap finds the others): one `error:` line, exit code 2.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -257,6 +283,7 @@ pub fn error_line(e: &anyhow::Error) -> String {
 /// Entry point of the `coffre` binary.
 pub fn main() -> ExitCode {
     private_umask();
+    default_sigpipe();
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -338,5 +365,8 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Purge(args) => prune::purge(cli, args),
         Command::Schedule(args) => schedule::show(cli, args),
         Command::Vault(args) => settings::run(cli, args),
+        Command::Verify(args) => maint::verify(cli, args),
+        Command::Check(args) => maint::check(cli, args),
+        Command::Gc(args) => maint::gc(cli, args),
     }
 }

@@ -7,14 +7,16 @@
 //!        |                                  |                                     + cli/ (print)
 //!   backup/ (files, excludes, disk, vm)   restore/ (files, image plans)   protection   schedule
 //!   items (show, edit, rename, rm)
-//!   maintenance/ (prune, forget, purge, undelete, policies)   policy/ (schedule, retention: pure)
+//!   maintenance/ (prune, forget, purge, undelete, policies, verify/check)   policy/ (pure)
 //!   mount/ (view: pure logic; fuse: the fuser adapter)   chunking  fsmeta  progress  threads
 //!        \_____________________________|_______________________________/
 //!                 vault/  the only code that touches vault.db and packs/
 //!     write (WriteSession, ChunkSink)   reader (VaultReader) -> chunks (read_chunk) -> content
 //!     catalog (SQLite, private)   store (PackStore: LocalStore)   packs (format)   lock (leases)
 //!     model (Item, ItemSource, ItemState)   format (ids, trees, lists)   damage (journal)
-//!     lifecycle (policies, settings, soft delete, purge, undelete)
+//!     lifecycle (policies, settings, soft delete, purge, undelete)   rebuild (rebuild-index)
+//!     reach (what points need)   scrub (read a pack back, checked)   verify (check, verify.db)
+//!     gc (mark, rounds, doomed packs)
 //! ```
 //!
 //! Seams: data enters only through a `vault::WriteSession` (`Vault::begin_write`), chunk bytes
@@ -41,7 +43,9 @@
 //! | restore, coffre-restore --to    | lease              | nothing           | everything                |
 //! | vault rebuild-index             | writer lock        | another writer    | readers                   |
 //! | items, points, stats, schedule, policy list/show, vault show | nothing | nothing | everything |
-//! | a garbage collection (later)    | writer lock briefly| leases older than the commit that stops naming a pack, before deleting it | everything |
+//! | gc                              | `VAULT/gc.lock` (its life); writer lock per round (seconds) | another gc (refused); a writer, per round; leases older than the round that doomed a pack, before deleting it | backups (between rounds), mounts, restores, verify |
+//! | verify                          | lease; writer lock only if free (`lock(false)`) to mark damage | nothing | everything |
+//! | check                           | nothing            | nothing           | everything                |
 //!
 //! Readers rely on SQLite WAL snapshots and on packs being immutable while named by the catalog,
 //! so they never block writers and writers never break them. A second writer waits, saying whom

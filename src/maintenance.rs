@@ -15,6 +15,7 @@
 pub mod delete;
 pub mod policies;
 pub mod prune;
+pub mod verify;
 
 use std::collections::HashMap;
 

@@ -18,13 +18,17 @@ mod chunks;
 pub mod content;
 pub mod damage;
 pub mod format;
+mod gc;
 mod lifecycle;
 mod lock;
 pub mod model;
 pub mod packs;
+mod reach;
 mod reader;
 mod rebuild;
+mod scrub;
 pub mod store;
+mod verify;
 pub mod write;
 
 use std::fs::{self, File};
@@ -37,6 +41,7 @@ pub use chunks::ChunkBytes;
 pub use content::{ContentError, ContentReader};
 pub use damage::DamageSet;
 pub use format::{ChunkId, Content, Entry, Extent, Kind, ListId, Timestamp, TreeId};
+pub use gc::{GcOptions, GcReport, REPACK_BELOW};
 pub use lifecycle::{AppliedChanges, ItemRemoval, PointChanges};
 pub use lock::{Lease, LockHolder, LockWait, WriteLock};
 pub use model::{
@@ -44,8 +49,10 @@ pub use model::{
     DiskSource, FilesSource, Immutability, Item, ItemKind, ItemSource, ItemState, MAX_NOTE_BYTES,
     PointLabels, VaultSettings, VmSource, check_item_name, check_policy_name, check_tag,
 };
+pub use reach::{Broken, Reach};
 pub use reader::VaultReader;
 pub use rebuild::RebuildReport;
+pub use verify::{BadChunk, CatalogCheck, PackJob, VerifyState};
 pub use write::{ChunkSink, Committed, NewPoint, SessionOptions, SinkMode, WriteSession};
 
 use catalog::{Catalog, CatalogPool};
@@ -92,6 +99,13 @@ pub enum VaultError {
     WriteFailed(String),
     #[error(transparent)]
     BadName(#[from] BadItemName),
+    #[error("another `coffre gc` is running on vault {0}; let it finish")]
+    GcRunning(PathBuf),
+    #[error(
+        "gc deleted nothing: points need data the catalog cannot give ({0}); run `coffre check` \
+         for the list, and back the items up again"
+    )]
+    GcRefused(String),
     #[error(
         "vault {} is locked by {holder}; wait for it (drop --no-wait, or give \
          --lock-wait a duration)",

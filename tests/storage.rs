@@ -325,6 +325,13 @@ fn still_read(t: &TestVault, v: &Path, src: &Path, tag: &str) {
     assert_eq!(points.len(), 1, "{tag}");
     let dst = t.path(&format!("from-{tag}"));
     t.ok(&["--vault", vs, "restore", "c", "--to", dst.to_str().unwrap()]);
+    // Every byte verifies, with the verification times kept in memory.
+    let out = t.ok(&["--vault", vs, "verify", "--json"]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        report["packs_verified"].as_u64().unwrap() >= 1,
+        "{tag}: {out}"
+    );
     assert_same(&snapshot(src, false), &snapshot(&dst, false));
     {
         let m = MountGuard::start(t, &["--vault", vs]);

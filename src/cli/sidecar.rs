@@ -100,6 +100,7 @@ enum Cmd {
 /// Entry point of the `coffre-restore` binary.
 pub fn main() -> ExitCode {
     super::private_umask();
+    super::default_sigpipe();
     let cli = Sidecar::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_timestamp(None)

@@ -21,7 +21,7 @@ use super::{VaultError, VaultResult};
 use crate::policy::{Policy, Zone};
 
 /// The schema version this build writes. Older catalogs are migrated; newer ones are refused.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations from version N-1 to N, in order (index 0 migrates 1 -> 2).
 const MIGRATIONS: &[&str] = &[
@@ -59,7 +59,13 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE points ADD COLUMN deleted_by TEXT;
      UPDATE points SET deleted_by = 'stop-protection' WHERE deleted_at IS NOT NULL;
      CREATE INDEX points_deleted ON points(item, deleted_at) WHERE deleted_at IS NOT NULL;",
-    // 5: labels users attach to points (issue 12): `backup --tag` (a JSON array of strings;
+    // 5: garbage collection. A pack gc emptied is `doomed` (the epoch of that commit) and kept,
+    // with its chunks' rows marked garbage (bad = 2: readers that started before may still read
+    // them, backups store them anew), until no reader older than that epoch is left. Chunks are
+    // found by pack without a scan.
+    "ALTER TABLE packs ADD COLUMN doomed INTEGER;
+     CREATE INDEX chunks_pack ON chunks(pack);",
+    // 6: labels users attach to points (issue 12): `backup --tag` (a JSON array of strings;
     // NULL: none) and `backup --note` (free text).
     "ALTER TABLE points ADD COLUMN tags TEXT;
      ALTER TABLE points ADD COLUMN note TEXT;",
@@ -206,6 +212,13 @@ pub struct ChunkLoc {
     pub offset: u32,
     pub len: u32,
     pub bad: bool,
+}
+
+/// A chunk row: the chunk and where it is.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkRow {
+    pub id: ChunkId,
+    pub loc: ChunkLoc,
 }
 
 /// Totals for `coffre stats`.
@@ -458,6 +471,13 @@ impl Catalog {
     /// Starts a write transaction (the caller holds the vault's writer lock).
     pub(super) fn begin(&self) -> VaultResult<()> {
         self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    /// Starts a read transaction: every read until `commit` sees one snapshot of the catalog
+    /// (WAL mode: writers go on meanwhile).
+    pub(super) fn begin_read(&self) -> VaultResult<()> {
+        self.conn.execute_batch("BEGIN DEFERRED")?;
         Ok(())
     }
 
@@ -818,9 +838,20 @@ impl Catalog {
         Ok(n)
     }
 
-    /// Every pack the catalog names: id, name, size.
+    /// Every pack the catalog names: id, name, size (doomed ones too).
     pub fn packs(&self) -> VaultResult<Vec<(i64, String, u64)>> {
-        let mut st = self.conn.prepare("SELECT id, name, size FROM packs")?;
+        self.packs_where("1")
+    }
+
+    /// Packs not doomed by a garbage collection: id, name, size.
+    pub fn live_packs(&self) -> VaultResult<Vec<(i64, String, u64)>> {
+        self.packs_where("doomed IS NULL")
+    }
+
+    fn packs_where(&self, cond: &str) -> VaultResult<Vec<(i64, String, u64)>> {
+        let mut st = self
+            .conn
+            .prepare(&format!("SELECT id, name, size FROM packs WHERE {cond}"))?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -842,7 +873,7 @@ impl Catalog {
         Ok(())
     }
 
-    /// Ids of every chunk marked bad.
+    /// Ids of every chunk marked bad (damaged; not gc's garbage).
     pub fn bad_chunks(&self) -> VaultResult<Vec<ChunkId>> {
         let mut st = self.conn.prepare("SELECT id FROM chunks WHERE bad=1")?;
         let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
@@ -929,6 +960,165 @@ impl Catalog {
             .query_row([&id.0[..]], |r| r.get::<_, bool>(0))
             .optional()?
             .is_some_and(|bad| !bad))
+    }
+
+    // ---- garbage collection and verification ----
+
+    /// Every chunk row, for a collection's plan or a verification.
+    pub fn chunk_rows(&self) -> VaultResult<Vec<ChunkRow>> {
+        self.chunk_rows_where("1", [])
+    }
+
+    fn chunk_rows_where<P: rusqlite::Params>(
+        &self,
+        cond: &str,
+        p: P,
+    ) -> VaultResult<Vec<ChunkRow>> {
+        let sql = format!(
+            "SELECT id, pack, rec_offset, rec_stored, rec_plain, codec, offset, len, bad
+             FROM chunks WHERE {cond}"
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map(p, |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                (
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, u64>(2)?,
+                    r.get::<_, u32>(3)?,
+                ),
+                (r.get::<_, u32>(4)?, r.get::<_, i64>(5)?),
+                (
+                    r.get::<_, u32>(6)?,
+                    r.get::<_, u32>(7)?,
+                    r.get::<_, bool>(8)?,
+                ),
+            ))
+        })?;
+        let damaged = |detail: String| VaultError::Damaged {
+            path: "vault.db".into(),
+            detail,
+        };
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, (pack, rec_offset, stored_len), (plain_len, codec), (offset, len, bad)) = row?;
+            let id = ChunkId::from_slice(&id)
+                .ok_or_else(|| damaged("a chunk row has a malformed id".into()))?;
+            let codec = Codec::from_code(codec)
+                .ok_or_else(|| damaged(format!("chunk {id} has unknown codec {codec}")))?;
+            let record = RecordPos {
+                offset: rec_offset,
+                stored_len,
+                plain_len,
+                codec,
+            };
+            out.push(ChunkRow {
+                id,
+                loc: ChunkLoc {
+                    pack,
+                    record,
+                    offset,
+                    len,
+                    bad,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// How many chunk rows that are not garbage still name `pack`.
+    pub fn chunks_in_pack(&self, pack: i64) -> VaultResult<u64> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT count(*) FROM chunks WHERE pack = ?1 AND bad != 2")?
+            .query_row([pack], |r| r.get(0))?)
+    }
+
+    /// Dooms pack `id` at `epoch`: its remaining rows become garbage (still readable by readers
+    /// that started before; never reused by a backup), and it is deleted once no such reader is
+    /// left.
+    pub fn doom_pack(&self, id: i64, epoch: u64) -> VaultResult<()> {
+        self.conn.execute(
+            "UPDATE packs SET doomed = ?2 WHERE id = ?1",
+            params![id, epoch],
+        )?;
+        self.conn
+            .execute("UPDATE chunks SET bad = 2 WHERE pack = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Doomed packs: id, name and the epoch of the commit that doomed them.
+    pub fn doomed_packs(&self) -> VaultResult<Vec<(i64, String, u64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, name, doomed FROM packs WHERE doomed IS NOT NULL")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forgets a doomed pack whose file is gone, with its garbage rows (one transaction).
+    pub fn forget_pack(&self, id: i64) -> VaultResult<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute("DELETE FROM chunks WHERE pack = ?1", [id])?;
+        tx.execute("DELETE FROM packs WHERE id = ?1", [id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every point, live or soft-deleted, with a row id above `after`.
+    pub fn points_after(&self, after: i64) -> VaultResult<Vec<PointRow>> {
+        let sql = format!(
+            "SELECT {} FROM points p JOIN items i ON i.id = p.item WHERE p.id > ?1 ORDER BY p.id",
+            Self::POINT_COLS
+        );
+        let mut st = self.conn.prepare(&sql)?;
+        let rows = st.query_map([after], Self::row_point)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The ids of every stored tree (`"trees"`) or content list (`"lists"`).
+    pub fn blob_ids(&self, table: &str) -> VaultResult<Vec<[u8; 32]>> {
+        let table = if table == "trees" { "trees" } else { "lists" };
+        let mut st = self.conn.prepare(&format!("SELECT id FROM {table}"))?;
+        let rows = st.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for r in rows {
+            if let Ok(id) = <[u8; 32]>::try_from(r?.as_slice()) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a tree (`"trees"`) or content list (`"lists"`) no point needs.
+    pub fn delete_blob(&self, table: &str, id: &[u8; 32]) -> VaultResult<()> {
+        let sql = if table == "trees" {
+            "DELETE FROM trees WHERE id = ?1"
+        } else {
+            "DELETE FROM lists WHERE id = ?1"
+        };
+        self.conn.prepare_cached(sql)?.execute([&id[..]])?;
+        Ok(())
+    }
+
+    /// Pages SQLite keeps free inside vault.db, and its page count.
+    pub fn free_pages(&self) -> VaultResult<(u64, u64)> {
+        let free: u64 = self
+            .conn
+            .pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+        let all: u64 = self
+            .conn
+            .pragma_query_value(None, "page_count", |r| r.get(0))?;
+        Ok((free, all))
+    }
+
+    /// Gives free pages back to the file system (outside any transaction).
+    pub fn vacuum(&self) -> VaultResult<()> {
+        self.conn.execute_batch("VACUUM")?;
+        // Readers may keep the WAL from being truncated; it is reused either way.
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
     }
 
     // ---- trees and content lists ----
@@ -1169,17 +1359,17 @@ mod tests {
     }
 
     #[test]
-    fn a_schema_4_catalog_migrates_to_point_tags_and_notes() {
+    fn a_schema_5_catalog_migrates_to_point_tags_and_notes() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("vault.db");
         {
-            // A catalog as coffre wrote it before schema 5: an item and two points.
+            // A catalog as coffre wrote it before schema 6: an item and two points.
             let c = Connection::open(&db).unwrap();
             c.execute_batch(SCHEMA_V1).unwrap();
-            for m in &MIGRATIONS[..3] {
+            for (i, m) in MIGRATIONS[..4].iter().enumerate() {
                 c.execute_batch(m).unwrap();
+                seed(&c, i as i64 + 2).unwrap();
             }
-            seed(&c, 4).unwrap();
             c.execute("INSERT INTO meta VALUES ('format', ?1)", [FORMAT_NAME])
                 .unwrap();
             c.execute_batch(
@@ -1189,7 +1379,7 @@ mod tests {
                     new_bytes, stored_bytes, warnings, duration_ms, keep_until)
                     VALUES ('aaaaaaaa', 1, 10, x'', 0, 0, 0, 0, 0, 0, 0, 0, 99),
                            ('bbbbbbbb', 1, 20, x'', 0, 0, 0, 0, 0, 0, 0, 0, NULL);
-                 PRAGMA user_version = 4;",
+                 PRAGMA user_version = 5;",
             )
             .unwrap();
         }

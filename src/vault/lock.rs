@@ -192,6 +192,27 @@ pub(super) fn write_lock(root: &Path, wait: &LockWait) -> VaultResult<WriteLock>
     Ok(WriteLock { _file: f })
 }
 
+/// Held by a garbage collection for its whole run: one at a time per vault.
+pub struct GcLock {
+    _file: File,
+}
+
+/// Takes the collector's lock (`VAULT/gc.lock`), or says another collection runs.
+pub(super) fn gc_lock(root: &Path) -> VaultResult<GcLock> {
+    let path = root.join("gc.lock");
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    if !flock(&f, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err(&path))? {
+        return Err(VaultError::GcRunning(root.to_path_buf()));
+    }
+    Ok(GcLock { _file: f })
+}
+
 /// The directory of lease files.
 pub const LEASES_DIR: &str = "leases";
 

@@ -340,11 +340,67 @@ impl WriteSession<'_> {
     /// Waits for every chunk to be stored, records the point and commits: the point exists from
     /// here on. All sinks must be gone (they borrow the session).
     pub fn commit(mut self, p: NewPoint) -> VaultResult<Committed> {
-        let shared = self.shared.take().expect("commit runs once");
-        let (new_chunks, new_bytes) = (
-            shared.new_chunks.load(Ordering::Relaxed),
-            shared.new_bytes.load(Ordering::Relaxed),
+        let (new_chunks, new_bytes) = self.new_counts();
+        let (stored, started, started_ns) = (
+            self.stored.load(Ordering::Relaxed),
+            self.started,
+            self.started_ns,
         );
+        let (point, catalog_bytes) = self.commit_with(|c, catalog_bytes| {
+            let point = PointRow {
+                rowid: 0,
+                id: new_point_id(c)?,
+                item: c.item_name(p.item)?.unwrap_or_default(),
+                time: p.time,
+                root: format::encode_root(&p.root),
+                files: p.files,
+                dirs: p.dirs,
+                logical_bytes: p.logical_bytes,
+                new_chunks,
+                new_bytes,
+                stored_bytes: stored,
+                warnings: p.warnings,
+                duration_ms: started.elapsed().as_millis() as u64,
+                consistency: p.consistency,
+                started: Some(started_ns),
+                keep_until: p.keep_until,
+                deleted_at: None,
+                deleted_by: None,
+                tags: p.labels.tags,
+                note: p.labels.note,
+            };
+            c.insert_point(p.item, &point)?;
+            Ok((point, catalog_bytes))
+        })?;
+        Ok(Committed {
+            point,
+            catalog_bytes,
+            repaired: self.damage.repaired_count(),
+        })
+    }
+
+    fn new_counts(&self) -> (u64, u64) {
+        self.shared.as_ref().map_or((0, 0), |s| {
+            (
+                s.new_chunks.load(Ordering::Relaxed),
+                s.new_bytes.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Pack bytes this session wrote so far.
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored.load(Ordering::Relaxed)
+    }
+
+    /// Waits for every chunk to be stored, registers the packs, runs `f` in the transaction
+    /// (given the catalog bytes this session added) and commits. `commit` records a point with
+    /// it; maintenance (a collection's round) records its own changes.
+    pub(super) fn commit_with<T>(
+        &mut self,
+        f: impl FnOnce(&Catalog, u64) -> VaultResult<T>,
+    ) -> VaultResult<T> {
+        let shared = self.shared.take().expect("commit runs once");
         let failure = shared.failure.clone();
         if !shared.stop() {
             failure.set("a storage thread panicked");
@@ -360,33 +416,10 @@ impl WriteSession<'_> {
         for s in sealed {
             register_pack(&mut tx, s)?;
         }
-        let point = PointRow {
-            rowid: 0,
-            id: new_point_id(&tx.catalog)?,
-            item: tx.catalog.item_name(p.item)?.unwrap_or_default(),
-            time: p.time,
-            root: format::encode_root(&p.root),
-            files: p.files,
-            dirs: p.dirs,
-            logical_bytes: p.logical_bytes,
-            new_chunks,
-            new_bytes,
-            stored_bytes: self.stored.load(Ordering::Relaxed),
-            warnings: p.warnings,
-            duration_ms: self.started.elapsed().as_millis() as u64,
-            consistency: p.consistency,
-            started: Some(self.started_ns),
-            keep_until: p.keep_until,
-            deleted_at: None,
-            deleted_by: None,
-            tags: p.labels.tags,
-            note: p.labels.note,
-        };
-        tx.catalog.insert_point(p.item, &point)?;
+        let out = f(&tx.catalog, tx.catalog_bytes)?;
         let seq = tx.catalog.bump_commit_seq()?;
         crate::testing::crash_point("before-commit");
         tx.catalog.commit()?;
-        let catalog_bytes = tx.catalog_bytes;
         drop(tx);
         self.done = true;
         super::note_commit_seq(&self.root, seq);
@@ -395,11 +428,7 @@ impl WriteSession<'_> {
         for d in self.damage.unrepaired_blobs() {
             self.journal.report(d);
         }
-        Ok(Committed {
-            point,
-            catalog_bytes,
-            repaired: self.damage.repaired_count(),
-        })
+        Ok(out)
     }
 }
 
@@ -613,6 +642,24 @@ impl ChunkSink<'_> {
             self.flush()?;
         }
         Ok(true)
+    }
+
+    /// Stores chunk `id` again even though the vault holds it (a collection moving live chunks
+    /// out of a pack it empties): when the session commits, the chunk's row names the new copy.
+    /// The caller checked `data` against `id`.
+    pub(super) fn relocate(&mut self, id: ChunkId, data: &[u8]) -> VaultResult<()> {
+        if !self.shared.claimed.lock().expect("dedup lock").insert(id) {
+            return Ok(());
+        }
+        if self.mode == SinkMode::Alone || data.len() >= ALONE {
+            return self.send(data.to_vec(), vec![(id, data.len() as u32)]);
+        }
+        self.buf.extend_from_slice(data);
+        self.chunks.push((id, data.len() as u32));
+        if self.buf.len() >= GROUP_TARGET {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     /// Hands the open group, if any, to the compression pool.

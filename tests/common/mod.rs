@@ -41,6 +41,8 @@ impl TestVault {
             .env_remove("COFFRE_CRASH_AT")
             .env_remove("COFFRE_FAIL_WRITE_AFTER")
             .env_remove("COFFRE_TEST_POINT_TIME")
+            .env_remove("COFFRE_TEST_PAUSE")
+            .env_remove("COFFRE_TEST_DELAY")
             .env("RUST_BACKTRACE", "0");
         c
     }
