@@ -254,6 +254,7 @@ fn dry_run_lists_what_would_be_read_and_writes_nothing() {
     write(&src.join("a.txt"), b"aaaa");
     write(&src.join("d/b.txt"), b"bbbbbbbb");
     write(&src.join("skip.tmp"), b"left out");
+    write(&src.join("empty"), b"");
     let s = src.to_str().unwrap();
     let abs = |p: &str| format!("{s}/{p}");
 
@@ -272,10 +273,11 @@ fn dry_run_lists_what_would_be_read_and_writes_nothing() {
         listed(&out),
         set(&[
             &format!("+ {}", abs("a.txt")),
-            &format!("+ {}", abs("d/b.txt"))
+            &format!("+ {}", abs("d/b.txt")),
+            &format!("+ {}", abs("empty")),
         ])
     );
-    assert!(out.contains("would back up 2 files, 2 dirs"), "{out}");
+    assert!(out.contains("would back up 3 files, 2 dirs"), "{out}");
     assert!(out.contains("nothing was written"), "{out}");
     assert!(!t.vault().exists(), "the dry run created the vault");
 
@@ -294,9 +296,10 @@ fn dry_run_lists_what_would_be_read_and_writes_nothing() {
         &format!("+ {}", abs("d/new.txt")),
         &format!("M {}", abs("a.txt")),
         &format!("M {}", abs("d/b.txt")),
+        &format!("M {}", abs("empty")),
     ]);
     assert!(lines.is_subset(&allowed), "{out}");
-    assert!(out.contains("would back up 3 files"), "{out}");
+    assert!(out.contains("would back up 4 files"), "{out}");
     // Nothing changed in the vault: no point, no pack, no catalog change.
     assert_eq!(
         vault_files(&t.vault()),
@@ -309,7 +312,7 @@ fn dry_run_lists_what_would_be_read_and_writes_nothing() {
     let v: serde_json::Value =
         serde_json::from_str(&t.ok(&["backup", "x", "--dry-run", "--json"])).unwrap();
     assert_eq!(v[0]["item"], "x");
-    assert_eq!(v[0]["files"], 3);
+    assert_eq!(v[0]["files"], 4);
     assert_eq!(v[0]["new_files"], 1);
     assert_eq!(vault_files(&t.vault()), before);
 

@@ -320,6 +320,12 @@ impl Walker<'_> {
                         entry.content = p.content;
                         self.emit(Event::Entry(entry, None))?;
                     } else if entry.size == 0 {
+                        // Nothing to read, but new or changed all the same: listed by -v.
+                        self.will_read(
+                            before.is_some_and(|p| p.kind() == Kind::File),
+                            &abs,
+                            &entry,
+                        );
                         self.emit(Event::Entry(entry, None))?;
                     } else {
                         self.will_read(
