@@ -320,6 +320,10 @@ fn rename_keeps_points_and_rm_refuses_until_points_are_forgotten() {
     assert_eq!(ids(&t.points("papers")), before);
     assert_eq!(tagged(&t, &["--tag", "kept"]), before[1..]);
     assert_fails(&t.run(&["points", "docs"]), "no item named \"docs\"");
+    assert_fails(
+        &t.run(&["item", "rename", "docs", "x"]),
+        "no item named \"docs\"",
+    );
     // The stored definition and the files cache followed the rename: the previous point is
     // found, so no file is new (an unchanged one is read again only when the cache cannot
     // trust it yet, listed `M`); a new item lists every file as new.
@@ -389,6 +393,35 @@ fn rename_keeps_points_and_rm_refuses_until_points_are_forgotten() {
     t.ok(&["backup-disk", "--item", "disk1", img.to_str().unwrap()]);
     t.ok(&["item", "rm", "disk1", "--forget-points"]);
     assert_fails(&t.run(&["item", "rm", "disk1"]), "no item named");
+}
+
+#[test]
+fn a_running_mount_shows_a_renamed_item_under_its_new_name() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("f"), b"content");
+    t.backup("docs", &src);
+    let m = MountGuard::start(&t, &[]);
+    let items = |m: &MountGuard| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(m.dir.join("items"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(items(&m), ["docs"]);
+    t.ok(&["item", "rename", "docs", "papers"]);
+    // The mount notices within a refresh (about a second): poll with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while items(&m) != ["papers"] {
+        assert!(Instant::now() < deadline, "still {:?}", items(&m));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        std::fs::read(m.latest("papers").join("f")).unwrap(),
+        b"content"
+    );
 }
 
 /// A child process killed (if still running) when the test ends, so a failing test never

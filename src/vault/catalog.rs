@@ -573,6 +573,12 @@ impl Catalog {
             "UPDATE items SET name=?2 WHERE id=?1",
             params![item, new_name],
         )?;
+        // A rename changes no point: readers (a mount) see it through this counter.
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('items_seq', '1')
+             ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            [],
+        )?;
         Ok(())
     }
 
@@ -758,10 +764,13 @@ impl Catalog {
     }
 
     /// A cheap fingerprint of the points (live and soft-deleted) and items, to notice additions,
-    /// soft deletes, undeletes and purges.
+    /// soft deletes, undeletes, purges and item renames (`items_seq`, bumped by each rename).
     pub fn points_signature(&self) -> VaultResult<(i64, i64, i64)> {
         Ok(self.conn.query_row(
-            "SELECT count(*) + ((SELECT count(*) FROM items) << 32), coalesce(max(id), 0),
+            "SELECT count(*) + ((SELECT count(*) FROM items) << 32)
+                    + (coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'items_seq'), 0)
+                       << 48),
+                    coalesce(max(id), 0),
                     coalesce(sum(CASE WHEN deleted_at IS NULL THEN id ELSE -id END), 0)
              FROM points",
             [],
