@@ -183,7 +183,7 @@ fn items_show_every_kind_and_item_show_tells_all() {
         .iter()
         .find(|i| i["name"] == "vm1")
         .unwrap();
-    assert_eq!(vm["last_point"], vm_point.as_str());
+    assert_eq!(vm["last_point"]["id"], vm_point.as_str());
     assert_eq!(vm["points"], 1);
 
     let show = t.ok(&["item", "show", "vm1"]);

@@ -44,8 +44,8 @@ pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
                 v[format!("{phase}_script")] = script.into();
             }
             v["points"] = points.iter().filter(|p| p.item == i.name).count().into();
-            v["last_point"] = last(&i.name).map(|p| p.id.clone()).into();
-            v["last_point_time"] = last(&i.name).map(|p| p.time).into();
+            // The same shape as `item show --json`: the point as `points --json` has it.
+            v["last_point"] = serde_json::to_value(last(&i.name))?;
             out.push(v);
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
