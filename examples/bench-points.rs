@@ -54,7 +54,7 @@ fn build(path: &std::path::Path, items: usize, per: i64) -> Result<(), Box<dyn s
     let source = ItemSource::Files(FilesSource {
         path: "/nonexistent".into(),
         excludes: Vec::new(),
-        one_file_system: false,
+        ..Default::default()
     });
     for i in 0..items {
         let name = format!("item-{i}");
@@ -75,6 +75,7 @@ fn build(path: &std::path::Path, items: usize, per: i64) -> Result<(), Box<dyn s
                 warnings: 0,
                 consistency: None,
                 keep_until: None,
+                labels: Default::default(),
             })?;
         }
     }

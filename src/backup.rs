@@ -10,10 +10,11 @@
 //! so a failed backup changes no definition.
 
 pub mod disk;
+pub mod excludes;
 pub mod files;
 pub mod vm;
 
-pub use files::{BackupReport, RunOptions};
+pub use files::{BackupReport, Change, ChangeListener, DryRunReport, RunOptions, dry_run_files};
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -34,6 +35,12 @@ pub enum BackupError {
     },
     #[error("bad --exclude pattern {pattern:?}: {detail}")]
     Exclude { pattern: String, detail: String },
+    #[error("cannot read exclude file {path}: {source}")]
+    ExcludeFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("backup aborted: {0}")]
     Aborted(String),
     /// Ctrl-C or SIGTERM (see `interrupt`): stopped before the commit, nothing was kept.
@@ -79,6 +86,12 @@ pub fn backup_item(
             ItemState::Stopped => {
                 return Err(BackupError::NotProtected(format!(
                     "protection of item {name:?} is stopped; `coffre resume-protection {name}` resumes it"
+                )));
+            }
+            ItemState::Removed => {
+                return Err(BackupError::NotProtected(format!(
+                    "item {name:?} was removed (`coffre item rm`); its soft-deleted points keep \
+                     the name until they are purged; `coffre resume-protection {name}` takes it back"
                 )));
             }
         }

@@ -9,6 +9,7 @@ mod backup;
 mod browse;
 mod docs;
 mod generate;
+mod items;
 mod list;
 mod maint;
 mod mount;
@@ -18,6 +19,7 @@ mod restore;
 mod schedule;
 mod settings;
 pub mod sidecar;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +27,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use crate::vault::{InitOptions, Vault};
+use crate::vault::{InitOptions, LockWait, Vault};
 
 /// Exit code: some entries could not be captured (the point was still made).
 pub const EXIT_PARTIAL: u8 = 3;
@@ -41,12 +43,17 @@ pub struct Cli {
     /// ~/.local/share/coffre/vault]
     #[arg(long, global = true, value_name = "DIR")]
     vault: Option<PathBuf>,
-    /// More log output (-v info, -vv debug)
+    /// More output: -v lists each file a backup reads (`+ PATH` new, `M PATH` changed) and logs
+    /// info; -vv debug
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
     /// Quiet: no progress bars and no summaries; warnings, errors and --json output remain
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// How long to wait for another writer to release the vault (`30s`, `5m`, `1h`; `0`: fail
+    /// at once) [default: as long as it takes, saying whom it waits for]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = wait_arg)]
+    lock_wait: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,11 +77,13 @@ enum Command {
     BackupDisk(backup::BackupDiskArgs),
     /// Back up a VM's config file and disks as one recovery point (a `vm` item)
     BackupVm(backup::BackupVmArgs),
-    /// List protected items
+    /// List protected items: kind, state, policy, points, last point and source
     Items {
         #[arg(long)]
         json: bool,
     },
+    /// Show, change, rename or remove one item
+    Item(items::ItemArgs),
     /// List recovery points (of one item, or all) with when each expires
     Points {
         /// Item name
@@ -82,6 +91,9 @@ enum Command {
         /// List soft-deleted points instead, with their purge time
         #[arg(long)]
         deleted: bool,
+        /// Only points with these tags (`--tag a,b`: both; repeated: either, as restic)
+        #[arg(long, value_name = "TAG[,TAG...]")]
+        tag: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -165,8 +177,9 @@ impl Cli {
 
     fn open_vault(&self) -> Result<Vault> {
         let path = self.vault_path()?;
-        let vault = Vault::open(&path)?;
+        let mut vault = Vault::open(&path)?;
         warn_if_exposed(&vault);
+        vault.set_lock_wait(self.lock_wait());
         Ok(vault)
     }
 
@@ -175,10 +188,38 @@ impl Cli {
         let path = self.vault_path()?;
         if !Vault::exists(&path) && !path.exists() {
             eprintln!("creating vault {}", path.display());
-            return Ok(Vault::init(&path, &InitOptions::default())?);
+            let mut vault = Vault::init(&path, &InitOptions::default())?;
+            vault.set_lock_wait(self.lock_wait());
+            return Ok(vault);
         }
         self.open_vault()
     }
+
+    /// How writers wait for the vault lock (`--lock-wait`).
+    fn lock_wait(&self) -> LockWait {
+        lock_wait(self.lock_wait)
+    }
+}
+
+/// Waits up to `limit` (none: as long as it takes), saying on stderr whom it waits for.
+pub fn lock_wait(limit: Option<std::time::Duration>) -> LockWait {
+    LockWait {
+        limit,
+        on_wait: Some(|holder| match holder {
+            Some(h) => eprintln!("waiting for the vault lock held by {h}"),
+            None => eprintln!("waiting for the vault lock held by another process"),
+        }),
+    }
+}
+
+/// Parses `--lock-wait`: a number of seconds, or a duration with units (`30s`, `5m`, `1h30m`).
+pub fn wait_arg(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration: use 0, 30s, 5m or 1h");
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let d: jiff::SignedDuration = s.parse().map_err(|_| bad())?;
+    std::time::Duration::try_from(d).map_err(|_| bad())
 }
 
 /// Says, in one line (once per run, however often the vault is opened), when other users can
@@ -398,11 +439,13 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::BackupDisk(args) => backup::run_disk(cli, args),
         Command::BackupVm(args) => backup::run_vm(cli, args),
         Command::Items { json } => list::items(&cli.open_vault()?, *json),
+        Command::Item(args) => items::run(cli, args),
         Command::Points {
             item,
             deleted,
+            tag,
             json,
-        } => list::points(&cli.open_vault()?, item.as_deref(), *deleted, *json),
+        } => list::points(&cli.open_vault()?, item.as_deref(), *deleted, tag, *json),
         Command::Stats { json } => list::stats(&cli.open_vault()?, *json),
         Command::Ls(args) => browse::ls(cli, args),
         Command::Find(args) => browse::find(cli, args),

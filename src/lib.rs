@@ -5,8 +5,8 @@
 //! ```text
 //!   coffre (src/main.rs)          coffre-restore (src/bin/coffre-restore.rs)      thin: clap
 //!        |                                  |                                     + cli/ (print)
-//!   backup/ (files, disk, vm)   restore/ (files, image plans)   browse (ls, find, diff, dump)
-//!   protection   schedule
+//!   backup/ (files, excludes, disk, vm)   restore/ (files, image plans)   browse (ls, find,
+//!   diff, dump)   items (show, edit, rename, rm)   protection   schedule
 //!   maintenance/ (prune, forget, purge, undelete, policies, verify/check)   policy/ (pure)
 //!   mount/ (view: pure logic; fuse: the fuser adapter)   chunking  fsmeta  progress  threads
 //!   interrupt (Ctrl-C as a request)   words (counts, sizes, errors in plain words)
@@ -36,6 +36,8 @@
 //! | backup, backup-disk, backup-vm  | writer lock        | another writer    | mounts, restores, listings|
 //! | backup --due                    | writer lock        | another writer    | readers: backups, then one prune |
 //! | prune, forget, purge, undelete, policy and vault set changes | writer lock | another writer | readers |
+//! | item edit, rename, rm           | writer lock        | another writer    | readers                   |
+//! | backup --dry-run, item show     | nothing            | nothing           | everything                |
 //! | prune --dry-run                 | nothing            | nothing           | everything                |
 //! | stop/resume-protection          | writer lock        | another writer    | everything but writers    |
 //! | coffre-restore ... --in-place, reprotect, --protect-as | writer lock | another writer | readers |
@@ -50,8 +52,9 @@
 //! | check                           | lease (a snapshot) | nothing           | everything                |
 //!
 //! Readers rely on SQLite WAL snapshots and on packs being immutable while named by the catalog,
-//! so they never block writers and writers never break them. A second writer waits, or fails at
-//! once with `--no-wait`.
+//! so they never block writers and writers never break them. A second writer waits, saying whom
+//! for (the holder records its pid, command and start in `VAULT/lock`), as long as `--lock-wait`
+//! allows (default: as long as it takes), or fails at once with `--no-wait` / `--lock-wait 0`.
 
 pub mod backup;
 pub mod browse;
@@ -59,6 +62,7 @@ pub mod chunking;
 pub mod cli;
 pub mod fsmeta;
 pub mod interrupt;
+pub mod items;
 pub mod maintenance;
 pub mod mount;
 pub mod policy;

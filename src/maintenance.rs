@@ -103,7 +103,8 @@ fn evaluate_item(
     as_protected: bool,
 ) -> MaintenanceResult<Vec<Evaluated>> {
     let rows = vault.points(Some(item))?;
-    let stopped = item.state == ItemState::Stopped && !as_protected;
+    // A removed item's points (undeleted ones) are kept like a stopped item's.
+    let stopped = matches!(item.state, ItemState::Stopped | ItemState::Removed) && !as_protected;
     let verdicts = policy.evaluate(&retention_points(&rows), stopped, timestamp(now));
     Ok(rows
         .into_iter()

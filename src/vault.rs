@@ -43,12 +43,12 @@ pub use content::{ContentError, ContentReader};
 pub use damage::DamageSet;
 pub use format::{ChunkId, Content, Entry, Extent, Kind, ListId, Timestamp, TreeId};
 pub use gc::{GcOptions, GcReport, REPACK_BELOW};
-pub use lifecycle::{AppliedChanges, PointChanges};
-pub use lock::{Lease, WriteLock};
+pub use lifecycle::{AppliedChanges, ItemRemoval, PointChanges};
+pub use lock::{Lease, LockHolder, LockWait, WriteLock};
 pub use model::{
-    BadItemName, BadPolicyName, DAY_NS, DEFAULT_POLICY, DEFAULT_SOFT_DELETE_DAYS, Deletion,
-    DiskSource, FilesSource, Immutability, Item, ItemKind, ItemSource, ItemState, VaultSettings,
-    VmSource, check_item_name, check_policy_name,
+    BadItemName, BadPolicyName, BadTag, DAY_NS, DEFAULT_POLICY, DEFAULT_SOFT_DELETE_DAYS, Deletion,
+    DiskSource, FilesSource, Immutability, Item, ItemKind, ItemSource, ItemState, MAX_NOTE_BYTES,
+    PointLabels, VaultSettings, VmSource, check_item_name, check_policy_name, check_tag,
 };
 pub use names::{
     human_time, human_time_zone, mount_path, point_dir_name, point_dir_names, split_point_ref,
@@ -112,8 +112,24 @@ pub enum VaultError {
          for the list, and back the items up again"
     )]
     GcRefused(String),
-    #[error("vault {0} is locked by another writer; wait for it or drop --no-wait")]
-    Locked(PathBuf),
+    #[error(
+        "vault {} is locked by {holder}; wait for it (drop --no-wait, or give \
+         --lock-wait a duration)",
+        path.display()
+    )]
+    Locked { path: PathBuf, holder: String },
+    #[error(
+        "gave up after waiting {} for the lock of vault {}, held by {holder}",
+        lock::shown_duration(*waited),
+        path.display()
+    )]
+    LockTimeout {
+        path: PathBuf,
+        holder: String,
+        waited: std::time::Duration,
+    },
+    #[error("an item named {0:?} already exists")]
+    ItemExists(String),
     #[error(
         "vault {0} can only be read (a read-only file system, a full disk, or no write permission): \
          listing, restoring and mounting work; this command needs it writable"
@@ -222,6 +238,7 @@ pub struct Vault {
     reader: Arc<VaultReader>,
     zstd_level: i32,
     id: String,
+    lock_wait: LockWait,
 }
 
 /// Decompressed records a process keeps in memory, by default.
@@ -339,6 +356,7 @@ impl Vault {
             reader,
             zstd_level,
             id,
+            lock_wait: LockWait::default(),
         })
     }
 
@@ -376,13 +394,25 @@ impl Vault {
         self.reader.clone()
     }
 
-    /// Takes the writer lock (waiting for it unless `wait` is false) and recovers from a killed
-    /// writer.
+    /// How `lock(true)` waits for another writer (default: as long as it takes).
+    pub fn set_lock_wait(&mut self, wait: LockWait) {
+        self.lock_wait = wait;
+    }
+
+    /// Takes the writer lock (waiting for it as `set_lock_wait` said, unless `wait` is false)
+    /// and recovers from a killed writer.
     pub fn lock(&self, wait: bool) -> VaultResult<WriteLock> {
         if self.catalog.read_only() {
             return Err(VaultError::ReadOnly(self.root.clone()));
         }
-        let lock = lock::write_lock(&self.root, wait)?;
+        let how = match wait {
+            true => self.lock_wait,
+            false => LockWait {
+                limit: Some(std::time::Duration::ZERO),
+                on_wait: None,
+            },
+        };
+        let lock = lock::write_lock(&self.root, &how)?;
         self.recover()?;
         Ok(lock)
     }

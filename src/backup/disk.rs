@@ -461,6 +461,7 @@ pub fn backup_images(
         warnings: 0,
         consistency: Some(consistency.to_string()),
         keep_until: opts.keep_until,
+        labels: opts.labels.clone(),
     })?;
     log::debug!("image backup took {:?}", started.elapsed());
     Ok(BackupReport {

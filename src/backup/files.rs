@@ -21,6 +21,7 @@ use std::sync::atomic::Ordering;
 
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
+use super::excludes::Excludes;
 use super::{Abort, BackupError, Warning, check_interrupt, data_regions, entry_from_stat, ts};
 use crate::chunking;
 use crate::fsmeta;
@@ -36,6 +37,26 @@ use crate::vault::{
 /// inodes and network file systems' 1 s).
 const RACY_WINDOW_NS: i64 = 2_000_000_000;
 
+/// A file a backup reads, as `-v` lists it: new since the previous point, or changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    New,
+    Modified,
+}
+
+/// A function told about a file read: what kind of change, and its path.
+pub type OnChange = dyn Fn(Change, &str) + Send + Sync;
+
+/// Told about every file a backup (or a dry run) reads, with its path, from the walker thread.
+#[derive(Clone)]
+pub struct ChangeListener(pub Arc<OnChange>);
+
+impl std::fmt::Debug for ChangeListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeListener")
+    }
+}
+
 /// How to run a backup (files, disks or VMs).
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
@@ -50,6 +71,10 @@ pub struct RunOptions {
     /// The policy a new item follows (`None`: `default`); an existing item must already follow
     /// it.
     pub policy: Option<String>,
+    /// Tags and note of the new point.
+    pub labels: crate::vault::PointLabels,
+    /// Told about each file read (files items only).
+    pub on_change: Option<ChangeListener>,
 }
 
 /// What a finished backup produced.
@@ -110,62 +135,17 @@ fn join(base: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
-struct Excludes {
-    by_name: Vec<glob::Pattern>,
-    by_path: Vec<glob::Pattern>,
-}
-
-/// Checks `--exclude` patterns without backing anything up (so a bad one is refused before the
-/// catalog changes).
-pub fn check_excludes(patterns: &[String]) -> Result<(), BackupError> {
-    Excludes::new(patterns).map(drop)
-}
-
-impl Excludes {
-    fn new(patterns: &[String]) -> Result<Excludes, BackupError> {
-        let mut ex = Excludes {
-            by_name: Vec::new(),
-            by_path: Vec::new(),
-        };
-        for p in patterns {
-            let pat = glob::Pattern::new(p.trim_start_matches("./")).map_err(|e| {
-                BackupError::Exclude {
-                    pattern: p.clone(),
-                    detail: e.to_string(),
-                }
-            })?;
-            if p.contains('/') {
-                ex.by_path.push(pat);
-            } else {
-                ex.by_name.push(pat);
-            }
-        }
-        Ok(ex)
-    }
-
-    fn matches(&self, name: &[u8], rel: &[u8], abs: &[u8]) -> bool {
-        let opts = glob::MatchOptions {
-            case_sensitive: true,
-            require_literal_separator: true,
-            require_literal_leading_dot: false,
-        };
-        let name = String::from_utf8_lossy(name);
-        if self.by_name.iter().any(|p| p.matches_with(&name, opts)) {
-            return true;
-        }
-        if self.by_path.is_empty() {
-            return false;
-        }
-        let rel = String::from_utf8_lossy(rel);
-        let abs = String::from_utf8_lossy(abs);
-        self.by_path
-            .iter()
-            .any(|p| p.matches_with(&rel, opts) || p.matches_with(&abs, opts))
-    }
+/// What a walk found to read (files new or changed since the previous point).
+#[derive(Clone, Copy, Debug, Default)]
+struct ToRead {
+    new: u64,
+    modified: u64,
+    bytes: u64,
 }
 
 struct Walker<'a> {
-    reader: &'a VaultReader,
+    /// The vault's read side (none for a dry run without a vault: everything is new).
+    reader: Option<&'a VaultReader>,
     /// What is known damaged: a cached entry that points at it is read again.
     damage: &'a DamageSet,
     /// Cache entries changed at or after this time (ns) are not trusted (see the module header).
@@ -176,9 +156,12 @@ struct Walker<'a> {
     skip: Option<(u64, u64)>,
     source: Vec<u8>,
     events: Sender<Event>,
-    jobs: Sender<Job>,
+    /// Where files to read go; none in a dry run, which reads nothing.
+    jobs: Option<Sender<Job>>,
     seq: u64,
     abort: &'a Abort,
+    on_change: Option<ChangeListener>,
+    to_read: ToRead,
 }
 
 /// The walker stops when the builder or the workers are gone.
@@ -200,8 +183,10 @@ impl Walker<'_> {
     }
 
     fn prev_tree(&self, id: Option<TreeId>) -> Vec<Entry> {
-        let Some(id) = id else { return Vec::new() };
-        match self.reader.tree(&id) {
+        let (Some(id), Some(reader)) = (id, self.reader) else {
+            return Vec::new();
+        };
+        match reader.tree(&id) {
             Ok(t) => t,
             Err(e) => {
                 // Rebuilt from the source below; the builder writes it again over the damage.
@@ -220,18 +205,46 @@ impl Walker<'_> {
             Content::None => true,
             Content::Chunk(id) => !self.damage.chunk(id),
             Content::List(id) if self.damage.list(id) => false,
-            Content::List(id) if self.damage.has_chunks() => match self.reader.list(id) {
-                Ok(list) => list.iter().all(|x| match x {
-                    Extent::Data { id, .. } => !self.damage.chunk(id),
-                    _ => true,
-                }),
-                Err(_) => {
-                    self.damage.add_list(*id);
-                    false
+            Content::List(id) if self.damage.has_chunks() => {
+                match self.reader.map(|r| r.list(id)) {
+                    None => true,
+                    Some(got) => match got {
+                        Ok(list) => list.iter().all(|x| match x {
+                            Extent::Data { id, .. } => !self.damage.chunk(id),
+                            _ => true,
+                        }),
+                        Err(_) => {
+                            self.damage.add_list(*id);
+                            false
+                        }
+                    },
                 }
-            },
+            }
             Content::List(_) => true,
         }
+    }
+
+    /// Counts a file about to be read and tells the listener.
+    fn will_read(&mut self, existed: bool, abs: &[u8], entry: &Entry) {
+        let change = if existed {
+            self.to_read.modified += 1;
+            Change::Modified
+        } else {
+            self.to_read.new += 1;
+            Change::New
+        };
+        self.to_read.bytes += entry.size;
+        if let Some(l) = &self.on_change {
+            (l.0)(change, &show(abs));
+        }
+    }
+
+    /// Walks the whole source from its root directory; returns what it found to read.
+    fn walk(mut self, root_fd: Arc<OwnedFd>, root: Entry, prev: Option<TreeId>) -> ToRead {
+        if self.emit(Event::Enter(root)).is_ok() && self.walk_dir(root_fd, b"", prev).is_ok() {
+            let _ = self.emit(Event::Leave);
+        }
+        self.to_read
     }
 
     /// A cache entry that may hide a change made in the same timestamp tick as its backup.
@@ -251,6 +264,14 @@ impl Walker<'_> {
             Err(e) => return self.warn(rel, format!("cannot list directory: {e}")),
         };
         names.sort_unstable();
+        if let Some(tag) = self.excludes.tagged(dir.as_fd(), &names) {
+            log::info!(
+                "{} holds {}: keeping only that file",
+                show(&join(&self.source, rel)),
+                show(&tag)
+            );
+            names = vec![tag];
+        }
         let prev = self.prev_tree(prev);
         for name in names {
             let child_rel = if rel.is_empty() {
@@ -259,14 +280,13 @@ impl Walker<'_> {
                 join(rel, &name)
             };
             let abs = join(&self.source, &child_rel);
-            if self.excludes.matches(&name, &child_rel, &abs) {
-                continue;
-            }
             let st = match fsmeta::lstat_at(dir.as_fd(), &name) {
                 Ok(st) => st,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // vanished
                 Err(e) => {
-                    self.warn(&child_rel, format!("cannot stat: {e}"))?;
+                    if !self.excludes.path(&child_rel, false) {
+                        self.warn(&child_rel, format!("cannot stat: {e}"))?;
+                    }
                     continue;
                 }
             };
@@ -274,6 +294,11 @@ impl Walker<'_> {
                 log::info!("skipping socket {}", show(&abs));
                 continue;
             };
+            if self.excludes.path(&child_rel, kind == Kind::Dir)
+                || (kind == Kind::File && self.excludes.too_large(st.st_size as u64))
+            {
+                continue;
+            }
             let mut entry = entry_from_stat(name.clone(), &st, kind);
             match fsmeta::xattrs_at(dir.as_fd(), &name) {
                 Ok(x) => entry.xattrs = x,
@@ -297,8 +322,23 @@ impl Walker<'_> {
                         entry.content = p.content;
                         self.emit(Event::Entry(entry, None))?;
                     } else if entry.size == 0 {
+                        // Nothing to read, but new or changed all the same: listed by -v.
+                        self.will_read(
+                            before.is_some_and(|p| p.kind() == Kind::File),
+                            &abs,
+                            &entry,
+                        );
                         self.emit(Event::Entry(entry, None))?;
                     } else {
+                        self.will_read(
+                            before.is_some_and(|p| p.kind() == Kind::File),
+                            &abs,
+                            &entry,
+                        );
+                        let Some(jobs) = &self.jobs else {
+                            self.emit(Event::Entry(entry, None))?; // a dry run
+                            continue;
+                        };
                         self.seq += 1;
                         let job = Job {
                             seq: self.seq,
@@ -310,7 +350,7 @@ impl Walker<'_> {
                             ctime: entry.ctime,
                             ino: entry.ino,
                         };
-                        self.jobs.send(job).map_err(|_| Stop)?;
+                        jobs.send(job).map_err(|_| Stop)?;
                         self.emit(Event::Entry(entry, Some(self.seq)))?;
                     }
                 }
@@ -614,7 +654,7 @@ struct Source {
     skip: Option<(u64, u64)>,
 }
 
-fn open_source(vault: &Vault, path: &Path) -> Result<Source, BackupError> {
+fn open_source(vault: Option<&Vault>, path: &Path) -> Result<Source, BackupError> {
     let src_err = |p: &Path| {
         let p = p.to_path_buf();
         move |e| BackupError::Source { path: p, source: e }
@@ -630,8 +670,8 @@ fn open_source(vault: &Vault, path: &Path) -> Result<Source, BackupError> {
         Err(e) => log::warn!("cannot read extended attributes of {}: {e}", path.display()),
     }
     use std::os::unix::fs::MetadataExt;
-    let skip = std::fs::metadata(vault.root())
-        .ok()
+    let skip = vault
+        .and_then(|v| std::fs::metadata(v.root()).ok())
         .map(|m| (m.dev(), m.ino()));
     Ok(Source {
         path,
@@ -668,8 +708,8 @@ pub fn backup_files(
     opts: &RunOptions,
 ) -> Result<BackupReport, BackupError> {
     let started = crate::testing::point_time(crate::vault::now_ns());
-    let excludes = Excludes::new(&def.excludes)?;
-    let src = open_source(vault, &def.path)?;
+    let excludes = Excludes::new(def)?;
+    let src = open_source(Some(vault), &def.path)?;
     let (prev_root, racy_after) = previous(vault, name)?;
     let session = vault.begin_write(
         lock,
@@ -700,6 +740,7 @@ pub fn backup_files(
         warnings: warnings.len() as u64,
         consistency: None,
         keep_until: opts.keep_until,
+        labels: opts.labels.clone(),
     })?;
     Ok(BackupReport {
         point: committed.point,
@@ -720,6 +761,120 @@ struct WalkSetup {
 
 fn worker_count(threads: usize) -> usize {
     crate::threads::count(threads, 1)
+}
+
+/// A walker over `src` sending to `events` (and files to read to `jobs`, unless a dry run).
+#[allow(clippy::too_many_arguments)]
+fn walker<'a>(
+    reader: Option<&'a VaultReader>,
+    damage: &'a DamageSet,
+    src: &Source,
+    walk: WalkSetup,
+    events: Sender<Event>,
+    jobs: Option<Sender<Job>>,
+    abort: &'a Abort,
+    opts: &RunOptions,
+) -> Walker<'a> {
+    Walker {
+        reader,
+        damage,
+        racy_after: walk.racy_after,
+        excludes: walk.excludes,
+        one_fs: walk.one_fs,
+        root_dev: src.stat.st_dev,
+        skip: src.skip,
+        source: src.path.as_os_str().as_encoded_bytes().to_vec(),
+        events,
+        jobs,
+        seq: 0,
+        abort,
+        on_change: opts.on_change.clone(),
+        to_read: ToRead::default(),
+    }
+}
+
+fn spawn_walker<'scope, T: Send + 'scope>(
+    s: &'scope std::thread::Scope<'scope, '_>,
+    f: impl FnOnce() -> T + Send + 'scope,
+) -> Result<std::thread::ScopedJoinHandle<'scope, T>, BackupError> {
+    std::thread::Builder::new()
+        .name("walker".into())
+        .stack_size(256 << 20) // one frame per directory level: deep trees need room
+        .spawn_scoped(s, f)
+        .map_err(|e| BackupError::Thread(crate::threads::refused("walker", e)))
+}
+
+/// What `backup --dry-run` found: what the point would hold and what would be read for it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DryRunReport {
+    pub files: u64,
+    pub dirs: u64,
+    pub logical_bytes: u64,
+    /// Files that would be read: new since the previous point, or changed.
+    pub new_files: u64,
+    pub modified_files: u64,
+    pub read_bytes: u64,
+    pub warnings: Vec<Warning>,
+}
+
+/// Walks `def` as a backup of item `name` would (excludes, the files cache of the previous
+/// point) and reports what would be read, reading no file and writing nothing: no lock, no
+/// session. Without a vault, every file is new.
+pub fn dry_run_files(
+    vault: Option<&Vault>,
+    name: &str,
+    def: &FilesSource,
+    opts: &RunOptions,
+) -> Result<DryRunReport, BackupError> {
+    let excludes = Excludes::new(def)?;
+    let src = open_source(vault, &def.path)?;
+    let (prev_root, racy_after) = match vault {
+        Some(v) => previous(v, name)?,
+        None => (None, 0),
+    };
+    let walk = WalkSetup {
+        excludes,
+        one_fs: def.one_file_system,
+        prev_root,
+        racy_after,
+    };
+    let reader = vault.map(|v| v.reader());
+    let damage = DamageSet::new(Default::default(), &[]);
+    let abort = Abort::default();
+    let (ev_tx, ev_rx) = bounded::<Event>(16 * 1024);
+    let w = walker(
+        reader.as_deref(),
+        &damage,
+        &src,
+        walk,
+        ev_tx,
+        None,
+        &abort,
+        opts,
+    );
+    let (root_fd, root_entry) = (Arc::new(src.fd), src.root);
+    let mut report = DryRunReport::default();
+    let to_read = std::thread::scope(|s| {
+        let walker = spawn_walker(s, move || w.walk(root_fd, root_entry, prev_root))?;
+        for ev in ev_rx {
+            match ev {
+                Event::Enter(_) => report.dirs += 1,
+                Event::Entry(e, _) if e.kind() == Kind::File => {
+                    report.files += 1;
+                    report.logical_bytes += e.size;
+                }
+                Event::Warn(w) => report.warnings.push(w),
+                Event::Entry(..) | Event::Leave => {}
+            }
+        }
+        walker
+            .join()
+            .map_err(|_| BackupError::Aborted("the walker panicked".into()))
+    })?;
+    report.new_files = to_read.new;
+    report.modified_files = to_read.modified;
+    report.read_bytes = to_read.bytes;
+    Ok(report)
 }
 
 /// Runs walker, workers and builder; returns the root entry, the warnings and the totals.
@@ -748,32 +903,19 @@ fn run_pipeline(
         progress,
     };
     let root = std::thread::scope(|s| {
-        let mut w = Walker {
-            reader: &reader,
-            damage: session.damage(),
-            racy_after: walk.racy_after,
-            excludes: walk.excludes,
-            one_fs: walk.one_fs,
-            root_dev: src.stat.st_dev,
-            skip: src.skip,
-            source: src.path.as_os_str().as_encoded_bytes().to_vec(),
-            events: ev_tx,
-            jobs: job_tx,
-            seq: 0,
-            abort: &abort,
-        };
-        let (root_fd, root_entry, prev) = (Arc::new(src.fd), src.root, walk.prev_root);
-        let walker = std::thread::Builder::new()
-            .name("walker".into())
-            .stack_size(256 << 20) // one frame per directory level: deep trees need room
-            .spawn_scoped(s, move || {
-                if w.emit(Event::Enter(root_entry)).is_ok()
-                    && w.walk_dir(root_fd, b"", prev).is_ok()
-                {
-                    let _ = w.emit(Event::Leave);
-                }
-            })
-            .map_err(|e| BackupError::Thread(crate::threads::refused("walker", e)));
+        let prev = walk.prev_root;
+        let w = walker(
+            Some(&reader),
+            session.damage(),
+            &src,
+            walk,
+            ev_tx,
+            Some(job_tx),
+            &abort,
+            opts,
+        );
+        let (root_fd, root_entry) = (Arc::new(src.fd), src.root);
+        let walker = spawn_walker(s, move || w.walk(root_fd, root_entry, prev));
         // The pool comes last: when the system allows fewer threads than asked, it is the pool
         // that shrinks, not a thread the backup cannot do without.
         let sink = session.sink(SinkMode::Group);

@@ -8,10 +8,15 @@ use anyhow::{Context, Result, bail};
 
 use super::{Cli, EXIT_PARTIAL, UsageError};
 use crate::backup::BackupError;
-use crate::backup::files::check_excludes;
-use crate::backup::{BackupReport, RunOptions, backup_item};
+use crate::backup::excludes::{check_excludes, parse_size};
+use crate::backup::{
+    BackupReport, Change, ChangeListener, DryRunReport, RunOptions, backup_item, dry_run_files,
+};
 use crate::progress::{Progress, human_bytes};
-use crate::vault::{DiskSource, FilesSource, ItemSource, Vault, VmSource, human_time_zone};
+use crate::vault::{
+    DiskSource, FilesSource, ItemSource, MAX_NOTE_BYTES, PointLabels, Vault, VmSource, check_tag,
+    human_time_zone,
+};
 
 #[derive(clap::Args)]
 pub struct BackupArgs {
@@ -21,17 +26,41 @@ pub struct BackupArgs {
     /// With --item: the directory to back up. Without: names of stored items to back up again
     #[arg(value_name = "PATH|NAME")]
     args: Vec<std::ffi::OsString>,
-    /// Leave out entries matching GLOB (repeatable). A pattern with `/` matches the path
-    /// relative to the backed-up directory (or the absolute path); one without matches any name
-    #[arg(long, value_name = "GLOB")]
+    /// Leave out entries matching PATTERN (repeatable; gitignore rules: a pattern without `/`
+    /// matches a name at any depth, one with `/` is anchored at PATH, `dir/` matches directories
+    /// only, `**`, `{a,b}` and `!pattern` work)
+    #[arg(long, value_name = "PATTERN")]
     exclude: Vec<String>,
+    /// As --exclude, ignoring case
+    #[arg(long, value_name = "PATTERN")]
+    iexclude: Vec<String>,
+    /// Read --exclude patterns from FILE, one a line (`#` comments); the file is read again at
+    /// every backup of the item
+    #[arg(long, value_name = "FILE")]
+    exclude_file: Vec<PathBuf>,
+    /// Leave out the contents of directories holding a valid CACHEDIR.TAG (the tag is kept)
+    #[arg(long)]
+    exclude_caches: bool,
+    /// Leave out the contents of directories holding a file named NAME (the file is kept);
+    /// NAME:HEADER only counts a file that starts with HEADER
+    #[arg(long, value_name = "NAME[:HEADER]")]
+    exclude_if_present: Vec<String>,
+    /// Leave out files larger than SIZE (bytes, or with K, M, G, T: powers of 1024)
+    #[arg(long, value_name = "SIZE", value_parser = size_arg)]
+    exclude_larger_than: Option<u64>,
     /// Do not descend into other file systems (mount points are kept as empty directories)
     #[arg(long, short = 'x')]
     one_file_system: bool,
+    /// Write nothing: walk the source as the backup would and say what it would read (with -v,
+    /// list each file: `+ PATH` new, `M PATH` changed since the last point)
+    #[arg(long, short = 'n')]
+    dry_run: bool,
     /// Back up every protected item whose schedule had a slot since its newest point (one
     /// catch-up backup however many were missed), then prune those items: the systemd timer's
     /// command
-    #[arg(long, conflicts_with_all = ["item", "args", "exclude", "one_file_system", "time", "keep_until", "policy"])]
+    #[arg(long, conflicts_with_all = ["item", "args", "exclude", "iexclude", "exclude_file",
+        "exclude_caches", "exclude_if_present", "exclude_larger_than", "one_file_system", "time",
+        "keep_until", "policy", "dry_run"])]
     due: bool,
     #[command(flatten)]
     run: RunArgs,
@@ -40,7 +69,7 @@ pub struct BackupArgs {
 /// Options every backup command takes.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Fail at once if another backup holds the vault, instead of waiting
+    /// Fail at once if another writer holds the vault, instead of waiting (as --lock-wait 0)
     #[arg(long)]
     pub(super) no_wait: bool,
     /// Worker threads (0 = one per core, at most 256)
@@ -60,6 +89,39 @@ pub struct RunArgs {
     /// policy assign`)
     #[arg(long, value_name = "NAME")]
     policy: Option<String>,
+    /// Tag the new point (repeatable, or comma-separated: `--tag a,b`); `points --tag` selects
+    #[arg(long, value_name = "TAG")]
+    tag: Vec<String>,
+    /// A free-text note on the new point, shown by `coffre points`
+    #[arg(long, value_name = "TEXT")]
+    note: Option<String>,
+}
+
+impl RunArgs {
+    /// The tags and note of the new points, checked (a bad one is a usage error).
+    pub(super) fn labels(&self) -> Result<PointLabels> {
+        let mut tags: Vec<String> = Vec::new();
+        for t in self.tag.iter().flat_map(|t| t.split(',')) {
+            check_tag(t).map_err(|e| UsageError(e.to_string()))?;
+            if !tags.iter().any(|x| x == t) {
+                tags.push(t.to_string());
+            }
+        }
+        if let Some(n) = &self.note
+            && n.len() > MAX_NOTE_BYTES
+        {
+            return Err(UsageError(format!("--note is longer than {MAX_NOTE_BYTES} bytes")).into());
+        }
+        Ok(PointLabels {
+            tags,
+            note: self.note.clone(),
+        })
+    }
+}
+
+/// Parses `--exclude-larger-than`.
+fn size_arg(s: &str) -> std::result::Result<u64, String> {
+    parse_size(s).ok_or_else(|| "use a size in bytes, or with K, M, G or T (10M, 1G)".into())
 }
 
 /// Arguments of `coffre backup-disk`.
@@ -149,8 +211,6 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
             )
             .into());
         };
-        // A bad pattern is a usage error, found before the vault is touched.
-        check_excludes(&args.exclude).map_err(|e| UsageError(e.to_string()))?;
         let path = std::fs::canonicalize(path)
             .with_context(|| format!("cannot back up {}", path.to_string_lossy()))?;
         if !path.is_dir() {
@@ -159,14 +219,8 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
                 path.display()
             );
         }
-        todo.push((
-            name.clone(),
-            Ok(ItemSource::Files(FilesSource {
-                path,
-                excludes: args.exclude.clone(),
-                one_file_system: args.one_file_system,
-            })),
-        ));
+        let def = files_source(path, args)?;
+        todo.push((name.clone(), Ok(ItemSource::Files(def))));
     } else {
         if args.args.is_empty() {
             return Err(UsageError(
@@ -196,18 +250,125 @@ pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
             todo.push((shown, stored_job(&vault, name)));
         }
     }
+    if args.dry_run {
+        return dry_run(cli, todo, &args.run);
+    }
     execute(cli, todo, &args.run)
+}
+
+/// The definition `backup --item NAME PATH` gives: PATH and the exclude options, checked (a bad
+/// pattern or an unreadable exclude file is a usage error, found before the vault is touched).
+fn files_source(path: PathBuf, args: &BackupArgs) -> Result<FilesSource> {
+    let mut exclude_files = Vec::new();
+    for f in &args.exclude_file {
+        exclude_files.push(
+            std::fs::canonicalize(f).map_err(|e| {
+                UsageError(format!("cannot read exclude file {}: {e}", f.display()))
+            })?,
+        );
+    }
+    let def = FilesSource {
+        path,
+        excludes: args.exclude.clone(),
+        one_file_system: args.one_file_system,
+        iexcludes: args.iexclude.clone(),
+        exclude_files,
+        exclude_caches: args.exclude_caches,
+        exclude_if_present: args.exclude_if_present.clone(),
+        exclude_larger_than: args.exclude_larger_than,
+    };
+    check_excludes(&def).map_err(|e| UsageError(e.to_string()))?;
+    Ok(def)
+}
+
+/// Prints `+ PATH` / `M PATH` for each file a backup reads (`-v`).
+fn change_listener() -> ChangeListener {
+    ChangeListener(std::sync::Arc::new(|change, path| {
+        let mark = match change {
+            Change::New => '+',
+            Change::Modified => 'M',
+        };
+        println!("{mark} {path}");
+    }))
+}
+
+/// `backup --dry-run`: walks each files item as its backup would, writing nothing (no lock, no
+/// vault created, no point, no pack).
+fn dry_run(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) -> Result<ExitCode> {
+    run.labels()?;
+    let path = cli.vault_path()?;
+    let vault = Vault::exists(&path).then(|| cli.open_vault()).transpose()?;
+    let opts = RunOptions {
+        on_change: (cli.verbose > 0 && !run.json).then(change_listener),
+        ..RunOptions::default()
+    };
+    let mut json_out = Vec::new();
+    let mut failed = false;
+    for (name, job) in todo {
+        let report = job.and_then(|job| match job {
+            ItemSource::Files(def) => Ok(dry_run_files(vault.as_ref(), &name, &def, &opts)?),
+            other => Err(UsageError(format!(
+                "--dry-run applies to files items; {name:?} is a {} item",
+                other.kind().as_str()
+            ))
+            .into()),
+        });
+        match report {
+            Ok(r) if run.json => {
+                let mut v = serde_json::to_value(&r)?;
+                v["item"] = name.into();
+                json_out.push(v);
+            }
+            Ok(r) => print_dry_run(&name, &r),
+            Err(e) if e.downcast_ref::<UsageError>().is_some() => return Err(e),
+            Err(e) => {
+                eprintln!("error: {}", super::error_line(&e));
+                failed = true;
+            }
+        }
+    }
+    if run.json {
+        println!("{}", serde_json::to_string_pretty(&json_out)?);
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_dry_run(name: &str, r: &DryRunReport) {
+    for w in &r.warnings {
+        eprintln!("warning: {}: {}", w.path, w.message);
+    }
+    println!(
+        "dry run of {name:?}: would back up {} files, {} dirs, {}",
+        r.files,
+        r.dirs,
+        human_bytes(r.logical_bytes)
+    );
+    println!(
+        "  would read {} files ({}): {} new, {} changed; nothing was written",
+        r.new_files + r.modified_files,
+        human_bytes(r.read_bytes),
+        r.new_files,
+        r.modified_files
+    );
 }
 
 /// The first option given to `coffre backup NAME...` that only `--item NAME PATH` can apply.
 fn stored_form_refuses(args: &BackupArgs) -> Option<&'static str> {
-    if !args.exclude.is_empty() {
-        Some("--exclude")
-    } else if args.one_file_system {
-        Some("--one-file-system")
-    } else {
-        None
-    }
+    [
+        (!args.exclude.is_empty(), "--exclude"),
+        (!args.iexclude.is_empty(), "--iexclude"),
+        (!args.exclude_file.is_empty(), "--exclude-file"),
+        (args.exclude_caches, "--exclude-caches"),
+        (!args.exclude_if_present.is_empty(), "--exclude-if-present"),
+        (args.exclude_larger_than.is_some(), "--exclude-larger-than"),
+        (args.one_file_system, "--one-file-system"),
+    ]
+    .into_iter()
+    .find_map(|(given, opt)| given.then_some(opt))
 }
 
 /// The stored definition of item `name`.
@@ -226,6 +387,7 @@ fn stored_job(vault: &Vault, name: &std::ffi::OsStr) -> Result<ItemSource> {
 /// 130 if Ctrl-C stopped it (the running backup commits nothing).
 fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) -> Result<ExitCode> {
     check_keep_until(run)?;
+    let labels = run.labels()?;
     let vault = cli.open_or_init_vault()?;
     let lock = vault.lock(!run.no_wait)?;
     // From here a Ctrl-C stops the running backup before its commit (see `interrupt`).
@@ -237,7 +399,7 @@ fn execute(cli: &Cli, todo: Vec<(String, Result<ItemSource>)>, run: &RunArgs) ->
         if crate::interrupt::requested() {
             break;
         }
-        let result = job.and_then(|job| backup_one(cli, &vault, &lock, &name, &job, run));
+        let result = job.and_then(|job| backup_one(cli, &vault, &lock, &name, &job, run, &labels));
         items.next_item();
         match result {
             Err(e) if is_interrupted(&e) => break,
@@ -363,13 +525,18 @@ fn backup_one(
     name: &str,
     job: &ItemSource,
     run: &RunArgs,
+    labels: &PointLabels,
 ) -> Result<BackupReport> {
+    // -v lists the files read, one a line: no progress line between them.
+    let listing = cli.verbose > 0 && !run.json;
     let opts = RunOptions {
         threads: run.threads,
-        progress: !cli.quiet && !run.json,
+        progress: !cli.quiet && !run.json && !listing,
         time: run.time,
         keep_until: run.keep_until,
         policy: run.policy.clone(),
+        labels: labels.clone(),
+        on_change: listing.then(change_listener),
     };
     backup_item(vault, lock, name, job, &opts)
         .with_context(|| format!("backup of item {name:?} failed"))

@@ -1,18 +1,19 @@
-//! `coffre items`, `points`, `stats`: human tables by default, `--json` for scripts. `points`
-//! shows when each point expires under its item's current policy (or, with `--deleted`, when each
-//! soft-deleted point is purged).
+//! `coffre items`, `points`, `stats`: human tables by default (sized to their content), `--json`
+//! for scripts. `points` shows when each point expires under its item's current policy (or, with
+//! `--deleted`, when each soft-deleted point is purged), and the tags and note of each point.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
 
+use super::{UsageError, table};
 use crate::maintenance::{Evaluated, evaluate};
 use crate::progress::human_bytes;
 use serde::Serialize;
 
 use super::browse::MountPaths;
 use crate::policy::RoleKind;
-use crate::vault::{ItemSource, PointRow, Vault, human_time, now_ns, timestamp};
+use crate::vault::{ItemSource, PointRow, Vault, check_tag, human_time, now_ns, timestamp};
 
 /// A point in `points --json` (times RFC 3339, UTC). The keys are the documented schema.
 #[derive(Serialize)]
@@ -34,6 +35,10 @@ struct PointJson<'a> {
     consistency: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     keep_until: Option<jiff::Timestamp>,
+    /// `backup --tag` labels (empty: none).
+    tags: &'a [String],
+    /// `backup --note` text.
+    note: Option<&'a str>,
 }
 
 impl<'a> PointJson<'a> {
@@ -53,6 +58,8 @@ impl<'a> PointJson<'a> {
             duration_ms: p.duration_ms,
             consistency: p.consistency.as_deref(),
             keep_until: p.keep_until.map(timestamp),
+            tags: &p.tags,
+            note: p.note.as_deref(),
         }
     }
 }
@@ -84,8 +91,22 @@ fn join_paths(p: &[std::path::PathBuf]) -> String {
         .join(", ")
 }
 
+/// An item's source in one line: the directory, the images, or the VM's config and disks.
+pub(super) fn source_line(source: Option<&ItemSource>) -> String {
+    match source {
+        Some(ItemSource::Files(f)) => f.path.display().to_string(),
+        Some(ItemSource::Disk(d)) => join_paths(&d.images),
+        Some(ItemSource::Vm(v)) => format!("{} + {}", v.config.display(), join_paths(&v.disks)),
+        None => "(unreadable definition)".into(),
+    }
+}
+
+/// The `items` table: every item (files, disk, vm) with its policy, points, last point and
+/// source; scripts are always shown (they run as whoever runs `coffre backup NAME`).
 pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
     let items = vault.items()?;
+    let points = vault.points(None)?;
+    let last = |name: &str| points.iter().rev().find(|p| p.item == name);
     if json {
         let mut out = Vec::new();
         for i in &items {
@@ -95,50 +116,92 @@ pub fn items(vault: &Vault, json: bool) -> Result<ExitCode> {
             for (phase, script) in i.source.iter().flat_map(|s| s.scripts()) {
                 v[format!("{phase}_script")] = script.into();
             }
+            v["points"] = points.iter().filter(|p| p.item == i.name).count().into();
+            // The same shape as `item show --json`: the point as `points --json` has it.
+            v["last_point"] = serde_json::to_value(last(&i.name))?;
             out.push(v);
         }
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let points = vault.points(None)?;
-    println!(
-        "{:<24} {:<6} {:<16} {:<12} {:>6}  source",
-        "ITEM", "KIND", "STATE", "POLICY", "POINTS"
+    let mut t = table::new(
+        &[
+            "ITEM",
+            "KIND",
+            "STATE",
+            "POLICY",
+            "POINTS",
+            "LAST POINT (UTC)",
+            "SOURCE",
+        ],
+        &[4],
     );
     for i in items {
         let n = points.iter().filter(|p| p.item == i.name).count();
-        let src = match &i.source {
-            Some(ItemSource::Files(f)) => f.path.display().to_string(),
-            Some(ItemSource::Disk(d)) => join_paths(&d.images),
-            Some(ItemSource::Vm(v)) => format!("{} + {}", v.config.display(), join_paths(&v.disks)),
-            None => "(unreadable definition)".into(),
-        };
-        println!(
-            "{:<24} {:<6} {:<16} {:<12} {:>6}  {}",
-            i.name,
-            i.kind.as_str(),
-            i.state.as_str(),
-            i.policy,
-            n,
-            src
-        );
-        // Scripts run as whoever runs `coffre backup NAME`: always show them.
+        let mut src = source_line(i.source.as_ref());
         for (phase, script) in i.source.iter().flat_map(|s| s.scripts()) {
-            println!("{:<24} {phase}-script: {script}", "");
+            src.push_str(&format!("\n{phase}-script: {script}"));
         }
+        let last = last(&i.name).map_or_else(
+            || "-".to_string(),
+            |p| format!("{} {}", human_time(p.time), p.id),
+        );
+        t.add_row(vec![
+            i.name,
+            i.kind.as_str().to_string(),
+            i.state.as_str().to_string(),
+            i.policy,
+            n.to_string(),
+            last,
+            src,
+        ]);
     }
+    table::print(&t);
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn points(vault: &Vault, item: Option<&str>, deleted: bool, json: bool) -> Result<ExitCode> {
+/// `points --tag`: each value a comma-separated list the point must all have; a point shows if
+/// it matches any value (restic's rule). Empty: every point.
+fn tag_filter(tags: &[String]) -> Result<Vec<Vec<String>>> {
+    tags.iter()
+        .map(|group| {
+            group
+                .split(',')
+                .map(|t| {
+                    check_tag(t).map_err(|e| UsageError(e.to_string()))?;
+                    Ok(t.to_string())
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn selected(p: &PointRow, filter: &[Vec<String>]) -> bool {
+    filter.is_empty() || filter.iter().any(|all| p.has_tags(all))
+}
+
+/// The TAGS and NOTE cells of a point.
+fn labels(p: &PointRow) -> [String; 2] {
+    [p.tags.join(","), p.note.clone().unwrap_or_default()]
+}
+
+pub fn points(
+    vault: &Vault,
+    item: Option<&str>,
+    deleted: bool,
+    tags: &[String],
+    json: bool,
+) -> Result<ExitCode> {
+    let filter = tag_filter(tags)?;
     let item = item.map(|n| vault.item(n)).transpose()?;
     if deleted {
-        return deleted_points(vault, item.as_ref(), json);
+        return deleted_points(vault, item.as_ref(), &filter, json);
     }
     let items: Vec<_> = item.into_iter().collect();
     let mut evaluated: Vec<Evaluated> = evaluate(vault, &items, now_ns())?
         .into_iter()
         .flat_map(|i| i.points)
+        .filter(|e| selected(&e.point, &filter))
         .collect();
     evaluated.sort_by_key(|e| (e.point.time, e.point.rowid));
     if json {
@@ -155,27 +218,44 @@ pub fn points(vault: &Vault, item: Option<&str>, deleted: bool, json: bool) -> R
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<8}  {:<20} {:<19} {:>9} {:>11} {:>11}  {:<19}  WHY",
-        "ID", "ITEM", "TIME", "FILES", "SIZE", "NEW STORED", "EXPIRES"
-    );
+    let labelled = evaluated
+        .iter()
+        .any(|e| !e.point.tags.is_empty() || e.point.note.is_some());
+    let mut header = vec![
+        "ID",
+        "ITEM",
+        "TIME",
+        "FILES",
+        "SIZE",
+        "NEW STORED",
+        "EXPIRES",
+        "WHY",
+    ];
+    if labelled {
+        header.extend(["TAGS", "NOTE"]);
+    }
+    let mut t = table::new(&header, &[3, 4, 5]);
     for e in evaluated {
         let p = &e.point;
         let expires = e
             .expires_ns()
             .map_or_else(|| "never".to_string(), human_time);
-        println!(
-            "{:<8}  {:<20} {:<19} {:>9} {:>11} {:>11}  {:<19}  {}",
-            p.id,
-            p.item,
+        let mut row = vec![
+            p.id.clone(),
+            p.item.clone(),
             human_time(p.time),
-            p.files,
+            p.files.to_string(),
             human_bytes(p.logical_bytes),
             human_bytes(p.stored_bytes),
             expires,
-            e.verdict.reason
-        );
+            e.verdict.reason.clone(),
+        ];
+        if labelled {
+            row.extend(labels(p));
+        }
+        t.add_row(row);
     }
+    table::print(&t);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -183,11 +263,13 @@ pub fn points(vault: &Vault, item: Option<&str>, deleted: bool, json: bool) -> R
 fn deleted_points(
     vault: &Vault,
     item: Option<&crate::vault::Item>,
+    filter: &[Vec<String>],
     json: bool,
 ) -> Result<ExitCode> {
     let settings = vault.settings()?;
-    let points = vault.deleted_points(item)?;
-    let purge_at = |p: &crate::vault::PointRow| p.deleted_at.map(|d| settings.purge_time(d));
+    let mut points = vault.deleted_points(item)?;
+    points.retain(|p| selected(p, filter));
+    let purge_at = |p: &PointRow| p.deleted_at.map(|d| settings.purge_time(d));
     if json {
         let paths = MountPaths::new(vault)?;
         let out: Vec<DeletedPointJson> = points
@@ -202,21 +284,25 @@ fn deleted_points(
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<8}  {:<20} {:<19}  {:<19}  {:<15}  PURGE",
-        "ID", "ITEM", "TIME", "DELETED", "BY"
+    let mut t = table::new(
+        &[
+            "ID", "ITEM", "TIME", "DELETED", "BY", "PURGE", "TAGS", "NOTE",
+        ],
+        &[],
     );
     for p in &points {
-        println!(
-            "{:<8}  {:<20} {:<19}  {:<19}  {:<15}  {}",
-            p.id,
-            p.item,
+        let mut row = vec![
+            p.id.clone(),
+            p.item.clone(),
             human_time(p.time),
             p.deleted_at.map_or_else(|| "-".into(), human_time),
-            p.deleted_by.as_deref().unwrap_or("-"),
+            p.deleted_by.clone().unwrap_or_else(|| "-".into()),
             purge_at(p).map_or_else(|| "-".into(), human_time),
-        );
+        ];
+        row.extend(labels(p));
+        t.add_row(row);
     }
+    table::print(&t);
     Ok(ExitCode::SUCCESS)
 }
 

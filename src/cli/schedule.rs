@@ -28,9 +28,16 @@ pub fn show(cli: &Cli, args: &ScheduleArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&plan.entries)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<20} {:<12} {:<24} {:<19}  {:<19}  DUE",
-        "ITEM", "POLICY", "SCHEDULE", "LAST POINT", "NEXT SLOT"
+    let mut t = super::table::new(
+        &[
+            "ITEM",
+            "POLICY",
+            "SCHEDULE",
+            "LAST POINT",
+            "NEXT SLOT",
+            "DUE",
+        ],
+        &[],
     );
     for e in &plan.entries {
         let due = match (e.due, e.state) {
@@ -39,15 +46,16 @@ pub fn show(cli: &Cli, args: &ScheduleArgs) -> Result<ExitCode> {
             (false, ItemState::Protected) => "no".to_string(),
             (false, state) => format!("no ({state})"),
         };
-        println!(
-            "{:<20} {:<12} {:<24} {:<19}  {:<19}  {due}",
-            e.item,
-            e.policy,
+        t.add_row(vec![
+            e.item.clone(),
+            e.policy.clone(),
             format!("{} {}", e.schedule, e.zone),
             time_or_dash(e.last_point),
             time_or_dash(e.next_slot),
-        );
+            due,
+        ]);
     }
+    super::table::print(&t);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -58,6 +66,7 @@ pub fn run_due(cli: &Cli, run: &RunArgs) -> Result<ExitCode> {
     let opts = RunOptions {
         threads: run.threads,
         progress: !cli.quiet && !run.json,
+        labels: run.labels()?,
         ..RunOptions::default()
     };
     let mut json_out = Vec::new();

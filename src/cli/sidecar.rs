@@ -125,8 +125,9 @@ fn open(cli: &Sidecar) -> Result<Vault> {
         .clone()
         .or_else(Vault::default_path)
         .context("no vault given: pass --vault DIR or set COFFRE_VAULT")?;
-    let vault = Vault::open(&path)?;
+    let mut vault = Vault::open(&path)?;
     super::warn_if_exposed(&vault);
+    vault.set_lock_wait(super::lock_wait(None));
     Ok(vault)
 }
 

@@ -1037,7 +1037,7 @@ mod tests {
         let def = ItemSource::Files(FilesSource {
             path: src.clone(),
             excludes: vec![],
-            one_file_system: false,
+            ..Default::default()
         });
         let opts = RunOptions::default();
         backup_item(

@@ -21,7 +21,7 @@ use super::{VaultError, VaultResult};
 use crate::policy::{Policy, Zone};
 
 /// The schema version this build writes. Older catalogs are migrated; newer ones are refused.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Migrations from version N-1 to N, in order (index 0 migrates 1 -> 2).
 const MIGRATIONS: &[&str] = &[
@@ -69,6 +69,10 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE trees ADD COLUMN doomed INTEGER;
      ALTER TABLE lists ADD COLUMN doomed INTEGER;
      CREATE INDEX chunks_pack ON chunks(pack);",
+    // 6: labels users attach to points (issue 12): `backup --tag` (a JSON array of strings;
+    // NULL: none) and `backup --note` (free text).
+    "ALTER TABLE points ADD COLUMN tags TEXT;
+     ALTER TABLE points ADD COLUMN note TEXT;",
 ];
 
 /// Rows a migration adds that SQL alone cannot compute, in the migration's transaction.
@@ -179,6 +183,29 @@ pub struct PointRow {
     /// What soft-deleted it: `forget`, `prune` or `stop-protection`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub deleted_by: Option<String>,
+    /// `backup --tag`, in the order given (none: empty).
+    pub tags: Vec<String>,
+    /// `backup --note`.
+    pub note: Option<String>,
+}
+
+impl PointRow {
+    /// True if the point has every tag of `all`.
+    pub fn has_tags(&self, all: &[String]) -> bool {
+        all.iter().all(|t| self.tags.contains(t))
+    }
+}
+
+/// Tags as stored: a JSON array, NULL for none.
+fn tags_json(tags: &[String]) -> Option<String> {
+    (!tags.is_empty()).then(|| serde_json::to_string(tags).unwrap_or_default())
+}
+
+/// Tags as read; a value this build cannot parse reads as no tags.
+fn tags_from(stored: Option<String>) -> Vec<String> {
+    stored
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default()
 }
 
 /// Where a chunk's bytes are.
@@ -549,6 +576,38 @@ impl Catalog {
         Ok(())
     }
 
+    /// Renames an item (its points follow: they name it by id).
+    pub fn rename_item(&self, item: i64, new_name: &str) -> VaultResult<()> {
+        self.conn.execute(
+            "UPDATE items SET name=?2 WHERE id=?1",
+            params![item, new_name],
+        )?;
+        // A rename changes no point: readers (a mount) see it through this counter.
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('items_seq', '1')
+             ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            [],
+        )?;
+        Ok(())
+    }
+
+    /// Removes an item's row if no point (live or soft-deleted) names it; returns 1 if it went.
+    pub fn delete_item_without_points(&self, item: i64) -> VaultResult<usize> {
+        Ok(self.conn.execute(
+            "DELETE FROM items WHERE id=?1 AND NOT EXISTS (SELECT 1 FROM points WHERE item=?1)",
+            [item],
+        )?)
+    }
+
+    /// Removes the rows of removed items whose last point was purged; returns how many went.
+    pub fn delete_removed_items_without_points(&self) -> VaultResult<usize> {
+        Ok(self.conn.execute(
+            "DELETE FROM items WHERE state='removed'
+                AND NOT EXISTS (SELECT 1 FROM points WHERE item=items.id)",
+            [],
+        )?)
+    }
+
     pub fn item_name(&self, id: i64) -> VaultResult<Option<String>> {
         Ok(self
             .conn
@@ -662,7 +721,7 @@ impl Catalog {
 
     const POINT_COLS: &'static str = "p.id, p.pid, i.name, p.time, p.root, p.files, p.dirs, \
         p.logical_bytes, p.new_chunks, p.new_bytes, p.stored_bytes, p.warnings, p.duration_ms, \
-        p.consistency, p.started, p.keep_until, p.deleted_at, p.deleted_by";
+        p.consistency, p.started, p.keep_until, p.deleted_at, p.deleted_by, p.tags, p.note";
 
     fn row_point(r: &rusqlite::Row) -> rusqlite::Result<PointRow> {
         Ok(PointRow {
@@ -684,6 +743,8 @@ impl Catalog {
             keep_until: r.get(15)?,
             deleted_at: r.get(16)?,
             deleted_by: r.get(17)?,
+            tags: tags_from(r.get(18)?),
+            note: r.get(19)?,
         })
     }
 
@@ -712,10 +773,13 @@ impl Catalog {
     }
 
     /// A cheap fingerprint of the points (live and soft-deleted) and items, to notice additions,
-    /// soft deletes, undeletes and purges.
+    /// soft deletes, undeletes, purges and item renames (`items_seq`, bumped by each rename).
     pub fn points_signature(&self) -> VaultResult<(i64, i64, i64)> {
         Ok(self.conn.query_row(
-            "SELECT count(*) + ((SELECT count(*) FROM items) << 32), coalesce(max(id), 0),
+            "SELECT count(*) + ((SELECT count(*) FROM items) << 32)
+                    + (coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'items_seq'), 0)
+                       << 48),
+                    coalesce(max(id), 0),
                     coalesce(sum(CASE WHEN deleted_at IS NULL THEN id ELSE -id END), 0)
              FROM points",
             [],
@@ -726,8 +790,9 @@ impl Catalog {
     pub fn insert_point(&self, item: i64, p: &PointRow) -> VaultResult<()> {
         self.conn.execute(
             "INSERT INTO points(pid, item, time, root, files, dirs, logical_bytes, new_chunks,
-                new_bytes, stored_bytes, warnings, duration_ms, consistency, started, keep_until)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                new_bytes, stored_bytes, warnings, duration_ms, consistency, started, keep_until,
+                tags, note)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 p.id,
                 item,
@@ -743,7 +808,9 @@ impl Catalog {
                 p.duration_ms,
                 p.consistency,
                 p.started,
-                p.keep_until
+                p.keep_until,
+                tags_json(&p.tags),
+                p.note
             ],
         )?;
         Ok(())
@@ -1331,5 +1398,55 @@ mod tests {
             c.create_item("y", ItemKind::Files, &src, 0, Some("nope")),
             Err(VaultError::PolicyNotFound(_))
         ));
+    }
+
+    #[test]
+    fn a_schema_5_catalog_migrates_to_point_tags_and_notes() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("vault.db");
+        {
+            // A catalog as coffre wrote it before schema 6: an item and two points.
+            let c = Connection::open(&db).unwrap();
+            c.execute_batch(SCHEMA_V1).unwrap();
+            for (i, m) in MIGRATIONS[..4].iter().enumerate() {
+                c.execute_batch(m).unwrap();
+                seed(&c, i as i64 + 2).unwrap();
+            }
+            c.execute("INSERT INTO meta VALUES ('format', ?1)", [FORMAT_NAME])
+                .unwrap();
+            c.execute_batch(
+                "INSERT INTO items(id, name, kind, source, created, policy)
+                    VALUES (1, 'home', 'files', '{\"path\":\"/home\"}', 0, 1);
+                 INSERT INTO points(pid, item, time, root, files, dirs, logical_bytes, new_chunks,
+                    new_bytes, stored_bytes, warnings, duration_ms, keep_until)
+                    VALUES ('aaaaaaaa', 1, 10, x'', 0, 0, 0, 0, 0, 0, 0, 0, 99),
+                           ('bbbbbbbb', 1, 20, x'', 0, 0, 0, 0, 0, 0, 0, 0, NULL);
+                 PRAGMA user_version = 5;",
+            )
+            .unwrap();
+        }
+        let c = Catalog::open(&db).unwrap();
+        let v: i64 = c
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        // Old points have no tags and no note, and keep everything else.
+        let old = c.points(None).unwrap();
+        assert_eq!(old.len(), 2);
+        assert!(old.iter().all(|p| p.tags.is_empty() && p.note.is_none()));
+        assert_eq!(old[0].keep_until, Some(99));
+        // A new point keeps its tags (in order) and note.
+        let mut p = old[1].clone();
+        p.id = "cccccccc".into();
+        p.time = 30;
+        p.tags = vec!["weekly".into(), "pre-upgrade".into()];
+        p.note = Some("before the kernel upgrade".into());
+        c.insert_point(1, &p).unwrap();
+        let new = c.points(None).unwrap().pop().unwrap();
+        assert_eq!(new.tags, p.tags);
+        assert_eq!(new.note, p.note);
+        assert!(new.has_tags(&["pre-upgrade".into()]));
+        assert!(!new.has_tags(&["pre-upgrade".into(), "daily".into()]));
     }
 }

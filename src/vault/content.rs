@@ -526,6 +526,7 @@ mod tests {
                 warnings: 0,
                 consistency: None,
                 keep_until: None,
+                labels: Default::default(),
             })
             .unwrap();
         assert_eq!(point.new_chunks, 3);

@@ -11,7 +11,8 @@
 
 use super::catalog::{Catalog, PointRow};
 use super::model::{
-    DEFAULT_POLICY, Deletion, Immutability, Item, VaultSettings, check_policy_name,
+    DEFAULT_POLICY, Deletion, Immutability, Item, ItemState, VaultSettings, check_item_name,
+    check_policy_name,
 };
 use super::{Vault, VaultError, VaultResult, WriteLock, now_ns};
 use crate::policy::Policy;
@@ -225,6 +226,56 @@ impl Vault {
     }
 }
 
+/// What became of an item `Vault::remove_item` removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ItemRemoval {
+    /// Its row is gone: no point named it any more.
+    Gone,
+    /// Marked `removed`: its row goes with the purge of its last (soft-deleted) point.
+    Pending,
+}
+
+impl Vault {
+    /// Renames an item; its points, files cache and policy follow it (they name it by id).
+    pub fn rename_item(&self, _lock: &WriteLock, name: &str, new_name: &str) -> VaultResult<Item> {
+        check_item_name(new_name)?;
+        self.transaction(|c| {
+            let item = c
+                .item(name)?
+                .ok_or_else(|| VaultError::ItemNotFound(name.to_string()))?;
+            if c.item(new_name)?.is_some() {
+                return Err(VaultError::ItemExists(new_name.to_string()));
+            }
+            c.rename_item(item.id, new_name)?;
+            c.item(new_name)?
+                .ok_or_else(|| VaultError::ItemNotFound(new_name.to_string()))
+        })
+    }
+
+    /// Applies `changes` (deleting the item's points) and removes item `name` in one
+    /// transaction: its row goes if no point names it any more, else it is marked `removed`
+    /// and goes when its last point is purged.
+    pub fn remove_item(
+        &self,
+        _lock: &WriteLock,
+        name: &str,
+        changes: &PointChanges,
+    ) -> VaultResult<(ItemRemoval, AppliedChanges)> {
+        self.transaction(|c| {
+            let mut item = c
+                .item(name)?
+                .ok_or_else(|| VaultError::ItemNotFound(name.to_string()))?;
+            let done = apply(c, changes)?;
+            if c.delete_item_without_points(item.id)? == 1 {
+                return Ok((ItemRemoval::Gone, done));
+            }
+            item.state = ItemState::Removed;
+            c.update_item(&item)?;
+            Ok((ItemRemoval::Pending, done))
+        })
+    }
+}
+
 fn apply(c: &Catalog, changes: &PointChanges) -> VaultResult<AppliedChanges> {
     let mut done = AppliedChanges::default();
     for &rowid in &changes.soft_delete {
@@ -232,6 +283,10 @@ fn apply(c: &Catalog, changes: &PointChanges) -> VaultResult<AppliedChanges> {
     }
     for &rowid in &changes.purge {
         done.purged += c.purge_point(rowid)?;
+    }
+    if done.purged > 0 {
+        // A removed item goes with its last point.
+        c.delete_removed_items_without_points()?;
     }
     for &(rowid, keep_until) in &changes.undelete {
         done.undeleted += c.undelete_point(rowid, keep_until)?;

@@ -9,13 +9,18 @@
 //! reader that started before may still ask for it. A lease whose flock can be taken exclusively
 //! belongs to a dead process and is stale. A reader that cannot write the vault (read-only
 //! media, where no gc can run either; a full disk; another user's vault) reads without a lease.
+//! The writer records who it is in `VAULT/lock` (pid, start time, command line) once it holds the
+//! lock, so a second writer can say whom it waits for; it waits as `LockWait` says (at once,
+//! up to a limit, or as long as it takes) and never silently: `on_wait` is called first.
 //! Crash story: locks die with their process; a stale lease file is ignored and removed by the
-//! next garbage collection.
+//! next garbage collection; a dead holder's record is ignored (its pid is gone, and the lock is
+//! free anyway).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::{VaultError, VaultResult, io_err, random_hex};
 
@@ -40,24 +45,150 @@ fn flock(f: &File, op: libc::c_int) -> std::io::Result<bool> {
     }
 }
 
-/// Takes the writer lock of the vault at `root`, waiting for it unless `wait` is false.
-pub(super) fn write_lock(root: &Path, wait: bool) -> VaultResult<WriteLock> {
+/// Who holds the writer lock, as the holder recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockHolder {
+    pub pid: u32,
+    /// Its command line (`coffre backup home`).
+    pub command: String,
+    /// When it took the lock (ns since the epoch).
+    pub since: i64,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PID {} ({}) since {} UTC",
+            self.pid,
+            self.command,
+            super::human_time(self.since)
+        )
+    }
+}
+
+/// How long a writer waits for the lock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LockWait {
+    /// `None`: as long as it takes; `Some(ZERO)`: fail at once.
+    pub limit: Option<Duration>,
+    /// Called once, before waiting, when the lock is held (the CLI prints whom it waits for).
+    pub on_wait: Option<fn(Option<&LockHolder>)>,
+}
+
+/// A wait as a user typed it: `30s`, `5m`, `2h`, `1.5s`.
+pub(super) fn shown_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s, d.subsec_nanos()) {
+        (s, 0) if s > 0 && s % 3600 == 0 => format!("{}h", s / 3600),
+        (s, 0) if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        (s, 0) => format!("{s}s"),
+        _ => format!("{:.3}s", d.as_secs_f64()),
+    }
+}
+
+/// How often a bounded wait tries the lock again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// The holder's record in `VAULT/lock`, if it is readable and its process alive.
+fn read_holder(path: &Path) -> Option<LockHolder> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    let pid: u32 = lines.next()?.parse().ok()?;
+    let since: i64 = lines.next()?.parse().ok()?;
+    let command = lines.next()?.to_string();
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    alive.then_some(LockHolder {
+        pid,
+        command,
+        since,
+    })
+}
+
+/// This process's command line, for the lock record (one line, at most 200 characters).
+fn command_line() -> String {
+    let mut args = std::env::args();
+    let prog = args
+        .next()
+        .map(|a| a.rsplit('/').next().unwrap_or(&a).to_string())
+        .unwrap_or_default();
+    let line: String = std::iter::once(prog)
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    line
+}
+
+/// Records this process as the holder (best effort: the lock works without the record).
+fn record_holder(f: &File) {
+    let text = format!(
+        "{}\n{}\n{}\n",
+        std::process::id(),
+        super::now_ns(),
+        command_line()
+    );
+    if let Err(e) = f
+        .set_len(0)
+        .and_then(|_| f.write_all_at(text.as_bytes(), 0))
+    {
+        log::debug!("cannot record the lock holder: {e}");
+    }
+}
+
+/// Takes the writer lock of the vault at `root`, waiting as `wait` says.
+pub(super) fn write_lock(root: &Path, wait: &LockWait) -> VaultResult<WriteLock> {
     let path = root.join("lock");
     let f = File::options()
         .create(true)
         .truncate(false)
+        .read(true)
         .write(true)
         .mode(0o600)
         .open(&path)
         .map_err(io_err(&path))?;
-    let op = if wait {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_EX | libc::LOCK_NB
-    };
-    if !flock(&f, op).map_err(io_err(&path))? {
-        return Err(VaultError::Locked(root.to_path_buf()));
+    let try_lock = |f: &File| flock(f, libc::LOCK_EX | libc::LOCK_NB).map_err(io_err(&path));
+    if !try_lock(&f)? {
+        let holder = read_holder(&path);
+        let shown = holder.as_ref().map_or_else(
+            || "another writer".to_string(),
+            |h| format!("another writer, {h}"),
+        );
+        if wait.limit == Some(Duration::ZERO) {
+            return Err(VaultError::Locked {
+                path: root.to_path_buf(),
+                holder: shown,
+            });
+        }
+        if let Some(notify) = wait.on_wait {
+            notify(holder.as_ref());
+        }
+        match wait.limit {
+            None => {
+                flock(&f, libc::LOCK_EX).map_err(io_err(&path))?;
+            }
+            Some(limit) => {
+                let deadline = Instant::now() + limit;
+                while !try_lock(&f)? {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(VaultError::LockTimeout {
+                            path: root.to_path_buf(),
+                            holder: shown,
+                            waited: limit,
+                        });
+                    }
+                    std::thread::sleep(left.min(POLL));
+                }
+            }
+        }
     }
+    record_holder(&f);
     Ok(WriteLock { _file: f })
 }
 
@@ -264,12 +395,34 @@ mod tests {
     #[test]
     fn a_second_writer_waits_or_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let l = write_lock(dir.path(), false).unwrap();
+        let now = LockWait {
+            limit: Some(Duration::ZERO),
+            on_wait: None,
+        };
+        let l = write_lock(dir.path(), &now).unwrap();
+        // The holder recorded itself; a second writer names it.
+        let me = read_holder(&dir.path().join("lock")).expect("holder record");
+        assert_eq!(me.pid, std::process::id());
+        match write_lock(dir.path(), &now) {
+            Err(VaultError::Locked { holder, .. }) => {
+                assert!(holder.contains(&format!("PID {}", me.pid)), "{holder}")
+            }
+            other => panic!("not refused: {:?}", other.map(|_| ())),
+        }
+        // A bounded wait gives up after its limit, having said whom it waited for.
+        static TOLD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let bounded = LockWait {
+            limit: Some(Duration::from_millis(120)),
+            on_wait: Some(|h| TOLD.store(h.is_some(), std::sync::atomic::Ordering::SeqCst)),
+        };
+        let t = Instant::now();
         assert!(matches!(
-            write_lock(dir.path(), false),
-            Err(VaultError::Locked(_))
+            write_lock(dir.path(), &bounded),
+            Err(VaultError::LockTimeout { .. })
         ));
+        assert!(t.elapsed() >= Duration::from_millis(120));
+        assert!(TOLD.load(std::sync::atomic::Ordering::SeqCst));
         drop(l);
-        assert!(write_lock(dir.path(), false).is_ok());
+        assert!(write_lock(dir.path(), &now).is_ok());
     }
 }

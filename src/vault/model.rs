@@ -51,6 +51,10 @@ pub enum ItemState {
     /// Restored in place: backups wait for `coffre-restore reprotect`.
     #[serde(rename = "needs-reprotect")]
     NeedsReprotect,
+    /// `coffre item rm --forget-points`: no backups, its points soft-deleted; the item row goes
+    /// with its last point (`resume-protection` takes it back before that).
+    #[serde(rename = "removed")]
+    Removed,
 }
 
 impl ItemState {
@@ -59,6 +63,7 @@ impl ItemState {
             ItemState::Protected => "protected",
             ItemState::Stopped => "stopped",
             ItemState::NeedsReprotect => "needs-reprotect",
+            ItemState::Removed => "removed",
         }
     }
     pub fn parse(s: &str) -> Option<ItemState> {
@@ -66,6 +71,7 @@ impl ItemState {
             "protected" => Some(ItemState::Protected),
             "stopped" => Some(ItemState::Stopped),
             "needs-reprotect" => Some(ItemState::NeedsReprotect),
+            "removed" => Some(ItemState::Removed),
             _ => None,
         }
     }
@@ -77,14 +83,36 @@ impl std::fmt::Display for ItemState {
     }
 }
 
-/// A directory tree and how to walk it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A directory tree and how to walk it. The exclude options added after the first vaults are
+/// stored only when set, so an older definition reads and writes back unchanged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FilesSource {
     pub path: PathBuf,
+    /// gitignore-style patterns (`--exclude`), matched case-sensitively.
     #[serde(default)]
     pub excludes: Vec<String>,
     #[serde(default)]
     pub one_file_system: bool,
+    /// As `excludes`, matched ignoring case (`--iexclude`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub iexcludes: Vec<String>,
+    /// Files of patterns (`--exclude-file`), read again at every backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_files: Vec<PathBuf>,
+    /// Leave out the contents of directories holding a valid `CACHEDIR.TAG` (`--exclude-caches`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub exclude_caches: bool,
+    /// Leave out the contents of directories holding a file of one of these names
+    /// (`--exclude-if-present`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out files larger than this many bytes (`--exclude-larger-than`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude_larger_than: Option<u64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Raw images or block devices, backed up together as one point.
@@ -334,6 +362,35 @@ pub enum Deletion {
     Prune,
     /// `coffre stop-protection --delete-data`.
     StopProtection,
+}
+
+/// Why a point tag is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid tag {0:?}: use 1 to 100 characters, without spaces, commas or control characters")]
+pub struct BadTag(pub String);
+
+/// Tags name points in `backup --tag` and `points --tag`, where a comma separates tags.
+pub fn check_tag(tag: &str) -> Result<(), BadTag> {
+    let ok = !tag.is_empty()
+        && tag.chars().count() <= 100
+        && !tag
+            .chars()
+            .any(|c| c == ',' || c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(())
+    } else {
+        Err(BadTag(tag.to_string()))
+    }
+}
+
+/// The longest note a point keeps (`backup --note`), in bytes.
+pub const MAX_NOTE_BYTES: usize = 4096;
+
+/// What a user attaches to a new point: tags (`backup --tag`) and a free-text note.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PointLabels {
+    pub tags: Vec<String>,
+    pub note: Option<String>,
 }
 
 impl Deletion {

@@ -215,6 +215,8 @@ mod tests {
             keep_until: None,
             deleted_at: None,
             deleted_by: None,
+            tags: Vec::new(),
+            note: None,
         }
     }
 

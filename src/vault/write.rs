@@ -69,6 +69,8 @@ pub struct NewPoint {
     pub consistency: Option<String>,
     /// `backup --keep-until`: keep the point at least until then (ns), whatever its policy says.
     pub keep_until: Option<i64>,
+    /// `backup --tag` and `--note`.
+    pub labels: super::model::PointLabels,
 }
 
 /// What a committed session added.
@@ -364,6 +366,8 @@ impl WriteSession<'_> {
                 keep_until: p.keep_until,
                 deleted_at: None,
                 deleted_by: None,
+                tags: p.labels.tags,
+                note: p.labels.note,
             };
             c.insert_point(p.item, &point)?;
             Ok((point, catalog_bytes))
@@ -866,7 +870,7 @@ mod tests {
         ItemSource::Files(FilesSource {
             path: "/src".into(),
             excludes: vec![],
-            one_file_system: false,
+            ..Default::default()
         })
     }
 
@@ -884,6 +888,7 @@ mod tests {
             warnings: 0,
             consistency: None,
             keep_until: None,
+            labels: Default::default(),
         }
     }
 
