@@ -291,6 +291,68 @@ pub const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
             "Keep deleted points recoverable for 30 days.",
         )],
     ),
+    (
+        "ls",
+        &[(
+            "coffre ls -l home@latest docs",
+            "List docs/ of the newest point, like ls -l (restic ls).",
+        )],
+    ),
+    (
+        "find",
+        &[(
+            "coffre find '*.pdf' home",
+            "Every PDF in every point of home, newest point first.",
+        )],
+    ),
+    (
+        "diff",
+        &[(
+            "coffre diff home@3fa2c1d0 @latest",
+            "What changed since an older point (restic diff).",
+        )],
+    ),
+    (
+        "dump",
+        &[
+            (
+                "coffre dump home docs/a.txt > a.txt",
+                "One file of the newest point.",
+            ),
+            (
+                "coffre dump home@latest / | tar -tv",
+                "A whole point as a tar stream.",
+            ),
+        ],
+    ),
+    (
+        "item rm",
+        &[(
+            "coffre item rm old-laptop --forget-points",
+            "Remove an item and soft-delete its points.",
+        )],
+    ),
+    (
+        "verify",
+        &[(
+            "coffre verify --max-duration 1h",
+            "Read back the packs verified longest ago for an hour; the next run continues.",
+        )],
+    ),
+    (
+        "check",
+        &[(
+            "coffre check",
+            "Check the catalog in seconds (no data is read).",
+        )],
+    ),
+    (
+        "gc",
+        &[(
+            "coffre gc --dry-run",
+            "Show what a garbage collection would reclaim.",
+        )],
+    ),
 ];
 
 /// Examples of the sidecar.
@@ -467,5 +529,40 @@ mod tests {
         let side = crate::cli::sidecar::command();
         check(&side, SIDECAR_DETAILS.iter().map(|d| d.0).collect());
         check(&side, SIDECAR_EXAMPLES.iter().map(|d| d.0).collect());
+    }
+
+    /// Every example parses: its first command (up to a pipe, `&&` or a redirection), split as
+    /// a shell would for these simple lines (single quotes group words).
+    #[test]
+    fn examples_parse() {
+        let words = |line: &str| -> Vec<String> {
+            let mut out = Vec::new();
+            for (i, part) in line.split('\'').enumerate() {
+                match i % 2 {
+                    0 => out.extend(part.split_whitespace().map(str::to_string)),
+                    _ => out.push(part.to_string()),
+                }
+            }
+            let end = out
+                .iter()
+                .position(|w| ["|", "&&", ">", "<"].contains(&w.as_str()))
+                .unwrap_or(out.len());
+            out.truncate(end);
+            out
+        };
+        let books = [
+            (crate::cli::command(), EXAMPLES),
+            (crate::cli::sidecar::command(), SIDECAR_EXAMPLES),
+        ];
+        for (cmd, examples) in books {
+            for (_, lines) in examples {
+                for (line, _) in *lines {
+                    let args = words(line);
+                    if let Err(e) = cmd.clone().try_get_matches_from(&args) {
+                        panic!("example {line:?} does not parse: {e}");
+                    }
+                }
+            }
+        }
     }
 }
