@@ -286,14 +286,7 @@ fn deleted_points(
     }
     let mut t = table::new(
         &[
-            "ID",
-            "ITEM",
-            "TIME",
-            "DELETED",
-            "BY",
-            "PURGE",
-            "TAGS",
-            "NOTE",
+            "ID", "ITEM", "TIME", "DELETED", "BY", "PURGE", "TAGS", "NOTE",
         ],
         &[],
     );
