@@ -91,6 +91,8 @@ if have_tree:
         line("g. floor (read + decompress all packs, all cores): wall s", "g-floor", "wall_s", ratio=False)
         line("h. reclaim after forgetting half the points: wall s", "h", "wall_s")
         line("h. MB reclaimed", "h", "bytes", mbcell)
+        line("h2. reclaim after forgetting all but the newest: wall s", "h2", "wall_s")
+        line("h2. MB reclaimed", "h2", "bytes", mbcell)
         line("h. verify after reclaiming: wall s", "h-verify", "wall_s")
 cat = vals("coffre", "b-catalog", "bytes")
 if cat:
@@ -127,11 +129,14 @@ if "coffre" in tools and "restic" in tools and med("coffre", "a", "wall_s") is n
         fl = med("coffre", "g-floor", "wall_s")
         if fl:
             chk("verify within 1.5× of the read+decompress floor", g / fl <= 1.5, f"{g / fl:.2f}×")
-        h, rh = med("coffre", "h", "wall_s"), med("restic", "h", "wall_s")
-        if h and rh:
-            chk("gc ≥ 3× faster than restic prune", rh / h >= 3, f"{rh / h:.1f}× faster")
-            cb, rb = med("coffre", "h", "bytes"), med("restic", "h", "bytes")
-            chk("gc reclaims at least as much as restic prune", cb >= rb, f"{mb(cb)} MB vs {mb(rb)} MB")
+        for step, what in (("h", "half the points"), ("h2", "all but the newest")):
+            h, rh = med("coffre", step, "wall_s"), med("restic", step, "wall_s")
+            if h and rh:
+                chk(f"gc after forgetting {what} >= 3x faster than restic prune", rh / h >= 3,
+                    f"{rh / h:.1f}x faster")
+                cb, rb = med("coffre", step, "bytes"), med("restic", step, "bytes")
+                chk(f"gc after forgetting {what} reclaims at least as much as restic prune",
+                    cb >= rb, f"{mb(cb)} MB vs {mb(rb)} MB")
     peak = max(max(vals("coffre", s, "rss_mib") or [0]) for s in "abcf")
     chk("peak RSS ≤ 100 MiB", peak <= 100, f"{peak:.0f} MiB")
     p("\n".join(checks))

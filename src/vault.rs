@@ -57,7 +57,7 @@ pub use names::{
 pub use reach::{Broken, Reach};
 pub use reader::VaultReader;
 pub use rebuild::RebuildReport;
-pub use verify::{BadChunk, CatalogCheck, PackJob, VerifyState};
+pub use verify::{BadChunk, CatalogCheck, PackJob, PackVerifier, VerifyState};
 pub use write::{ChunkSink, Committed, NewPoint, SessionOptions, SinkMode, WriteSession};
 
 use catalog::{Catalog, CatalogPool};

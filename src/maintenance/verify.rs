@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::vault::{
-    BadChunk, CatalogCheck, ChunkId, Content, Entry, Extent, ListId, PackJob, PointRow, TreeId,
-    Vault, VaultReader, VaultResult, VerifyState, point_dir_names,
+    BadChunk, CatalogCheck, ChunkId, Content, Entry, Extent, ListId, PackJob, PackVerifier,
+    PointRow, TreeId, Vault, VaultError, VaultReader, VaultResult, VerifyState, point_dir_names,
 };
 
 /// How a verification runs.
@@ -99,20 +99,35 @@ pub fn verify(
 ) -> VaultResult<VerifyReport> {
     let started = Instant::now();
     let _lease = vault.lease()?;
-    let all = points.is_none();
-    let (check, reach, points) = vault.check_catalog(points.as_deref())?;
-    let mut jobs = vault.verify_jobs((!all).then_some(&reach.chunks))?;
-    let total = jobs.len() as u64;
-    if let Some(pct) = opts.sample {
-        sample(&mut jobs, pct);
-    }
-    let mut report = VerifyReport {
-        check,
-        packs_total: total,
-        ..VerifyReport::default()
+    let mut report = VerifyReport::default();
+    let (reach, points) = match points {
+        // Every point: the data half needs nothing from the catalog half, so they run at once.
+        None => {
+            let jobs = chosen_jobs(vault, None, opts, &mut report)?;
+            let verifier = vault.pack_verifier();
+            let root = vault.root().to_path_buf();
+            let (checked, data) = std::thread::scope(|s| {
+                let data = s.spawn(|| run_jobs(&root, &verifier, &jobs, opts, started, progress));
+                let checked = vault.check_catalog(None);
+                (checked, data.join())
+            });
+            let (check, reach, points) = checked?;
+            report.check = check;
+            let data =
+                data.map_err(|_| VaultError::Threads("a verification thread panicked".into()))?;
+            data?.apply(&mut report);
+            (reach, points)
+        }
+        Some(points) => {
+            let (check, reach, points) = vault.check_catalog(Some(&points))?;
+            report.check = check;
+            let jobs = chosen_jobs(vault, Some(&reach.chunks), opts, &mut report)?;
+            let verifier = vault.pack_verifier();
+            run_jobs(vault.root(), &verifier, &jobs, opts, started, progress)?.apply(&mut report);
+            (reach, points)
+        }
     };
-    run_jobs(vault, &jobs, opts, started, progress, &mut report)?;
-    report.packs_left = total - report.packs_verified;
+    report.packs_left = report.packs_total - report.packs_verified;
     let (needed, unreferenced) = std::mem::take(&mut report.damaged_chunks)
         .into_iter()
         .partition(|b| parse_id(&b.id).is_some_and(|id| reach.chunks.contains(&id)));
@@ -136,6 +151,40 @@ pub fn verify(
     Ok(report)
 }
 
+/// The packs to read (all holding a chunk of `only`, or every pack), sampled if asked.
+fn chosen_jobs(
+    vault: &Vault,
+    only: Option<&HashSet<ChunkId>>,
+    opts: &VerifyOptions,
+    report: &mut VerifyReport,
+) -> VaultResult<Vec<PackJob>> {
+    let mut jobs = vault.verify_jobs(only)?;
+    report.packs_total = jobs.len() as u64;
+    if let Some(pct) = opts.sample {
+        sample(&mut jobs, pct);
+    }
+    Ok(jobs)
+}
+
+/// What the data half found.
+struct DataHalf {
+    packs: u64,
+    read: u64,
+    chunks: u64,
+    bad: Vec<BadChunk>,
+    stopped: bool,
+}
+
+impl DataHalf {
+    fn apply(self, report: &mut VerifyReport) {
+        report.packs_verified = self.packs;
+        report.bytes_read = self.read;
+        report.chunks_verified = self.chunks;
+        report.damaged_chunks = self.bad;
+        report.stopped_in_time = self.stopped;
+    }
+}
+
 /// Keeps a random `pct` % of the jobs (at least one), in their order.
 fn sample(jobs: &mut Vec<PackJob>, pct: f64) {
     let keep = ((jobs.len() as f64 * pct / 100.0).ceil() as usize).clamp(1, jobs.len().max(1));
@@ -151,21 +200,20 @@ fn sample(jobs: &mut Vec<PackJob>, pct: f64) {
 
 /// Reads the jobs on all cores, oldest verification first; records each pack's time as it ends.
 fn run_jobs(
-    vault: &Vault,
+    root: &std::path::Path,
+    verifier: &PackVerifier,
     jobs: &[PackJob],
     opts: &VerifyOptions,
     started: Instant,
     progress: &dyn VerifyProgress,
-    report: &mut VerifyReport,
-) -> VaultResult<()> {
+) -> VaultResult<DataHalf> {
     progress.start(jobs.len() as u64, jobs.iter().map(|j| j.size).sum());
-    let state = Mutex::new(VerifyState::open(vault.root())?);
+    let state = Mutex::new(VerifyState::open(root)?);
     let next = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let out = Mutex::new((0u64, 0u64, 0u64, Vec::<BadChunk>::new(), None));
     let threads = crate::threads::count(opts.threads, 1).min(jobs.len().max(1));
     let read_bytes = std::sync::atomic::AtomicU64::new(0);
-    let verifier = vault.pack_verifier();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -211,12 +259,13 @@ fn run_jobs(
     if let Some(e) = err {
         return Err(e);
     }
-    report.packs_verified = packs;
-    report.bytes_read = read;
-    report.chunks_verified = chunks;
-    report.damaged_chunks = bad;
-    report.stopped_in_time = stop.load(Ordering::Relaxed);
-    Ok(())
+    Ok(DataHalf {
+        packs,
+        read,
+        chunks,
+        bad,
+        stopped: stop.load(Ordering::Relaxed),
+    })
 }
 
 /// True if reading one more pack of `size` bytes would likely end after the time box, judged by

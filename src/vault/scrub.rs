@@ -12,6 +12,11 @@ use super::format::ChunkId;
 use super::packs::{self, Codec};
 use super::store::PackStore;
 
+thread_local! {
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// What scrubbing one pack read.
 #[derive(Debug, Default)]
 pub struct Scrubbed {
@@ -116,8 +121,17 @@ fn check_record(
         Codec::Raw => stored.into(),
         Codec::Zstd => {
             let mut out = Vec::with_capacity(pos.plain_len as usize);
-            let r = zstd::bulk::Decompressor::new()
-                .and_then(|mut d| d.decompress_to_buffer(stored, &mut out));
+            // One decompression context per thread: making one per record costs more than a
+            // small record's decompression.
+            let r = DCTX.with(|d| {
+                let mut d = d.borrow_mut();
+                if d.is_none() {
+                    *d = Some(zstd::bulk::Decompressor::new()?);
+                }
+                d.as_mut()
+                    .expect("made above")
+                    .decompress_to_buffer(stored, &mut out)
+            });
             if let Err(e) = r {
                 let why = format!("its record does not decompress: {e}");
                 group.iter().for_each(|r| f(r, Err(why.clone())));
