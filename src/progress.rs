@@ -90,8 +90,9 @@ impl Progress {
             );
         let bar = match (enabled && !board().is_hidden(), total) {
             (false, _) => ProgressBar::hidden(),
-            (true, Some(n)) => board().add(ProgressBar::new(n)),
-            (true, None) => board().add(ProgressBar::no_length()),
+            // A total of 0 is one still to come (`add_total`): not "100%" meanwhile.
+            (true, Some(n)) if n > 0 => board().add(ProgressBar::new(n)),
+            (true, _) => board().add(ProgressBar::no_length()),
         };
         bar.set_style(style);
         bar.set_prefix(label.to_string());
@@ -117,7 +118,8 @@ impl Progress {
 
     /// Grows the total by `bytes` (work found while running, e.g. an image just opened).
     pub fn add_total(&self, bytes: u64) {
-        self.bar.inc_length(bytes);
+        let total = self.bar.length().unwrap_or(0) + bytes;
+        self.bar.set_length(total);
     }
 
     /// One more item of an `items` bar is done.
