@@ -52,7 +52,7 @@ pub struct Cli {
     quiet: bool,
     /// How long to wait for another writer to release the vault (`30s`, `5m`, `1h`; `0`: fail
     /// at once) [default: as long as it takes, saying whom it waits for]
-    #[arg(long, global = true, value_name = "DURATION", value_parser = wait_arg)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = duration_arg)]
     lock_wait: Option<std::time::Duration>,
     #[command(subcommand)]
     command: Command,
@@ -213,8 +213,8 @@ pub fn lock_wait(limit: Option<std::time::Duration>) -> LockWait {
 }
 
 /// Parses `--lock-wait`: a number of seconds, or a duration with units (`30s`, `5m`, `1h30m`).
-pub fn wait_arg(s: &str) -> std::result::Result<std::time::Duration, String> {
-    let bad = || format!("{s:?} is not a duration: use 0, 30s, 5m or 1h");
+pub fn duration_arg(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let bad = || format!("{s:?} is not a duration: use e.g. 0, 30s, 5m, 1h or 1h30m");
     if let Ok(secs) = s.parse::<u64>() {
         return Ok(std::time::Duration::from_secs(secs));
     }

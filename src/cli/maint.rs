@@ -9,6 +9,7 @@ use super::{Cli, UsageError};
 use crate::maintenance::verify::{self, VerifyOptions, VerifyProgress, VerifyReport};
 use crate::progress::{Progress, human_bytes};
 use crate::vault::{GcOptions, GcReport, PointRow, Vault};
+use crate::words::plural;
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
@@ -18,7 +19,7 @@ pub struct VerifyArgs {
     targets: Vec<String>,
     /// Stop starting packs after this long (e.g. 10m, 1h30m); the next run continues with the
     /// packs verified longest ago
-    #[arg(long, value_name = "D", value_parser = parse_duration)]
+    #[arg(long, value_name = "D", value_parser = super::duration_arg)]
     max_duration: Option<Duration>,
     /// Read only this percentage of the packs, chosen at random
     #[arg(long, value_name = "PCT", value_parser = parse_percent)]
@@ -62,39 +63,6 @@ fn parse_share(s: &str) -> std::result::Result<f64, String> {
             "{s:?} is not a percentage: use a number from 0 to 100"
         )),
     }
-}
-
-/// `10m`, `90s`, `1h30m`, `2d`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration: use e.g. 90s, 10m, 1h30m or 2d");
-    let (mut total, mut num) = (0u64, String::new());
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return Err(bad()),
-        };
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        total = n
-            .checked_mul(unit)
-            .and_then(|v| total.checked_add(v))
-            .ok_or_else(bad)?;
-        num.clear();
-    }
-    if !num.is_empty() {
-        total = total
-            .checked_add(num.parse::<u64>().map_err(|_| bad())?)
-            .ok_or_else(bad)?;
-    } else if total == 0 && s.trim().is_empty() {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs(total))
 }
 
 fn parse_percent(s: &str) -> std::result::Result<f64, String> {
@@ -185,8 +153,12 @@ fn print_report(r: &VerifyReport, json: bool, data: bool) -> Result<ExitCode> {
 fn print_text(r: &VerifyReport, data: bool) {
     let c = &r.check;
     println!(
-        "catalog: {} points, {} trees, {} content lists, {} chunks in {} packs",
-        c.points, c.trees, c.lists, c.chunks, c.packs
+        "catalog: {}, {}, {}, {} in {}",
+        plural(c.points, "point"),
+        plural(c.trees, "tree"),
+        plural(c.lists, "content list"),
+        plural(c.chunks, "chunk"),
+        plural(c.packs, "pack")
     );
     for b in &c.broken {
         println!("damaged {} {}: {}", b.what, b.id, b.detail);
@@ -212,16 +184,16 @@ fn print_text(r: &VerifyReport, data: bool) {
     }
     if data {
         println!(
-            "data: {} of {} packs read ({}, {} chunks) in {:.1} s{}",
+            "data: {} of {} read ({}, {}) in {:.1} s{}",
             r.packs_verified,
-            r.packs_total,
+            plural(r.packs_total, "pack"),
             human_bytes(r.bytes_read),
-            r.chunks_verified,
+            plural(r.chunks_verified, "chunk"),
             r.seconds,
             if r.packs_left > 0 {
                 format!(
                     "; {} left for the next run (it starts with them)",
-                    r.packs_left
+                    plural(r.packs_left, "pack")
                 )
             } else {
                 String::new()
@@ -230,9 +202,9 @@ fn print_text(r: &VerifyReport, data: bool) {
     }
     if !r.unreferenced_damaged.is_empty() {
         println!(
-            "note: {} damaged chunks no point needs (marked bad, so no backup reuses them; \
-             `coffre gc` drops them)",
-            r.unreferenced_damaged.len()
+            "note: {} no point needs (marked bad, so no backup reuses them; `coffre gc` drops \
+             them)",
+            plural(r.unreferenced_damaged.len() as u64, "damaged chunk")
         );
     }
     if r.is_clean() {
@@ -275,56 +247,54 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
 fn print_gc(r: &GcReport) {
     if r.dry_run {
         println!(
-            "would delete {} packs with nothing live and repack {} (freeing about {}, writing \
-             about {}), drop {} chunks, {} trees and {} content lists",
-            r.packs_emptied,
+            "would delete {} with nothing live and repack {} (freeing about {}, writing about \
+             {}), drop {}, {} and {}",
+            plural(r.packs_emptied, "pack"),
             r.packs_repacked,
             human_bytes(r.bytes_deleted),
             human_bytes(r.bytes_written),
-            r.chunks_dropped,
-            r.trees_dropped,
-            r.lists_dropped
+            plural(r.chunks_dropped, "chunk"),
+            plural(r.trees_dropped, "tree"),
+            plural(r.lists_dropped, "content list")
         );
         return;
     }
     println!(
-        "gc: {} packs emptied, {} repacked ({} written), {} pack files deleted ({}); dropped {} \
-         chunks, {} trees, {} content lists",
-        r.packs_emptied,
+        "gc: {} emptied, {} repacked ({} written), {} deleted ({}); dropped {}, {}, {}",
+        plural(r.packs_emptied, "pack"),
         r.packs_repacked,
         human_bytes(r.bytes_written),
-        r.packs_deleted,
+        plural(r.packs_deleted, "pack file"),
         human_bytes(r.bytes_deleted),
-        r.chunks_dropped,
-        r.trees_dropped,
-        r.lists_dropped
+        plural(r.chunks_dropped, "chunk"),
+        plural(r.trees_dropped, "tree"),
+        plural(r.lists_dropped, "content list")
     );
     if r.orphans_deleted > 0 {
         println!(
-            "deleted {} quarantined packs whose chunks the vault holds elsewhere ({})",
-            r.orphans_deleted,
+            "deleted {} whose chunks the vault holds elsewhere ({})",
+            plural(r.orphans_deleted, "quarantined pack"),
             human_bytes(r.orphan_bytes_deleted)
         );
     }
     if r.packs_waiting > 0 {
         println!(
-            "{} packs ({}) wait for readers that started before this gc (a mount or restore); \
-             the next `coffre gc` after they end deletes them",
-            r.packs_waiting,
+            "{} ({}) wait for readers that started before this gc (a mount or restore); the \
+             next `coffre gc` after they end deletes them",
+            plural(r.packs_waiting, "pack"),
             human_bytes(r.bytes_waiting)
         );
     }
     let reclaimed = r.reclaimed();
     println!(
-        "reclaimed {} in {:.1} s ({} round{} under the writer lock)",
+        "reclaimed {} of packs in {:.1} s ({} under the writer lock)",
         if reclaimed >= 0 {
             human_bytes(reclaimed as u64)
         } else {
             format!("-{}", human_bytes(reclaimed.unsigned_abs()))
         },
         r.seconds,
-        r.rounds,
-        if r.rounds == 1 { "" } else { "s" }
+        plural(r.rounds, "round")
     );
 }
 
@@ -334,13 +304,13 @@ mod tests {
 
     #[test]
     fn durations_parse_or_say_what_is_wrong() {
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172800));
-        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
-        for bad in ["", "m", "10x", "-5m", "99999999999999999999d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+        let d = super::super::duration_arg;
+        assert_eq!(d("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(d("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(d("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(d("5").unwrap(), Duration::from_secs(5));
+        for bad in ["", "m", "10x", "-5m"] {
+            assert!(d(bad).is_err(), "{bad}");
         }
     }
 }
