@@ -33,10 +33,12 @@ pub struct ScheduleEntry {
     pub schedule: String,
     pub zone: String,
     pub state: ItemState,
-    /// When the newest live point was taken (ns).
+    /// When the newest live point was taken (ns; RFC 3339 in JSON).
+    #[serde(serialize_with = "crate::vault::ser_opt_time")]
     pub last_point: Option<i64>,
     /// The first slot after the newest point (ns): in the past when the item is due, else its
     /// next backup. None for an item with no point.
+    #[serde(serialize_with = "crate::vault::ser_opt_time")]
     pub next_slot: Option<i64>,
     /// A slot came after the newest point (whatever the item's state).
     pub slot_passed: bool,

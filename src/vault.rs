@@ -51,8 +51,8 @@ pub use model::{
     PointLabels, VaultSettings, VmSource, check_item_name, check_policy_name, check_tag,
 };
 pub use names::{
-    human_time, human_time_zone, mount_path, point_dir_name, point_dir_names, split_point_ref,
-    timestamp,
+    human_time, human_time_zone, mount_path, point_dir_name, point_dir_names, ser_opt_time,
+    ser_time, split_point_ref, timestamp,
 };
 pub use reach::{Broken, Reach};
 pub use reader::VaultReader;

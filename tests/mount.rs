@@ -108,7 +108,7 @@ fn the_layout_has_items_points_latest_and_ids() {
         name.ends_with('Z') && name.len() == 18 && !name.contains(':'),
         "{name}"
     );
-    let t2 = p2["time"].as_i64().unwrap();
+    let t2 = json_ns(&p2["time"]).unwrap();
     let md = std::fs::metadata(m.dir.join("items/a").join(name)).unwrap();
     assert_eq!(md.mtime(), t2.div_euclid(1_000_000_000));
     // ids/<point-id> -> ../items/<item>/<point>

@@ -851,7 +851,7 @@ fn backup_due_follows_the_schedule_at_chosen_times() {
     let monday = "2026-11-02 02:05:00";
     let s = schedule(monday);
     assert_eq!(
-        s["a"]["next_slot"].as_i64(),
+        common::json_ns(&s["a"]["next_slot"]),
         Some(ns(ts("2026-11-02T02:00:00Z")))
     );
     assert_eq!(s["c"]["state"], "stopped");

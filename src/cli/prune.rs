@@ -9,7 +9,7 @@ use crate::maintenance::{
     Evaluated, ForgetPlan, PointAction, PrunePlan, PurgePlan, UndeletePlan, when,
 };
 use crate::vault::{
-    Deletion, Item, PointRow, Vault, VaultSettings, human_time, human_time_zone, now_ns,
+    Deletion, Item, PointRow, Vault, VaultSettings, human_time, human_time_zone, now_ns, timestamp,
 };
 
 #[derive(clap::Args)]
@@ -113,9 +113,9 @@ pub fn evaluated_json(e: &Evaluated) -> serde_json::Value {
     serde_json::json!({
         "item": e.point.item,
         "id": e.point.id,
-        "time": e.point.time,
+        "time": timestamp(e.point.time),
         "action": PrunePlan::action(e),
-        "expires": e.expires_ns(),
+        "expires": e.expires_ns().map(timestamp),
         "roles": roles,
         "reason": e.verdict.reason,
     })
@@ -142,9 +142,9 @@ fn prune_json(plan: &PrunePlan, dry_run: bool) -> serde_json::Value {
         serde_json::json!({
             "item": p.item,
             "id": p.id,
-            "time": p.time,
+            "time": timestamp(p.time),
             "action": PointAction::Purge,
-            "deleted_at": p.deleted_at,
+            "deleted_at": p.deleted_at.map(timestamp),
             "deleted_by": p.deleted_by,
             "reason": purge_reason(p, &plan.settings),
         })
@@ -152,7 +152,7 @@ fn prune_json(plan: &PrunePlan, dry_run: bool) -> serde_json::Value {
     let (kept, expired, purged) = plan.counts();
     serde_json::json!({
         "dry_run": dry_run,
-        "now": plan.now,
+        "now": timestamp(plan.now),
         "soft_delete_days": plan.settings.soft_delete_days,
         "points": points,
         "kept": kept,

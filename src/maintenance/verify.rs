@@ -228,7 +228,7 @@ fn run_jobs(
                         return;
                     }
                     crate::testing::crash_point("verify-pack");
-                    let (bad, read) = match verifier.verify(job) {
+                    let checked = match verifier.verify(job) {
                         Ok(r) => r,
                         Err(e) => {
                             out.lock().expect("report lock").4.get_or_insert(e);
@@ -236,16 +236,16 @@ fn run_jobs(
                             return;
                         }
                     };
-                    read_bytes.fetch_add(read, Ordering::Relaxed);
+                    read_bytes.fetch_add(checked.read, Ordering::Relaxed);
                     let saved = state
                         .lock()
                         .expect("state lock")
                         .record(&job.name, crate::vault::now_ns());
                     let mut o = out.lock().expect("report lock");
                     o.0 += 1;
-                    o.1 += read;
-                    o.2 += job.rows.len() as u64;
-                    o.3.extend(bad);
+                    o.1 += checked.read;
+                    o.2 += checked.chunks;
+                    o.3.extend(checked.bad);
                     if let Err(e) = saved {
                         o.4.get_or_insert(e);
                     }

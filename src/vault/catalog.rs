@@ -157,7 +157,8 @@ pub struct PointRow {
     pub rowid: i64,
     pub id: String,
     pub item: String,
-    /// Nanoseconds since the epoch (UTC).
+    /// Nanoseconds since the epoch (UTC); RFC 3339 in JSON.
+    #[serde(serialize_with = "super::ser_time")]
     pub time: i64,
     #[serde(skip)]
     pub root: Vec<u8>,
@@ -175,10 +176,16 @@ pub struct PointRow {
     #[serde(skip)]
     pub started: Option<i64>,
     /// Kept at least until then (ns): `backup --keep-until`, `undelete`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "super::ser_opt_time"
+    )]
     pub keep_until: Option<i64>,
     /// When it was soft-deleted (ns); none for a live point.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "super::ser_opt_time"
+    )]
     pub deleted_at: Option<i64>,
     /// What soft-deleted it: `forget`, `prune` or `stop-protection`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -985,6 +992,11 @@ impl Catalog {
     /// Every chunk row, for a collection's plan or a verification.
     pub fn chunk_rows(&self) -> VaultResult<Vec<ChunkRow>> {
         self.chunk_rows_where("1", [])
+    }
+
+    /// The chunk rows of one pack.
+    pub fn pack_chunk_rows(&self, pack: i64) -> VaultResult<Vec<ChunkRow>> {
+        self.chunk_rows_where("pack = ?1", [pack])
     }
 
     fn chunk_rows_where<P: rusqlite::Params>(

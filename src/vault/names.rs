@@ -21,6 +21,17 @@ use super::{VaultError, VaultResult};
 const NS: i64 = 1_000_000_000;
 
 /// A catalog time (ns since the epoch) as a `jiff::Timestamp` (clamped to jiff's range).
+/// serde: a time kept in nanoseconds, written as RFC 3339 (UTC), like every time in coffre's
+/// JSON.
+pub fn ser_time<S: serde::Serializer>(t: &i64, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&timestamp(*t), s)
+}
+
+/// serde: `ser_time` for an optional time (null when absent).
+pub fn ser_opt_time<S: serde::Serializer>(t: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&t.map(timestamp), s)
+}
+
 pub fn timestamp(time_ns: i64) -> jiff::Timestamp {
     jiff::Timestamp::from_nanosecond(time_ns as i128).unwrap_or(if time_ns < 0 {
         jiff::Timestamp::MIN

@@ -41,6 +41,11 @@ impl VaultReader {
     }
 
     /// The vault directory.
+    /// The catalog connections this reader shares (verification fetches rows through them).
+    pub(super) fn pool(&self) -> Arc<CatalogPool> {
+        self.pool.clone()
+    }
+
     pub fn root(&self) -> &std::path::Path {
         &self.root
     }

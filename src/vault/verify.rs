@@ -24,12 +24,14 @@ use super::reach::{Broken, Reach};
 use super::scrub::scrub_pack;
 use super::{ChunkId, PointRow, Vault, VaultResult, WriteLock, io_err};
 
-/// A pack to verify: its chunk rows and when it was last verified (ns).
+/// A pack to verify: its chunk rows (`None`: all of them, fetched by the thread that reads the
+/// pack, so reading starts at once) and when it was last verified (ns).
 #[derive(Clone, Debug)]
 pub struct PackJob {
+    pub id: i64,
     pub name: String,
     pub size: u64,
-    pub rows: Vec<ChunkRow>,
+    pub rows: Option<Vec<ChunkRow>>,
     pub last_verified: Option<i64>,
 }
 
@@ -179,19 +181,28 @@ impl Vault {
     /// first (never verified first of all), with its chunk rows.
     pub fn verify_jobs(&self, only: Option<&HashSet<ChunkId>>) -> VaultResult<Vec<PackJob>> {
         let state = VerifyState::open(self.root())?;
-        let mut rows: HashMap<i64, Vec<ChunkRow>> = HashMap::new();
-        for r in self.catalog.chunk_rows()? {
-            if only.is_none_or(|o| o.contains(&r.id)) {
-                rows.entry(r.loc.pack).or_default().push(r);
+        let mut rows: Option<HashMap<i64, Vec<ChunkRow>>> = None;
+        if let Some(only) = only {
+            let mut by_pack: HashMap<i64, Vec<ChunkRow>> = HashMap::new();
+            for r in self.catalog.chunk_rows()? {
+                if only.contains(&r.id) {
+                    by_pack.entry(r.loc.pack).or_default().push(r);
+                }
             }
+            rows = Some(by_pack);
         }
         let mut jobs: Vec<PackJob> = Vec::new();
         for (id, name, size) in self.catalog.live_packs()? {
-            let Some(rows) = rows.remove(&id) else {
-                continue;
+            let rows = match rows.as_mut() {
+                Some(by_pack) => match by_pack.remove(&id) {
+                    Some(r) => Some(r),
+                    None => continue,
+                },
+                None => None,
             };
             let last_verified = state.last(&name)?;
             jobs.push(PackJob {
+                id,
                 name,
                 size,
                 rows,
@@ -206,6 +217,7 @@ impl Vault {
     pub fn pack_verifier(&self) -> PackVerifier {
         PackVerifier {
             store: self.store(),
+            pool: self.reader.pool(),
         }
     }
 
@@ -228,13 +240,27 @@ impl Vault {
 /// Reads packs and checks their chunks; `Send + Sync`.
 pub struct PackVerifier {
     store: std::sync::Arc<dyn super::store::PackStore>,
+    pool: std::sync::Arc<super::catalog::CatalogPool>,
+}
+
+/// What reading one pack found.
+pub struct PackChecked {
+    pub bad: Vec<BadChunk>,
+    /// Bytes read.
+    pub read: u64,
+    /// Chunks checked.
+    pub chunks: u64,
 }
 
 impl PackVerifier {
-    /// Reads one pack and checks every chunk of the job; returns the bad ones and bytes read.
-    /// Errors that say nothing about the data (no permission, too many open files) are returned.
-    pub fn verify(&self, job: &PackJob) -> VaultResult<(Vec<BadChunk>, u64)> {
-        let mut rows = job.rows.clone();
+    /// Reads one pack and checks every chunk of the job. Errors that say nothing about the
+    /// data (no permission, too many open files) are returned.
+    pub fn verify(&self, job: &PackJob) -> VaultResult<PackChecked> {
+        let mut rows = match &job.rows {
+            Some(r) => r.clone(),
+            None => self.pool.with(|c| c.pack_chunk_rows(job.id))?,
+        };
+        let chunks = rows.len() as u64;
         let mut bad = Vec::new();
         let read = scrub_pack(&*self.store, &job.name, &mut rows, |row, r| {
             if let Err(detail) = r {
@@ -250,7 +276,7 @@ impl PackVerifier {
             source: e,
         })?
         .read;
-        Ok((bad, read))
+        Ok(PackChecked { bad, read, chunks })
     }
 }
 
