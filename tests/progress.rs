@@ -457,3 +457,30 @@ fn interrupted_restores_say_what_is_left() {
     );
     assert!(!to.exists(), "a partial image took the target's name");
 }
+
+#[cfg(feature = "fault-injection")]
+#[test]
+fn verify_shows_a_byte_bar_with_its_total_on_a_terminal_only() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    tree(&src);
+    t.backup("a", &src);
+    write(&src.join("more"), &noise(1 << 20, 9));
+    t.backup("a", &src);
+    // A slow disk (300 ms a pack), so the bar is drawn more than once.
+    let slow = [("COFFRE_TEST_DELAY", "verify-pack:300")];
+    let (code, screen) = on_terminal(&t, COFFRE, &["verify", "--threads", "1"], &slow);
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(screen.contains('%') && screen.contains("MiB"), "{screen}");
+    assert!(screen.contains("no damage found"), "{screen}");
+    let (code, screen) = on_terminal(&t, COFFRE, &["-q", "verify"], &slow);
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(!screen.contains('%'), "-q: {screen:?}");
+    assert!(
+        !screen.contains("no damage"),
+        "-q prints nothing when all is well: {screen:?}"
+    );
+    let out = t.run(&["verify"]);
+    assert!(out.status.success());
+    assert_no_bar("verify", &out);
+}

@@ -127,20 +127,21 @@ pub fn verify(cli: &Cli, args: &VerifyArgs) -> Result<ExitCode> {
     let line = Line(Progress::bytes("verify", 0, !cli.quiet && !args.json));
     let report = verify::verify(&vault, points, &opts, &line)?;
     line.0.finish();
-    print_report(&report, args.json, true)
+    print_report(&report, args.json, true, cli.quiet)
 }
 
 /// `coffre check [--json]`
 pub fn check(cli: &Cli, args: &CheckArgs) -> Result<ExitCode> {
     let vault = cli.open_vault()?;
     let report = verify::check(&vault)?;
-    print_report(&report, args.json, false)
+    print_report(&report, args.json, false, cli.quiet)
 }
 
-fn print_report(r: &VerifyReport, json: bool, data: bool) -> Result<ExitCode> {
+/// Prints the report (with `-q`, only when something is damaged) and gives the exit code.
+fn print_report(r: &VerifyReport, json: bool, data: bool, quiet: bool) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(r)?);
-    } else {
+    } else if !(quiet && r.is_clean()) {
         print_text(r, data);
     }
     Ok(if r.is_clean() {
@@ -238,7 +239,7 @@ pub fn gc(cli: &Cli, args: &GcArgs) -> Result<ExitCode> {
     })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
+    } else if !cli.quiet || args.dry_run {
         print_gc(&report);
     }
     Ok(ExitCode::SUCCESS)
