@@ -187,6 +187,8 @@ pub struct Item {
     /// The stored definition; `None` if the catalog holds one this build cannot read.
     pub source: Option<ItemSource>,
     pub state: ItemState,
+    /// When the item was first defined (ns; RFC 3339 in JSON).
+    #[serde(serialize_with = "super::ser_time")]
     pub created: i64,
     /// The name of the policy the item follows (its schedule and retention).
     pub policy: String,
