@@ -46,3 +46,6 @@ else
     echo "MISMATCH: $file" >&2
     exit 1
 fi
+
+echo "== coffre verify (reads back every stored byte and checks it)"
+"$bin" verify
