@@ -352,6 +352,12 @@ pub const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
             "coffre gc --dry-run",
             "Show what a garbage collection would reclaim.",
         )],
+    ),    (
+        "replicate",
+        &[(
+            "coffre replicate --to /mnt/backup-disk/coffre",
+            "Bring a replica on another disk up to date (created on first use).",
+        )],
     ),
 ];
 
