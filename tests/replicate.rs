@@ -102,7 +102,10 @@ fn two_items(t: &TestVault) -> Vec<(String, BTreeMap<Vec<u8>, Snap>)> {
         out.push((format!("a@{id}"), snap));
     }
     for k in 0..2u64 {
-        let files = [("disk.img", noise(300_000, 30 + k)), ("same", noise(100_000, 5))];
+        let files = [
+            ("disk.img", noise(300_000, 30 + k)),
+            ("same", noise(100_000, 5)),
+        ];
         let (id, snap) = backup_files(t, "b", &b, &files);
         out.push((format!("b@{id}"), snap));
     }
@@ -147,7 +150,11 @@ fn a_replica_restores_every_point_exactly_and_verifies() {
     assert_eq!(point_ids(&t, &usb, false), point_ids(&t, &t.vault(), false));
     let out = t.run(&["vault", "set", "replica", "a/b", "x"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("cannot name a replica"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot name a replica"),
+        "{}",
+        stderr(&out)
+    );
     t.ok(&["vault", "set", "no-replica", "usb"]);
     let shown = json(&t.ok(&["vault", "show", "--json"]));
     assert!(shown["replicas"].as_object().unwrap().is_empty(), "{shown}");
@@ -169,11 +176,11 @@ impl ReadOnly {
                 let out = c.output_within();
                 assert!(out.status.success(), "{}", stderr(&out));
             };
-            sh(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&dir));
-            sh(Command::new("cp").arg("-a").arg(from).arg(dir.join("v")));
             sh(Command::new("mount")
-                .args(["-o", "remount,ro"])
+                .args(["-t", "tmpfs", "tmpfs"])
                 .arg(&dir));
+            sh(Command::new("cp").arg("-a").arg(from).arg(dir.join("v")));
+            sh(Command::new("mount").args(["-o", "remount,ro"]).arg(&dir));
             return ReadOnly {
                 dir: dir.join("v"),
                 mounted: true,
@@ -264,12 +271,8 @@ fn four_packs(t: &TestVault) -> Vec<(String, BTreeMap<Vec<u8>, Snap>)> {
     let src = t.path("src");
     (0..4u64)
         .map(|k| {
-            let (id, snap) = backup_files(
-                t,
-                "c",
-                &src,
-                &[(&format!("f{k}"), noise(200_000, 40 + k))],
-            );
+            let (id, snap) =
+                backup_files(t, "c", &src, &[(&format!("f{k}"), noise(200_000, 40 + k))]);
             (format!("c@{id}"), snap)
         })
         .collect()
@@ -334,7 +337,13 @@ fn soft_deletes_undeletes_and_purges_follow_the_primary() {
         v.sort();
         v
     });
-    let deleted = json(&t.ok(&["--vault", r.to_str().unwrap(), "points", "--deleted", "--json"]));
+    let deleted = json(&t.ok(&[
+        "--vault",
+        r.to_str().unwrap(),
+        "points",
+        "--deleted",
+        "--json",
+    ]));
     assert!(
         deleted
             .as_array()
@@ -380,7 +389,11 @@ fn a_replica_of_another_vault_and_bad_targets_are_refused() {
     write(&other.path("src/x"), b"other data");
     other.backup("x", &other.path("src"));
     let rs = r.to_str().unwrap();
-    refused(&other, &["replicate", "--to", rs], "replica of another vault");
+    refused(
+        &other,
+        &["replicate", "--to", rs],
+        "replica of another vault",
+    );
     // A vault with backups of its own is not a replica.
     let ov = other.vault();
     refused(
@@ -388,14 +401,26 @@ fn a_replica_of_another_vault_and_bad_targets_are_refused() {
         &["replicate", "--to", ov.to_str().unwrap()],
         "backups of its own",
     );
-    refused(&t, &["replicate", "--to", t.vault().to_str().unwrap()], "this vault");
+    refused(
+        &t,
+        &["replicate", "--to", t.vault().to_str().unwrap()],
+        "this vault",
+    );
     // A file, a directory of other things, a directory that cannot be written.
     let file = t.path("file");
     write(&file, b"x");
-    refused(&t, &["replicate", "--to", file.to_str().unwrap()], "not a directory");
+    refused(
+        &t,
+        &["replicate", "--to", file.to_str().unwrap()],
+        "not a directory",
+    );
     let busy = t.path("busy");
     write(&busy.join("mine.txt"), b"x");
-    refused(&t, &["replicate", "--to", busy.to_str().unwrap()], "not empty");
+    refused(
+        &t,
+        &["replicate", "--to", busy.to_str().unwrap()],
+        "not empty",
+    );
     let closed = t.path("closed");
     std::fs::create_dir(&closed).unwrap();
     let ro = ReadOnly::of(&t, &closed);

@@ -352,7 +352,8 @@ pub const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
             "coffre gc --dry-run",
             "Show what a garbage collection would reclaim.",
         )],
-    ),    (
+    ),
+    (
         "replicate",
         &[(
             "coffre replicate --to /mnt/backup-disk/coffre",

@@ -1322,7 +1322,9 @@ impl Catalog {
     }
 
     /// Every pack the catalog names: name -> (id, size, doomed).
-    pub fn packs_by_name(&self) -> VaultResult<std::collections::HashMap<String, (i64, u64, bool)>> {
+    pub fn packs_by_name(
+        &self,
+    ) -> VaultResult<std::collections::HashMap<String, (i64, u64, bool)>> {
         let mut st = self
             .conn
             .prepare("SELECT id, name, size, doomed IS NOT NULL FROM packs")?;

@@ -282,7 +282,11 @@ impl Walker<'_> {
                 "chunk {id} is garbage left for a gc (run `coffre check`)"
             )));
         }
-        let name = self.primary_packs.get(&loc.pack).cloned().unwrap_or_default();
+        let name = self
+            .primary_packs
+            .get(&loc.pack)
+            .cloned()
+            .unwrap_or_default();
         if self.replica_packs.get(&name).is_some_and(|p| p.2) {
             return Ok(Need::Missing(format!(
                 "the replica's gc is removing pack {name}, which holds chunk {id}; run gc on \
@@ -396,9 +400,10 @@ impl Vault {
                 zstd_level: self.zstd_level,
             };
             Vault::init(target, &opts).map_err(|e| match e {
-                VaultError::Foreign(_) => {
-                    bad_target(target, "the directory is not empty and holds no coffre vault")
-                }
+                VaultError::Foreign(_) => bad_target(
+                    target,
+                    "the directory is not empty and holds no coffre vault",
+                ),
                 VaultError::Io { source, .. } => bad_target(target, source.to_string()),
                 e => e,
             })?
@@ -807,7 +812,11 @@ fn changed(a: &PointRow, b: &PointRow) -> bool {
 /// A blob as the primary stores it (it was just read, checked, by the walk).
 fn raw(c: &Catalog, table: &'static str, id: &[u8; 32]) -> VaultResult<Vec<u8>> {
     c.blob_raw(table, id)?.ok_or(VaultError::Missing {
-        what: if table == "trees" { "tree" } else { "content list" },
+        what: if table == "trees" {
+            "tree"
+        } else {
+            "content list"
+        },
         id: TreeId(*id).to_hex(),
     })
 }
@@ -816,7 +825,10 @@ fn raw(c: &Catalog, table: &'static str, id: &[u8; 32]) -> VaultResult<Vec<u8>> 
 /// which the replica's recovery moved to `packs/orphaned/`: name -> (path, size).
 fn leftovers(root: &Path, incoming: &Path) -> VaultResult<HashMap<String, (PathBuf, u64)>> {
     let mut out = HashMap::new();
-    for dir in [root.join("packs").join(ORPHANED_DIR), incoming.to_path_buf()] {
+    for dir in [
+        root.join("packs").join(ORPHANED_DIR),
+        incoming.to_path_buf(),
+    ] {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
         };
