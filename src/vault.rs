@@ -456,8 +456,14 @@ impl Vault {
             self.catalog.pack_names()?.into_iter().collect();
         let dir = self.root.join("packs");
         let listed = self.store.list().map_err(io_err(&dir))?;
+        // In a replica, these are an interrupted `replicate`'s packs: its next run takes them.
+        let level = match self.catalog.meta("replica_of")? {
+            Some(_) => log::Level::Info,
+            None => log::Level::Warn,
+        };
         for p in listed.into_iter().filter(|p| !known.contains(&p.name)) {
-            log::warn!(
+            log::log!(
+                level,
                 "pack {} is not named by the catalog; moved to {}/{} (`coffre vault \
                  rebuild-index` registers it again)",
                 p.name,
