@@ -1,7 +1,7 @@
 //! End-to-end replication to a local directory: a replica restores every point exactly and
 //! verifies; a second run copies only the new packs; a killed run resumes without copying again;
-//! soft deletes and purges follow the primary; a replica of another vault and bad targets are
-//! refused with one clear line.
+//! soft deletes and purges follow the primary; damage in the primary is found and marked on both
+//! sides; a replica of another vault and bad targets are refused with one clear line.
 
 mod common;
 
@@ -429,4 +429,55 @@ fn a_replica_of_another_vault_and_bad_targets_are_refused() {
     // The refusals changed nothing: the replica still follows its own primary.
     let again = replicate(&t, &r, &[]);
     assert_eq!(again["bytes_copied"], 0, "{again}");
+}
+
+#[test]
+fn chunks_damaged_in_the_primary_are_found_and_marked_bad_on_both_sides() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    let (id, _) = backup_files(&t, "d", &src, &[("big", noise(600_000, 77))]);
+    let pack = std::fs::read_dir(t.vault().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "pack"))
+        .unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(&pack, bytes).unwrap();
+    let r = t.path("replica");
+    let out = t.run(&["replicate", "--json", "--to", r.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = json(&String::from_utf8_lossy(&out.stdout));
+    let damaged = report["damaged_chunks"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{report}");
+    assert!(
+        stderr(&out).contains("is damaged in this vault"),
+        "{}",
+        stderr(&out)
+    );
+    // The replica knows: its check names the chunk, a restore of the file fails clearly.
+    let rs = r.to_str().unwrap();
+    let check = t.run(&["--vault", rs, "check", "--json"]);
+    assert_eq!(check.status.code(), Some(1));
+    let c = json(&String::from_utf8_lossy(&check.stdout));
+    assert_eq!(c["check"]["bad_chunks"][0]["id"], damaged[0], "{c}");
+    let out = t.run(&[
+        "--vault",
+        rs,
+        "restore",
+        &format!("d@{id}"),
+        "--to",
+        t.path("back").to_str().unwrap(),
+    ]);
+    assert_fails(&out, "damaged");
+    // So does the primary: its next backup stores the chunk again from the source.
+    let b = t.backup("d", &src);
+    assert_eq!(b["repaired"], 1, "{b}");
+    let c = t.run(&["check", "--json"]);
+    let c = json(&String::from_utf8_lossy(&c.stdout));
+    assert!(
+        c["check"]["bad_chunks"].as_array().unwrap().is_empty(),
+        "the next backup stored the chunk again: {c}"
+    );
 }
