@@ -223,7 +223,7 @@ impl Drop for ReadOnly {
 }
 
 #[test]
-fn a_read_only_replica_lists_restores_and_verifies() {
+fn a_read_only_replica_lists_restores_mounts_and_verifies() {
     let t = TestVault::new();
     let points = two_items(&t);
     let r = t.path("replica");
@@ -237,6 +237,10 @@ fn a_read_only_replica_lists_restores_and_verifies() {
         assert_restores(&t, &ro.dir, spec, snap);
     }
     verify_ok(&t, &ro.dir);
+    // The mount shows the newest point of each item as it was backed up.
+    let m = MountGuard::start(&t, &["--vault", ro.dir.to_str().unwrap()]);
+    assert_same(&points[2].1, &snapshot(&m.latest("a"), false));
+    assert_same(&points[4].1, &snapshot(&m.latest("b"), false));
 }
 
 #[test]
