@@ -15,6 +15,7 @@ mod maint;
 mod mount;
 mod policy;
 mod prune;
+mod replicate;
 mod restore;
 mod schedule;
 mod settings;
@@ -142,7 +143,7 @@ enum Command {
     Purge(prune::PurgeArgs),
     /// Show each item's last point, next scheduled slot and whether it is due
     Schedule(schedule::ScheduleArgs),
-    /// Show or change the vault's settings (soft-delete period, immutability)
+    /// Show or change the vault's settings (soft-delete period, immutability, replicas)
     Vault(settings::VaultArgs),
     /// Read every stored byte back and check it against its id (exit 1 if anything is damaged)
     ///
@@ -162,6 +163,13 @@ enum Command {
     /// backups (it takes the writer lock only for short commits) and mounts (a pack a running
     /// mount or restore may still read is deleted by a later gc, after it ends).
     Gc(maint::GcArgs),
+    /// Copy this vault's points to a replica (a second vault in a local directory), incrementally
+    ///
+    /// Copies the packs the new points need that the replica lacks (each one read back and
+    /// checked), then adds their points in one commit: a point appears on the replica only with
+    /// all its data. Soft deletes, undeletes and purges follow this vault. `coffre --vault DIR`
+    /// lists, restores, mounts and verifies the replica like any vault.
+    Replicate(replicate::ReplicateArgs),
     /// Write man pages or shell completions (see README: Install)
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
@@ -493,6 +501,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Verify(args) => maint::verify(cli, args),
         Command::Check(args) => maint::check(cli, args),
         Command::Gc(args) => maint::gc(cli, args),
+        Command::Replicate(args) => replicate::run(cli, args),
         Command::Generate(args) => generate::run(args),
     }
 }

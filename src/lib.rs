@@ -18,7 +18,7 @@
 //!     names (point specs and times: the one parser, jiff)
 //!     lifecycle (policies, settings, soft delete, purge, undelete)   rebuild (rebuild-index)
 //!     reach (what points need)   scrub (read a pack back, checked)   verify (check, verify.db)
-//!     gc (mark, rounds, doomed packs)
+//!     gc (mark, rounds, doomed packs)   replicate (a second vault kept in step)
 //! ```
 //!
 //! Seams: data enters only through a `vault::WriteSession` (`Vault::begin_write`), chunk bytes
@@ -50,6 +50,7 @@
 //! | gc                              | `VAULT/gc.lock` (its life); writer lock per round (seconds) | another gc (refused); a writer, per round; leases older than the round that doomed a pack, before deleting it | backups (between rounds), mounts, restores, verify |
 //! | verify                          | lease; writer lock only if free (`lock(false)`) to mark damage | nothing | everything |
 //! | check                           | lease (a snapshot) | nothing           | everything                |
+//! | replicate --to DIR              | this vault: lease; the replica: writer lock | another writer of the replica | everything on this vault (a gc keeps the packs it copies) |
 //!
 //! Readers rely on SQLite WAL snapshots and on packs being immutable while named by the catalog,
 //! so they never block writers and writers never break them. A second writer waits, saying whom

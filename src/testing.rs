@@ -2,7 +2,8 @@
 //! feature (the test command enables it; release builds do not have it).
 //!
 //! `COFFRE_CRASH_AT=<point>` kills the process with SIGKILL when it reaches the named point
-//! (`pack-sealed`, `before-commit`, `gc-pack-moved`, `gc-round-committed`, `gc-pack-deleted`);
+//! (`pack-sealed`, `before-commit`, `gc-pack-moved`, `gc-round-committed`, `gc-pack-deleted`,
+//! `replicate-pack-copied`, `replicate-packs-placed`, `replicate-before-commit`);
 //! `<point>#N` kills it the Nth time it gets there. `COFFRE_TEST_PAUSE=<point>:<file>` stops
 //! at a point, creates `<file>.reached` and waits (at most a minute) until `<file>` exists, so
 //! a test can run something in between (`gc-marked`: a backup between gc's mark and its

@@ -11,7 +11,7 @@
 //! catalog put back from an older copy, and are moved to `packs/orphaned/`, never deleted.
 //! `lifecycle.rs` adds the operations of the point lifecycle: policies, vault settings, soft
 //! delete, purge and undelete (each one transaction; the rules that decide them live in
-//! `maintenance/`).
+//! `maintenance/`). `replicate.rs` keeps a second vault (a replica) in step with this one.
 
 mod catalog;
 mod chunks;
@@ -27,6 +27,7 @@ pub mod packs;
 mod reach;
 mod reader;
 mod rebuild;
+mod replicate;
 mod scrub;
 pub mod store;
 mod verify;
@@ -57,6 +58,7 @@ pub use names::{
 pub use reach::{Broken, Reach};
 pub use reader::VaultReader;
 pub use rebuild::RebuildReport;
+pub use replicate::{ReplicateOptions, ReplicateProgress, ReplicateReport, SkippedPoint};
 pub use verify::{BadChunk, CatalogCheck, PackJob, PackVerifier, VerifyState};
 pub use write::{ChunkSink, Committed, NewPoint, SessionOptions, SinkMode, WriteSession};
 
@@ -175,6 +177,14 @@ pub enum VaultError {
     },
     #[error("immutability is locked: it can never be turned off")]
     ImmutabilityLocked,
+    #[error("cannot replicate to {}: {detail}", path.display())]
+    BadReplica { path: PathBuf, detail: String },
+    #[error(
+        "{0:?} cannot name a replica: use letters, digits, '.', '_' and '-' (not first), at most 64"
+    )]
+    BadReplicaName(String),
+    #[error("no replica named {0:?} (see `coffre vault show`)")]
+    ReplicaNotFound(String),
 }
 
 /// Mode of the vault directory and `packs/`: the owner only.
@@ -446,8 +456,14 @@ impl Vault {
             self.catalog.pack_names()?.into_iter().collect();
         let dir = self.root.join("packs");
         let listed = self.store.list().map_err(io_err(&dir))?;
+        // In a replica, these are an interrupted `replicate`'s packs: its next run takes them.
+        let level = match self.catalog.meta("replica_of")? {
+            Some(_) => log::Level::Info,
+            None => log::Level::Warn,
+        };
         for p in listed.into_iter().filter(|p| !known.contains(&p.name)) {
-            log::warn!(
+            log::log!(
+                level,
                 "pack {} is not named by the catalog; moved to {}/{} (`coffre vault \
                  rebuild-index` registers it again)",
                 p.name,

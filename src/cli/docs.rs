@@ -353,6 +353,13 @@ pub const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
             "Show what a garbage collection would reclaim.",
         )],
     ),
+    (
+        "replicate",
+        &[(
+            "coffre replicate --to /mnt/backup-disk/coffre",
+            "Bring a replica on another disk up to date (created on first use).",
+        )],
+    ),
 ];
 
 /// Examples of the sidecar.

@@ -1,5 +1,5 @@
-//! `coffre vault show|set|rebuild-index`: the vault's lifecycle settings, and registering packs
-//! the catalog does not name.
+//! `coffre vault show|set|rebuild-index`: the vault's lifecycle settings, its remembered
+//! replicas, and registering packs the catalog does not name.
 
 use std::process::ExitCode;
 
@@ -45,6 +45,14 @@ enum Setting {
     /// off; on: nothing may make an existing point end earlier (no forget or purge of a point
     /// before its time, no shorter policy or soft-delete period); locked: on, for ever
     Immutability { level: Level },
+    /// Remember a replica directory under a name, for `coffre replicate --to NAME`
+    Replica {
+        name: String,
+        /// The replica's directory (made absolute)
+        dir: std::path::PathBuf,
+    },
+    /// Forget a remembered replica (its directory is left as it is)
+    NoReplica { name: String },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -73,12 +81,21 @@ pub fn run(cli: &Cli, args: &VaultArgs) -> Result<ExitCode> {
                 let mut v = serde_json::to_value(s)?;
                 v["path"] = vault.root().display().to_string().into();
                 v["id"] = vault.id().into();
+                let replicas: serde_json::Map<String, serde_json::Value> = vault
+                    .replicas()?
+                    .into_iter()
+                    .map(|(n, d)| (n, d.display().to_string().into()))
+                    .collect();
+                v["replicas"] = replicas.into();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("vault             {}", vault.root().display());
                 println!("id                {}", vault.id());
                 println!("soft-delete-days  {}", s.soft_delete_days);
                 println!("immutability      {}", s.immutability);
+                for (name, dir) in vault.replicas()? {
+                    println!("replica {name:<9} {}", dir.display());
+                }
             }
         }
         VaultCommand::RebuildIndex { json } => {
@@ -98,24 +115,40 @@ pub fn run(cli: &Cli, args: &VaultArgs) -> Result<ExitCode> {
                 }
             }
         }
-        VaultCommand::Set { setting } => {
-            let change = match setting {
-                Setting::SoftDeleteDays { days } => SettingChange::SoftDeleteDays(*days),
-                Setting::Immutability { level } => SettingChange::Immutability((*level).into()),
-            };
-            let lock = vault.lock(true)?;
-            let (old, new) = change_setting(&vault, &lock, change)?;
-            match change {
-                SettingChange::SoftDeleteDays(_) => println!(
-                    "soft-delete-days {} (was {})",
-                    new.soft_delete_days, old.soft_delete_days
-                ),
-                SettingChange::Immutability(_) => println!(
-                    "immutability {} (was {})",
-                    new.immutability, old.immutability
-                ),
-            }
-        }
+        VaultCommand::Set { setting } => set(&vault, setting)?,
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn set(vault: &crate::vault::Vault, setting: &Setting) -> Result<()> {
+    let change = match setting {
+        Setting::SoftDeleteDays { days } => SettingChange::SoftDeleteDays(*days),
+        Setting::Immutability { level } => SettingChange::Immutability((*level).into()),
+        Setting::Replica { name, dir } => {
+            let dir = std::path::absolute(dir)?;
+            let lock = vault.lock(true)?;
+            vault.set_replica(&lock, name, Some(&dir))?;
+            println!("replica {name} is {}", dir.display());
+            return Ok(());
+        }
+        Setting::NoReplica { name } => {
+            let lock = vault.lock(true)?;
+            vault.set_replica(&lock, name, None)?;
+            println!("replica {name} forgotten");
+            return Ok(());
+        }
+    };
+    let lock = vault.lock(true)?;
+    let (old, new) = change_setting(vault, &lock, change)?;
+    match change {
+        SettingChange::SoftDeleteDays(_) => println!(
+            "soft-delete-days {} (was {})",
+            new.soft_delete_days, old.soft_delete_days
+        ),
+        SettingChange::Immutability(_) => println!(
+            "immutability {} (was {})",
+            new.immutability, old.immutability
+        ),
+    }
+    Ok(())
 }

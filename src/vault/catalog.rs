@@ -1272,6 +1272,167 @@ impl Catalog {
         self.put_blob("lists", &id.0, encoded, replace)
     }
 
+    // ---- replication (the replica's side is written only by `replicate`) ----
+
+    /// A blob as stored (zstd-compressed), not checked: the caller read it checked first.
+    pub fn blob_raw(&self, table: &str, id: &[u8; 32]) -> VaultResult<Option<Vec<u8>>> {
+        let sql = format!("SELECT data FROM {} WHERE id=?1", blob_table(table));
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([&id[..]], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// True if a blob is stored under `id` and not doomed by a gc.
+    pub fn has_live_blob(&self, table: &str, id: &[u8; 32]) -> VaultResult<bool> {
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE id=?1 AND doomed IS NULL",
+            blob_table(table)
+        );
+        Ok(self
+            .conn
+            .prepare_cached(&sql)?
+            .query_row([&id[..]], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Stores a blob as another catalog stored it (compressed), replacing a doomed copy.
+    pub fn put_blob_raw(&self, table: &str, id: &[u8; 32], data: &[u8]) -> VaultResult<()> {
+        let sql = format!(
+            "INSERT OR REPLACE INTO {}(id, data) VALUES (?1, ?2)",
+            blob_table(table)
+        );
+        self.conn
+            .prepare_cached(&sql)?
+            .execute(params![&id[..], data])?;
+        Ok(())
+    }
+
+    /// The `bad` value of a chunk's row (0 good, 1 damaged, 2 garbage), if it has one.
+    pub fn chunk_state(&self, id: &ChunkId) -> VaultResult<Option<u8>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT bad FROM chunks WHERE id=?1")?
+            .query_row([&id.0[..]], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// The chunk rows naming pack `pack`.
+    pub fn chunk_rows_in_pack(&self, pack: i64) -> VaultResult<Vec<ChunkRow>> {
+        self.chunk_rows_where("pack = ?1", [pack])
+    }
+
+    /// Inserts (or replaces) a chunk row as given, its `bad` mark included.
+    pub fn insert_chunk_row(&self, id: &ChunkId, loc: &ChunkLoc) -> VaultResult<()> {
+        self.insert_chunk(id, loc)?;
+        if loc.bad {
+            self.mark_chunk_bad(id)?;
+        }
+        Ok(())
+    }
+
+    /// Every pack the catalog names: name -> (id, size, doomed).
+    pub fn packs_by_name(
+        &self,
+    ) -> VaultResult<std::collections::HashMap<String, (i64, u64, bool)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, name, size, doomed IS NOT NULL FROM packs")?;
+        let rows = st.query_map([], |r| {
+            Ok((r.get::<_, String>(1)?, (r.get(0)?, r.get(2)?, r.get(3)?)))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Sets what may change of a point after its backup (soft delete, undelete, labels).
+    pub fn set_point_state(&self, pid: &str, p: &PointRow) -> VaultResult<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE points SET keep_until=?2, deleted_at=?3, deleted_by=?4, tags=?5, note=?6
+                 WHERE pid=?1",
+            )?
+            .execute(params![
+                pid,
+                p.keep_until,
+                p.deleted_at,
+                p.deleted_by,
+                tags_json(&p.tags),
+                p.note
+            ])?;
+        Ok(())
+    }
+
+    /// Inserts or updates policy `name` as another catalog defines it.
+    pub fn mirror_policy(&self, name: &str, policy: &Policy, now: i64) -> VaultResult<()> {
+        if self.update_policy(name, policy)? == 0 {
+            self.insert_policy(name, policy, now)?;
+        }
+        Ok(())
+    }
+
+    /// Inserts or updates an item with the id, name, kind, definition, state and policy another
+    /// catalog gives it (the policy must exist here).
+    pub fn mirror_item(&self, item: &Item) -> VaultResult<()> {
+        self.conn.execute(
+            "INSERT INTO items(id, name, kind, source, state, created, policy)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, (SELECT id FROM policies WHERE name = ?7))
+             ON CONFLICT(id) DO UPDATE SET name=excluded.name, kind=excluded.kind,
+                source=excluded.source, state=excluded.state, created=excluded.created,
+                policy=excluded.policy",
+            params![
+                item.id,
+                item.name,
+                item.kind.as_str(),
+                item.source_json().to_string(),
+                item.state.as_str(),
+                item.created,
+                item.policy
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Gives items temporary names (so mirrored renames may swap names), and tells readers
+    /// items may have been renamed.
+    pub fn unname_items(&self, ids: &[i64]) -> VaultResult<()> {
+        for id in ids {
+            self.conn.execute(
+                "UPDATE items SET name = printf('.replicating-%d', id) WHERE id=?1",
+                [id],
+            )?;
+        }
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES ('items_seq', '1')
+             ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
+            [],
+        )?;
+        Ok(())
+    }
+
+    /// Removes an item's row (its points must be gone).
+    pub fn delete_item(&self, id: i64) -> VaultResult<()> {
+        self.conn.execute("DELETE FROM items WHERE id=?1", [id])?;
+        Ok(())
+    }
+
+    /// Every meta entry whose key starts with `prefix`, by key.
+    pub fn meta_with_prefix(&self, prefix: &str) -> VaultResult<Vec<(String, String)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT key, value FROM meta WHERE substr(key, 1, ?2) = ?1 ORDER BY key")?;
+        let rows = st.query_map(params![prefix, prefix.len() as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Removes a meta entry; returns 1 if it existed.
+    pub fn delete_meta(&self, key: &str) -> VaultResult<usize> {
+        Ok(self.conn.execute("DELETE FROM meta WHERE key=?1", [key])?)
+    }
+
     // ---- totals ----
 
     pub fn totals(&self) -> VaultResult<CatalogTotals> {

@@ -64,7 +64,10 @@ pub struct AppliedChanges {
 
 impl Vault {
     /// Runs `f` in one write transaction (the caller holds the writer lock).
-    fn transaction<T>(&self, f: impl FnOnce(&Catalog) -> VaultResult<T>) -> VaultResult<T> {
+    pub(super) fn transaction<T>(
+        &self,
+        f: impl FnOnce(&Catalog) -> VaultResult<T>,
+    ) -> VaultResult<T> {
         self.catalog.begin()?;
         match f(&self.catalog) {
             Ok(v) => {
