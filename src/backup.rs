@@ -75,6 +75,14 @@ pub fn backup_item(
     def: &ItemSource,
     opts: &RunOptions,
 ) -> Result<BackupReport, BackupError> {
+    // A point made here would be dropped by the next replicate, which mirrors the primary.
+    if let Some(primary) = vault.replica_of()? {
+        return Err(BackupError::NotProtected(format!(
+            "vault {} is a replica (of vault {primary}): back up into the primary; \
+             `coffre replicate` brings its points here",
+            vault.root().display()
+        )));
+    }
     if let Some(item) = vault.find_item(name)? {
         match item.state {
             ItemState::Protected => {}

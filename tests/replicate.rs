@@ -410,6 +410,32 @@ fn a_replica_of_another_vault_and_bad_targets_are_refused() {
         &["replicate", "--to", t.vault().to_str().unwrap()],
         "this vault",
     );
+    // A backup into a replica would be undone by the next replicate: refused, nothing written.
+    let packs_of = |v: &Path| -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(v.join("packs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    let before = packs_of(&r);
+    let src = t.path("other-src");
+    write(&src.join("f"), b"into the replica");
+    let out = t.run(&[
+        "--vault",
+        rs,
+        "backup",
+        "--item",
+        "z",
+        src.to_str().unwrap(),
+    ]);
+    assert_fails(&out, "is a replica");
+    assert_eq!(packs_of(&r), before, "no pack was written");
+    assert!(
+        point_ids(&t, &r, false).len() == 4,
+        "no point was added to the replica"
+    );
     // A file, a directory of other things, a directory that cannot be written.
     let file = t.path("file");
     write(&file, b"x");

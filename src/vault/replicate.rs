@@ -45,6 +45,13 @@ const INCOMING: &str = "incoming";
 /// Settings a replica takes from its primary.
 const MIRRORED_META: &[&str] = &["soft_delete_days", "immutability"];
 
+impl Vault {
+    /// The id of the vault this one is a replica of, if it is one.
+    pub fn replica_of(&self) -> VaultResult<Option<String>> {
+        self.catalog.meta(REPLICA_OF)
+    }
+}
+
 /// What `replicate_to` copies.
 #[derive(Clone, Debug, Default)]
 pub struct ReplicateOptions {
