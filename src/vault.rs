@@ -395,6 +395,15 @@ impl Vault {
         self.root.join("vault.db")
     }
 
+    /// Size of vault.db and its WAL.
+    pub fn catalog_bytes(&self) -> u64 {
+        ["vault.db", "vault.db-wal"]
+            .iter()
+            .filter_map(|f| std::fs::metadata(self.root().join(f)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
     pub(crate) fn store(&self) -> Arc<dyn PackStore> {
         self.store.clone()
     }

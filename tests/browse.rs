@@ -11,8 +11,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::{
-    MountGuard, OutputWithin, TestVault, is_root, json_ns, noise, set_mtime, set_xattr, snapshot,
-    stderr, text, write,
+    MountGuard, OutputWithin, TestVault, is_root, json, json_ns, noise, set_mtime, set_xattr,
+    snapshot, stderr, text, write,
 };
 use serde_json::Value;
 
@@ -35,10 +35,6 @@ fn ok_env(t: &TestVault, env: &[(&str, &str)], args: &[&str]) -> String {
         stderr(&out)
     );
     String::from_utf8(out.stdout).expect("utf-8 output")
-}
-
-fn json(s: &str) -> Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
 }
 
 fn lines(s: &str) -> Vec<&str> {

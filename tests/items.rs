@@ -18,10 +18,6 @@ fn assert_usage(out: &std::process::Output, needle: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
-}
-
 fn ids(points: &[serde_json::Value]) -> Vec<String> {
     points
         .iter()

@@ -58,10 +58,6 @@ fn forget_and_purge(t: &TestVault, item: &str, id: &str) {
     t.ok(&["purge", &spec]);
 }
 
-fn json(out: &str) -> serde_json::Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
 /// Runs coffre with JSON output and any exit code; returns (code, report).
 fn run_json(t: &TestVault, args: &[&str]) -> (i32, serde_json::Value) {
     let out = t.run(args);
@@ -90,17 +86,6 @@ fn assert_restores(t: &TestVault, item: &str, id: &str, snap: &BTreeMap<Vec<u8>,
 
 static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const SEQ: std::sync::atomic::Ordering = std::sync::atomic::Ordering::SeqCst;
-
-/// Bytes of every file under `dir`.
-fn du(dir: &Path) -> u64 {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let m = e.metadata().unwrap();
-        n += if m.is_dir() { du(&e.path()) } else { m.len() };
-    }
-    n
-}
 
 fn packs(t: &TestVault) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(t.vault().join("packs"))
@@ -468,18 +453,30 @@ fn a_backup_beside_gc_completes_and_restores_exactly() {
     wait_for(&PathBuf::from(format!("{}.reached", go2.display())));
     write_state(&src2, 3);
     let snap3 = snapshot(&src2, false);
+    let said = t.path("backup-stderr");
     let mut backup = t
         .cmd()
         .args(["backup", "--json", "--item", "y", src2.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&said).unwrap())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        backup.try_wait().unwrap().is_none(),
-        "the backup waits for the round's lock"
-    );
+    // The backup says it waits for the lock the round holds (polled, with a deadline).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&said)
+        .unwrap_or_default()
+        .contains("waiting for the vault lock")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the backup never waited for the lock"
+        );
+        assert!(
+            backup.try_wait().unwrap().is_none(),
+            "the backup did not wait"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     write(&go2, b"");
     assert!(
         wait_within(&mut gc, Duration::from_secs(60))
@@ -577,27 +574,8 @@ fn gc_deletes_nothing_while_a_point_needs_an_unreadable_tree_and_check_names_it(
     let (keep, _) = backup_state(&t, "x", &src, 3);
     let (old, _) = backup_state(&t, "x", &src, 1);
     forget_and_purge(&t, "x", &old);
-    let _ = t.ok(&["points"]); // checkpoints the WAL into vault.db on close
-    {
-        // Damage the root tree of the kept point: gc can no longer know what it needs.
-        let db = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = db
-            .prepare("SELECT id, data FROM trees")
-            .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(|r| r.unwrap())
-            .collect();
-        for (id, mut data) in rows {
-            let n = data.len();
-            data[n / 2] ^= 0xff;
-            db.execute(
-                "UPDATE trees SET data=?2 WHERE id=?1",
-                rusqlite::params![id, data],
-            )
-            .unwrap();
-        }
-    }
+    // Damage the trees of the kept point: gc can no longer know what it needs.
+    assert!(damage_every_tree(&t) >= 1);
     let before = packs(&t);
     let out = t.run(&["gc"]);
     assert_fails(&out, "gc deleted nothing");
@@ -687,19 +665,20 @@ fn a_reader_inside_a_purged_point_keeps_reading_through_gc() {
         .next()
         .expect("the forgotten point under deleted/");
     // A shell sits in the point's directory; it lists and reads a subdirectory only later.
-    let go = t.path("go");
-    let out = t.path("sum");
+    let (go, ready, out) = (t.path("go"), t.path("ready"), t.path("sum"));
     let mut sh = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "cd '{}' && while [ ! -e '{}' ]; do sleep 0.05; done; ls notes >/dev/null && cat notes/t2.txt > '{}'",
+            "cd '{}' && : > '{}' && while [ ! -e '{}' ]; do sleep 0.05; done; \
+             ls notes >/dev/null && cat notes/t2.txt > '{}'",
             dir.display(),
+            ready.display(),
             go.display(),
             out.display()
         ))
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for(&ready);
     t.ok(&["purge", &format!("x@{doomed}")]);
     let (code, report) = run_json(&t, &["gc", "--json"]);
     assert_eq!(code, 0, "{report}");

@@ -11,10 +11,6 @@ use std::process::Command;
 
 use common::*;
 
-fn json(out: &str) -> serde_json::Value {
-    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-}
-
 /// `coffre replicate --to DIR ARGS... --json`, which must succeed.
 fn replicate(t: &TestVault, to: &Path, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["replicate", "--json", "--to", to.to_str().unwrap()];
@@ -70,16 +66,6 @@ fn point_ids(t: &TestVault, vault: &Path, deleted: bool) -> Vec<String> {
         .collect();
     ids.sort();
     ids
-}
-
-fn du(dir: &Path) -> u64 {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let m = e.metadata().unwrap();
-        n += if m.is_dir() { du(&e.path()) } else { m.len() };
-    }
-    n
 }
 
 fn verify_ok(t: &TestVault, vault: &Path) {

@@ -308,11 +308,7 @@ fn deleted_points(
 
 pub fn stats(vault: &Vault, json: bool) -> Result<ExitCode> {
     let t = vault.totals()?;
-    let catalog_bytes = ["vault.db", "vault.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(vault.root().join(f)).ok())
-        .map(|m| m.len())
-        .sum::<u64>();
+    let catalog_bytes = vault.catalog_bytes();
     let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
     let dedup = ratio(t.logical_bytes, t.chunk_bytes);
     let compression = ratio(t.chunk_bytes, t.pack_bytes);

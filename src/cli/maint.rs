@@ -56,6 +56,7 @@ pub struct GcArgs {
     json: bool,
 }
 
+/// A percentage from 0 to 100 (`%` allowed).
 fn parse_share(s: &str) -> std::result::Result<f64, String> {
     match s.trim_end_matches('%').parse::<f64>() {
         Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
@@ -65,9 +66,10 @@ fn parse_share(s: &str) -> std::result::Result<f64, String> {
     }
 }
 
+/// A percentage above 0, up to 100.
 fn parse_percent(s: &str) -> std::result::Result<f64, String> {
-    match s.trim_end_matches('%').parse::<f64>() {
-        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+    match parse_share(s) {
+        Ok(p) if p > 0.0 => Ok(p),
         _ => Err(format!(
             "{s:?} is not a percentage: use a number above 0, up to 100"
         )),

@@ -130,14 +130,14 @@ pub fn verify(
     report.packs_left = report.packs_total - report.packs_verified;
     let (needed, unreferenced) = std::mem::take(&mut report.damaged_chunks)
         .into_iter()
-        .partition(|b| parse_id(&b.id).is_some_and(|id| reach.chunks.contains(&id)));
+        .partition(|b| ChunkId::from_hex(&b.id).is_some_and(|id| reach.chunks.contains(&id)));
     (report.damaged_chunks, report.unreferenced_damaged) = (needed, unreferenced);
     let ids = damaged_ids(&report);
     let all_bad = report
         .damaged_chunks
         .iter()
         .chain(&report.unreferenced_damaged);
-    let bad: Vec<ChunkId> = all_bad.filter_map(|b| parse_id(&b.id)).collect();
+    let bad: Vec<ChunkId> = all_bad.filter_map(|b| ChunkId::from_hex(&b.id)).collect();
     if !bad.is_empty() {
         vault.report_damage(&bad);
         // Marked now if no writer holds the vault; else the writer's next session marks them.
@@ -293,14 +293,6 @@ fn out_of_time(
     spent.as_secs_f64() + per_byte * size as f64 * threads as f64 > max.as_secs_f64()
 }
 
-fn parse_id(hex: &str) -> Option<ChunkId> {
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(ChunkId(out))
-}
-
 /// Every damaged or missing chunk and unreadable blob id the report names.
 fn damaged_ids(report: &VerifyReport) -> HashSet<[u8; 32]> {
     let c = &report.check;
@@ -312,7 +304,7 @@ fn damaged_ids(report: &VerifyReport) -> HashSet<[u8; 32]> {
     chunks
         .chain(&c.missing_chunks)
         .chain(c.broken.iter().map(|b| &b.id))
-        .filter_map(|h| parse_id(h).map(|i| i.0))
+        .filter_map(|h| ChunkId::from_hex(h).map(|i| i.0))
         .collect()
 }
 

@@ -42,25 +42,14 @@ impl Damaged {
 
     fn parse(line: &str) -> Option<Damaged> {
         let (kind, hex) = line.split_once(' ')?;
-        let bytes = hex_bytes(hex.trim())?;
+        let hex = hex.trim();
         Some(match kind {
-            "chunk" => Damaged::Chunk(ChunkId(bytes)),
-            "tree" => Damaged::Tree(TreeId(bytes)),
-            "list" => Damaged::List(ListId(bytes)),
+            "chunk" => Damaged::Chunk(ChunkId::from_hex(hex)?),
+            "tree" => Damaged::Tree(TreeId::from_hex(hex)?),
+            "list" => Damaged::List(ListId::from_hex(hex)?),
             _ => return None,
         })
     }
-}
-
-fn hex_bytes(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// The damage journal of one vault.

@@ -42,6 +42,10 @@ macro_rules! hash_id {
             pub fn from_slice(b: &[u8]) -> Option<$name> {
                 Some($name(b.try_into().ok()?))
             }
+            /// Parses the 64 hex digits `to_hex` writes.
+            pub fn from_hex(s: &str) -> Option<$name> {
+                from_hex(s).map($name)
+            }
         }
 
         impl fmt::Debug for $name {
@@ -56,6 +60,18 @@ macro_rules! hash_id {
             }
         }
     };
+}
+
+/// 32 bytes from 64 hex digits.
+fn from_hex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn hex(b: &[u8]) -> String {

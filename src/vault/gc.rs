@@ -298,15 +298,6 @@ impl Vault {
         Ok(report)
     }
 
-    /// Size of vault.db and its WAL.
-    fn catalog_bytes(&self) -> u64 {
-        ["vault.db", "vault.db-wal"]
-            .iter()
-            .filter_map(|f| std::fs::metadata(self.root().join(f)).ok())
-            .map(|m| m.len())
-            .sum()
-    }
-
     /// One round: move the live chunks of `round`'s packs, drop their dead rows, stop naming
     /// every pack no row names any more, and (first round) drop dead trees and lists.
     fn gc_round(

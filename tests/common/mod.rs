@@ -706,3 +706,43 @@ pub fn json_ns(v: &serde_json::Value) -> Option<i64> {
     let ts: jiff::Timestamp = v.as_str()?.parse().ok()?;
     i64::try_from(ts.as_nanosecond()).ok()
 }
+
+/// Parses a command's JSON output, failing the test with the text when it is not JSON.
+pub fn json(out: &str) -> serde_json::Value {
+    serde_json::from_str(out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Bytes of every file under `dir`.
+pub fn du(dir: &Path) -> u64 {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        n += if m.is_dir() { du(&e.path()) } else { m.len() };
+    }
+    n
+}
+
+/// Flips a byte in every tree the catalog stores (checkpointing the WAL first); returns how
+/// many trees were damaged.
+pub fn damage_every_tree(t: &TestVault) -> usize {
+    let _ = t.ok(&["points"]); // a reader: the WAL is checkpointed into vault.db on close
+    let db = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
+    let rows: Vec<(Vec<u8>, Vec<u8>)> = db
+        .prepare("SELECT id, data FROM trees")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    for (id, mut data) in rows.iter().cloned() {
+        let n = data.len();
+        data[n / 2] ^= 0xff;
+        db.execute(
+            "UPDATE trees SET data=?2 WHERE id=?1",
+            rusqlite::params![id, data],
+        )
+        .unwrap();
+    }
+    rows.len()
+}
