@@ -170,6 +170,12 @@ enum Command {
     /// all its data. Soft deletes, undeletes and purges follow this vault. `coffre --vault DIR`
     /// lists, restores, mounts and verifies the replica like any vault.
     Replicate(replicate::ReplicateArgs),
+    /// Fetch damaged or missing data back from a replica (exit 1 if some stays missing)
+    ///
+    /// Every chunk marked bad (by `coffre verify`, a read that failed, or a pack that is missing
+    /// or short), every chunk with no row and every damaged tree or content list is read from
+    /// the replica, checked against its id and stored again in new packs of this vault.
+    Repair(replicate::RepairArgs),
     /// Write man pages or shell completions (see README: Install)
     #[command(hide = true)]
     Generate(generate::GenerateArgs),
@@ -502,6 +508,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Check(args) => maint::check(cli, args),
         Command::Gc(args) => maint::gc(cli, args),
         Command::Replicate(args) => replicate::run(cli, args),
+        Command::Repair(args) => replicate::repair(cli, args),
         Command::Generate(args) => generate::run(args),
     }
 }

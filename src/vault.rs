@@ -27,6 +27,7 @@ pub mod packs;
 mod reach;
 mod reader;
 mod rebuild;
+mod repair;
 mod replicate;
 mod scrub;
 pub mod store;
@@ -58,6 +59,7 @@ pub use names::{
 pub use reach::{Broken, Reach};
 pub use reader::VaultReader;
 pub use rebuild::RebuildReport;
+pub use repair::{RepairReport, Unrepaired};
 pub use replicate::{ReplicateOptions, ReplicateProgress, ReplicateReport, SkippedPoint};
 pub use verify::{BadChunk, CatalogCheck, PackJob, PackVerifier, VerifyState};
 pub use write::{ChunkSink, Committed, NewPoint, SessionOptions, SinkMode, WriteSession};
@@ -185,6 +187,19 @@ pub enum VaultError {
     BadReplicaName(String),
     #[error("no replica named {0:?} (see `coffre vault show`)")]
     ReplicaNotFound(String),
+}
+
+impl VaultError {
+    /// True for "this blob or chunk is damaged or gone", as opposed to "cannot work at all".
+    pub fn is_damage(&self) -> bool {
+        matches!(
+            self,
+            VaultError::Damaged { .. }
+                | VaultError::Missing { .. }
+                | VaultError::Format(_)
+                | VaultError::BadChunk { .. }
+        )
+    }
 }
 
 /// Mode of the vault directory and `packs/`: the owner only.

@@ -497,3 +497,117 @@ fn chunks_damaged_in_the_primary_are_found_and_marked_bad_on_both_sides() {
         "the next backup stored the chunk again: {c}"
     );
 }
+
+fn primary_packs(t: &TestVault) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(t.vault().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn flip_middle(pack: &Path) {
+    let mut bytes = std::fs::read(pack).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(pack, bytes).unwrap();
+}
+
+#[test]
+fn repair_from_a_replica_heals_flipped_bytes_lost_packs_and_damaged_trees() {
+    let t = TestVault::new();
+    let points = two_items(&t);
+    let r = t.path("replica");
+    replicate(&t, &r, &[]);
+    let rs = r.to_str().unwrap();
+    let packs = primary_packs(&t);
+    assert!(packs.len() >= 4, "{packs:?}");
+    flip_middle(&packs[0]);
+    flip_middle(&packs[1]);
+    std::fs::remove_file(&packs[2]).unwrap();
+    assert!(damage_every_tree(&t) > 0);
+    let out = t.run(&["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "the damage is seen first");
+
+    let out = t.run(&["repair", "--json", "--from", rs]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rep = json(&String::from_utf8_lossy(&out.stdout));
+    assert!(rep["chunks_repaired"].as_u64().unwrap() >= 3, "{rep}");
+    assert!(rep["blobs_repaired"].as_u64().unwrap() >= 1, "{rep}");
+    assert!(rep["unrepaired"].as_array().unwrap().is_empty(), "{rep}");
+    let out = t.run(&["check", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let out = t.run(&["verify", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (spec, snap) in &points {
+        assert_restores(&t, &t.vault(), spec, snap);
+    }
+    // Healed: a second repair has nothing to do, and says so.
+    let again = t.ok(&["repair", "--from", rs]);
+    assert!(again.contains("nothing to repair"), "{again}");
+    // The replica was only read.
+    verify_ok(&t, &r);
+}
+
+#[test]
+fn repair_reports_what_the_replica_lacks_and_fails() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    backup_files(&t, "a", &src, &[("old", noise(200_000, 1))]);
+    let r = t.path("replica");
+    replicate(&t, &r, &[]);
+    let before = primary_packs(&t);
+    // A point made after the replicate: its data exists only here.
+    backup_files(&t, "a", &src, &[("new", noise(300_000, 2))]);
+    let fresh: Vec<PathBuf> = primary_packs(&t)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(fresh.len(), 1, "{fresh:?}");
+    flip_middle(&fresh[0]);
+    assert_eq!(t.run(&["verify"]).status.code(), Some(1));
+    let out = t.run(&["repair", "--json", "--from", r.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let rep = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(rep["chunks_repaired"], 0, "{rep}");
+    assert!(rep["unrepaired_needed"].as_u64().unwrap() >= 1, "{rep}");
+    let u = &rep["unrepaired"][0];
+    assert_eq!(u["what"], "chunk", "{rep}");
+    assert!(
+        u["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the replica cannot give it"),
+        "{rep}"
+    );
+    // The text form names it on stderr; the vault is unchanged and still says what is wrong.
+    let out = t.run(&["repair", "--from", r.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not repaired: chunk"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(t.run(&["check"]).status.code(), Some(1));
+    // A vault cannot repair from itself, and a missing replica is one clear line.
+    let v = t.vault();
+    let out = t.run(&["repair", "--from", v.to_str().unwrap()]);
+    assert_fails(&out, "from itself");
+    let out = t.run(&["repair", "--from", t.path("nowhere").to_str().unwrap()]);
+    assert_fails(&out, "no vault at");
+}

@@ -360,6 +360,13 @@ pub const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
             "Bring a replica on another disk up to date (created on first use).",
         )],
     ),
+    (
+        "repair",
+        &[(
+            "coffre repair --from /mnt/backup-disk/coffre",
+            "Fetch the chunks `coffre verify` found damaged back from the replica.",
+        )],
+    ),
 ];
 
 /// Examples of the sidecar.

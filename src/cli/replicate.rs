@@ -1,5 +1,5 @@
 //! `coffre replicate --to DIR [ITEM...] [--json]`: keeps a replica (a second vault) in step with
-//! this one, and prints what it did.
+//! this one, and prints what it did. `coffre repair --from DIR`: heals this vault from one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use super::Cli;
 use crate::progress::{Progress, human_bytes};
-use crate::vault::{ReplicateOptions, ReplicateProgress, ReplicateReport};
+use crate::vault::{RepairReport, ReplicateOptions, ReplicateProgress, ReplicateReport, Vault};
 use crate::words::plural;
 
 #[derive(clap::Args)]
@@ -90,4 +90,68 @@ fn print_text(r: &ReplicateReport) {
         },
         r.seconds
     );
+}
+
+#[derive(clap::Args)]
+pub struct RepairArgs {
+    /// The replica to fetch from: a directory, or the name of one remembered with
+    /// `coffre vault set replica NAME DIR`
+    #[arg(long, value_name = "DIR|NAME")]
+    from: PathBuf,
+    /// Print the report as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+/// `coffre repair --from DIR|NAME [--json]`: exit 0 when nothing a point needs stays missing.
+pub fn repair(cli: &Cli, args: &RepairArgs) -> Result<ExitCode> {
+    let vault = cli.open_vault()?;
+    let from = vault.replica_target(&args.from)?;
+    let replica = Vault::open(&from)?;
+    if replica.id() == vault.id() && replica.replica_of()?.is_none() {
+        anyhow::bail!(
+            "cannot repair {} from itself: give a replica (see `coffre vault show`)",
+            from.display()
+        );
+    }
+    let lock = vault.lock(true)?;
+    let report = vault.repair_from(&replica, &lock)?;
+    drop(lock);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if !cli.quiet || !report.unrepaired.is_empty() {
+        print_repair(&report);
+    }
+    Ok(if report.unrepaired_needed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn print_repair(r: &RepairReport) {
+    if r.chunks_repaired == 0 && r.blobs_repaired == 0 && r.unrepaired.is_empty() {
+        println!(
+            "nothing to repair: no chunk is marked bad and every point's data is in the catalog"
+        );
+        return;
+    }
+    println!(
+        "repaired {} ({}) and {} from {} in {:.1} s",
+        plural(r.chunks_repaired, "chunk"),
+        human_bytes(r.bytes_repaired),
+        plural(r.blobs_repaired, "catalog entry"),
+        r.from,
+        r.seconds
+    );
+    for u in &r.unrepaired {
+        eprintln!("not repaired: {} {}: {}", u.what, u.id, u.detail);
+    }
+    if r.unrepaired_needed > 0 {
+        eprintln!(
+            "{} that points need could not be repaired; `coffre verify` names the files, and \
+             the next backup of a source that still has them stores them again",
+            plural(r.unrepaired_needed, "block")
+        );
+    }
 }

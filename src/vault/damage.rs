@@ -162,6 +162,11 @@ impl DamageSet {
         self.chunks.contains(id)
     }
 
+    /// Every chunk known damaged, for a repair.
+    pub fn chunk_ids(&self) -> Vec<ChunkId> {
+        self.chunks.iter().copied().collect()
+    }
+
     pub fn tree(&self, id: &TreeId) -> bool {
         self.trees.lock().expect("damage lock").contains(id)
     }

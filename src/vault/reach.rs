@@ -33,10 +33,7 @@ pub struct Reach {
 /// True for errors that mean "this blob is damaged or gone" (as opposed to "cannot read the
 /// catalog at all", which stops the walk).
 fn is_damage(e: &VaultError) -> bool {
-    matches!(
-        e,
-        VaultError::Damaged { .. } | VaultError::Missing { .. } | VaultError::Format(_)
-    )
+    e.is_damage() && !matches!(e, VaultError::BadChunk { .. })
 }
 
 impl Reach {
