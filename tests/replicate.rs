@@ -611,3 +611,78 @@ fn repair_reports_what_the_replica_lacks_and_fails() {
     let out = t.run(&["repair", "--from", t.path("nowhere").to_str().unwrap()]);
     assert_fails(&out, "no vault at");
 }
+
+#[test]
+fn backup_due_brings_every_named_replica_up_to_date() {
+    let t = TestVault::new();
+    t.ok(&["init"]);
+    let (usb, nas) = (t.path("usb"), t.path("nas"));
+    t.ok(&["vault", "set", "replica", "usb", usb.to_str().unwrap()]);
+    t.ok(&["vault", "set", "replica", "nas", nas.to_str().unwrap()]);
+    // A point three days old: the default policy (daily at 02:00) makes the item due now.
+    let src = t.path("src");
+    write(&src.join("f"), &noise(100_000, 3));
+    let old = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(72)).to_string();
+    t.ok(&[
+        "backup",
+        "-q",
+        "--item",
+        "a",
+        src.to_str().unwrap(),
+        "--time",
+        &old,
+    ]);
+    let out = json(&t.ok(&["backup", "--due", "--json"]));
+    assert_eq!(out["backups"].as_array().unwrap().len(), 1, "{out}");
+    let replicas = out["replicas"].as_array().unwrap();
+    assert_eq!(replicas.len(), 2, "{out}");
+    for r in replicas {
+        assert_eq!(r["report"]["points_added"], 2, "{out}");
+    }
+    for dir in [&usb, &nas] {
+        assert_eq!(point_ids(&t, dir, false), point_ids(&t, &t.vault(), false));
+    }
+    // Nothing due: no replicate either.
+    let out = json(&t.ok(&["backup", "--due", "--json"]));
+    assert!(out["replicas"].as_array().unwrap().is_empty(), "{out}");
+    // --no-replicate skips them; a replica that fails is one error line and exit 1, and the
+    // other replicas and the backups are still done.
+    t.ok(&[
+        "backup",
+        "-q",
+        "--item",
+        "b",
+        src.to_str().unwrap(),
+        "--time",
+        &old,
+    ]);
+    let out = json(&t.ok(&["backup", "--due", "--no-replicate", "--json"]));
+    assert!(out["replicas"].as_array().unwrap().is_empty(), "{out}");
+    assert_eq!(point_ids(&t, &usb, false).len(), 2);
+    t.ok(&[
+        "backup",
+        "-q",
+        "--item",
+        "c",
+        src.to_str().unwrap(),
+        "--time",
+        &old,
+    ]);
+    std::fs::remove_dir_all(&nas).unwrap();
+    std::fs::write(&nas, b"not a directory").unwrap();
+    let out = t.run(&["backup", "--due"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("error: replicate to replica \"nas\" failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        point_ids(&t, &usb, false),
+        point_ids(&t, &t.vault(), false),
+        "usb is up to date with every point, b's and c's included"
+    );
+    assert_eq!(t.points("c").len(), 2);
+    let out = t.run(&["backup", "--no-replicate"]);
+    assert_eq!(out.status.code(), Some(2), "--no-replicate needs --due");
+}

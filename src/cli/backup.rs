@@ -62,6 +62,10 @@ pub struct BackupArgs {
         "exclude_caches", "exclude_if_present", "exclude_larger_than", "one_file_system", "time",
         "keep_until", "policy", "dry_run"])]
     due: bool,
+    /// With --due: do not bring the replicas named with `coffre vault set replica` up to date
+    /// afterwards
+    #[arg(long, requires = "due")]
+    no_replicate: bool,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -200,7 +204,7 @@ pub fn run_vm(cli: &Cli, args: &BackupVmArgs) -> Result<ExitCode> {
 /// `coffre backup --item NAME PATH [--exclude GLOB]... [-x]` or `coffre backup NAME...`
 pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
     if args.due {
-        return super::schedule::run_due(cli, &args.run);
+        return super::schedule::run_due(cli, &args.run, !args.no_replicate);
     }
     let mut todo: Vec<(String, Result<ItemSource>)> = Vec::new();
     if let Some(name) = &args.item {

@@ -52,23 +52,62 @@ pub fn run(cli: &Cli, args: &ReplicateArgs) -> Result<ExitCode> {
     } else if !cli.quiet {
         print_text(&report);
     }
-    for s in &report.skipped {
-        eprintln!(
-            "warning: point {}@{} was not replicated: {}",
-            s.item, s.point, s.reason
-        );
-    }
-    for id in &report.damaged_chunks {
-        eprintln!(
-            "warning: chunk {id} is damaged in this vault: marked bad here and in the replica \
-             (the next backup of a source that still has it stores it again)"
-        );
-    }
+    warn(&report);
     Ok(if report.skipped.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Brings every replica named with `coffre vault set replica` up to date (after
+/// `backup --due`): one JSON value per replica, and whether any failed (each failure is one
+/// error line; the others still run).
+pub fn replicate_all(
+    cli: &Cli,
+    vault: &Vault,
+    json: bool,
+) -> Result<(Vec<serde_json::Value>, bool)> {
+    let mut out = Vec::new();
+    let mut failed = false;
+    for (name, dir) in vault.replicas()? {
+        let bar = Bar(Progress::bytes("replicate", 0, !cli.quiet && !json));
+        let result = vault.replicate_to(&dir, &ReplicateOptions::default(), &bar);
+        bar.0.finish();
+        match result {
+            Ok(report) => {
+                if !json && !cli.quiet {
+                    print_text(&report);
+                }
+                warn(&report);
+                failed |= !report.skipped.is_empty();
+                out.push(serde_json::json!({ "name": name, "report": report }));
+            }
+            Err(e) => {
+                let e = crate::words::plain(&e.to_string());
+                eprintln!("error: replicate to replica {name:?} failed: {e}");
+                out.push(serde_json::json!({ "name": name, "error": e }));
+                failed = true;
+            }
+        }
+    }
+    Ok((out, failed))
+}
+
+/// The points a run could not copy, and the damage it found.
+fn warn(r: &ReplicateReport) {
+    for s in &r.skipped {
+        eprintln!(
+            "warning: point {}@{} was not replicated: {}",
+            s.item, s.point, s.reason
+        );
+    }
+    for id in &r.damaged_chunks {
+        eprintln!(
+            "warning: chunk {id} is damaged in this vault: marked bad here and in the replica \
+             (the next backup of a source that still has it stores it again)"
+        );
+    }
 }
 
 fn print_text(r: &ReplicateReport) {

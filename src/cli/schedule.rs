@@ -59,8 +59,9 @@ pub fn show(cli: &Cli, args: &ScheduleArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `coffre backup --due`: exit 0, 3 if some point misses entries, 1 if some backup failed.
-pub fn run_due(cli: &Cli, run: &RunArgs) -> Result<ExitCode> {
+/// `coffre backup --due`: exit 0, 3 if some point misses entries, 1 if some backup (or the
+/// replicate that follows) failed.
+pub fn run_due(cli: &Cli, run: &RunArgs, replicate: bool) -> Result<ExitCode> {
     let vault = cli.open_vault()?;
     let lock = vault.lock(!run.no_wait)?;
     let opts = RunOptions {
@@ -116,12 +117,20 @@ pub fn run_due(cli: &Cli, run: &RunArgs) -> Result<ExitCode> {
     let (expired, purged) = done.prune.as_ref().map_or((0, 0), |(plan, applied)| {
         (plan.expired().count(), applied.purged)
     });
+    // The replicas follow once the new points are committed, without the writer lock.
+    drop(lock);
+    let (replicas, replicas_failed) = if replicate && !done.backed_up.is_empty() {
+        super::replicate::replicate_all(cli, &vault, run.json)?
+    } else {
+        (Vec::new(), false)
+    };
     if run.json {
         let out = serde_json::json!({
             "backups": json_out,
             "failed": done.failed,
             "expired": expired,
             "purged": purged,
+            "replicas": replicas,
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else if done.backed_up.is_empty() && done.failed.is_empty() {
@@ -142,7 +151,7 @@ pub fn run_due(cli: &Cli, run: &RunArgs) -> Result<ExitCode> {
             crate::words::plural(expired as u64, "point")
         );
     }
-    Ok(if !done.failed.is_empty() {
+    Ok(if !done.failed.is_empty() || replicas_failed {
         ExitCode::FAILURE
     } else if done.partial {
         ExitCode::from(EXIT_PARTIAL)
