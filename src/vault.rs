@@ -30,6 +30,7 @@ mod rebuild;
 mod repair;
 mod replicate;
 mod scrub;
+pub mod seal;
 pub mod store;
 mod verify;
 pub mod write;

@@ -1,0 +1,639 @@
+//! Sealing: the encryption of replicas that leave the machine (a local vault stays plain,
+//! protected by its permissions).
+//!
+//! Owns the replica key (`ReplicaKey`: a key file of at least 32 bytes, from which BLAKE3's
+//! key derivation makes independent keys for packs, blobs and ids, and a check value that tells
+//! a wrong key from damage), `SealedStore` (a `PackStore` over any other whose packs are sealed
+//! with XChaCha20-Poly1305 in 64 KiB segments), and `seal_blob`/`open_blob` for whole objects (a
+//! replica's catalog).
+//! Sealed pack layout: the 16-byte magic `PACK_MAGIC`, then the plain pack cut in segments of
+//! `SEGMENT` bytes (the last one shorter, possibly empty, and always present), each followed by
+//! its 16-byte tag. The associated data of segment `i` is the pack's name, `i` and whether it is
+//! the last, so a segment moved to another place or pack, a dropped tail or a pack renamed all
+//! fail authentication. Its nonce is the id key's keyed BLAKE3 of the name and `i`: pack names
+//! are random and never reused, and a pack's bytes never change, so no nonce seals two different
+//! plaintexts. Plain offsets stay valid: the catalog's chunk rows (pack, record offset) mean the
+//! same on a sealed replica, and a read of a few bytes authenticates and decrypts only the
+//! segments under it.
+//! Blob layout: `BLOB_MAGIC`, a random 24-byte nonce, the plain length (8 bytes, little-endian),
+//! then the zstd-compressed plain bytes sealed with the blob's role ("catalog") and that length
+//! as associated data.
+//! Crash story: sealing adds no state: a sealed pack is written through the inner store's
+//! upload (durable on `finish`, as any pack), a blob by whoever stores it.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+use super::store::{PackInfo, PackStore, PackUpload};
+
+/// Plain bytes per sealed segment.
+pub const SEGMENT: u64 = 64 * 1024;
+/// Bytes an AEAD tag adds to each segment.
+const TAG: u64 = 16;
+/// The first bytes of every sealed pack.
+pub const PACK_MAGIC: &[u8; 16] = b"coffre-sealpack1";
+/// The first bytes of every sealed blob.
+pub const BLOB_MAGIC: &[u8; 16] = b"coffre-sealblob1";
+/// A key file must hold at least this many bytes.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// Why a sealed object cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SealError {
+    #[error("it is not sealed by coffre")]
+    NotSealed,
+    #[error("it fails authentication: it is damaged, or sealed with another key")]
+    Authentication,
+    #[error("its sealed contents do not decompress: {0}")]
+    Decompress(String),
+}
+
+/// The key of a sealed replica, derived from a key file.
+#[derive(Clone)]
+pub struct ReplicaKey {
+    packs: [u8; 32],
+    blobs: [u8; 32],
+    ids: [u8; 32],
+    check: [u8; 32],
+}
+
+impl std::fmt::Debug for ReplicaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplicaKey({})", self.check_value())
+    }
+}
+
+impl ReplicaKey {
+    /// The key made from a key file's bytes (at least `MIN_KEY_BYTES`).
+    pub fn from_bytes(material: &[u8]) -> Result<ReplicaKey, String> {
+        if material.len() < MIN_KEY_BYTES {
+            return Err(format!(
+                "a key file must hold at least {MIN_KEY_BYTES} bytes (this one has {}); \
+                 `coffre vault set replica-key FILE` creates one when FILE does not exist",
+                material.len()
+            ));
+        }
+        let master = blake3::derive_key("coffre 2026-12 replica master key", material);
+        let sub = |ctx: &str| blake3::derive_key(ctx, &master);
+        Ok(ReplicaKey {
+            packs: sub("coffre 2026-12 replica pack sealing"),
+            blobs: sub("coffre 2026-12 replica blob sealing"),
+            ids: sub("coffre 2026-12 replica keyed ids"),
+            check: sub("coffre 2026-12 replica key check"),
+        })
+    }
+
+    /// Reads a key file.
+    pub fn from_file(path: &Path) -> Result<ReplicaKey, String> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+        ReplicaKey::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Writes a new key file (32 random bytes as hex, owner-only); fails if `path` exists.
+    pub fn create_file(path: &Path) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let key = random_bytes::<32>()?;
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        let mut f = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(format!("{hex}\n").as_bytes())?;
+        f.sync_all()
+    }
+
+    /// A value a replica may show in the clear: it tells whether a key is the replica's, and
+    /// nothing about the key or the data.
+    pub fn check_value(&self) -> String {
+        self.check[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A chunk id keyed with this replica's key (BLAKE3 keyed mode): equal ids give equal keyed
+    /// ids, and nothing about the content can be learnt from one without the key.
+    pub fn keyed_id(&self, id: &[u8; 32]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.ids, id).as_bytes()
+    }
+
+    fn segment_nonce(&self, pack: &str, index: u64) -> XNonce {
+        let mut h = blake3::Hasher::new_keyed(&self.ids);
+        h.update(b"segment nonce\0");
+        h.update(pack.as_bytes());
+        h.update(&index.to_le_bytes());
+        *XNonce::from_slice(&h.finalize().as_bytes()[..24])
+    }
+}
+
+/// `N` bytes from the kernel's generator; an error rather than anything weaker.
+fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut buf = [0u8; N];
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), N, 0) };
+    if n != N as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(buf)
+}
+
+fn segment_aad(pack: &str, index: u64, last: bool) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(pack.len() + 10);
+    aad.extend_from_slice(pack.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&index.to_le_bytes());
+    aad.push(last as u8);
+    aad
+}
+
+fn seal_segment(key: &ReplicaKey, pack: &str, index: u64, last: bool, plain: &[u8]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new((&key.packs).into());
+    let aad = segment_aad(pack, index, last);
+    cipher
+        .encrypt(
+            &key.segment_nonce(pack, index),
+            Payload {
+                msg: plain,
+                aad: &aad,
+            },
+        )
+        .expect("sealing a buffer cannot fail")
+}
+
+fn open_segment(
+    key: &ReplicaKey,
+    pack: &str,
+    index: u64,
+    last: bool,
+    sealed: &[u8],
+) -> io::Result<Vec<u8>> {
+    let cipher = XChaCha20Poly1305::new((&key.packs).into());
+    let aad = segment_aad(pack, index, last);
+    cipher
+        .decrypt(
+            &key.segment_nonce(pack, index),
+            Payload {
+                msg: sealed,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "sealed pack {pack}: segment {index} fails authentication (damaged, or \
+                     sealed with another key)"
+                ),
+            )
+        })
+}
+
+/// The plain size of a sealed pack of `sealed` bytes, if that size is possible.
+pub fn plain_size(sealed: u64) -> Option<u64> {
+    let body = sealed.checked_sub(PACK_MAGIC.len() as u64)?;
+    if body < TAG {
+        return None;
+    }
+    let segments = body.div_ceil(SEGMENT + TAG);
+    Some(body - segments * TAG)
+}
+
+/// The sealed size of a pack of `plain` bytes.
+pub fn sealed_size(plain: u64) -> u64 {
+    // Full segments are followed by more data; the last one holds 0..=SEGMENT bytes.
+    let segments = if plain == 0 {
+        1
+    } else {
+        plain.div_ceil(SEGMENT)
+    };
+    PACK_MAGIC.len() as u64 + plain + segments * TAG
+}
+
+/// Pack `name`'s plain bytes sealed whole (what `SealedStore::create` writes, in one piece).
+pub fn seal_pack(key: &ReplicaKey, name: &str, plain: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(sealed_size(plain.len() as u64) as usize);
+    out.extend_from_slice(PACK_MAGIC);
+    let segments = plain.len().div_ceil(SEGMENT as usize).max(1);
+    for i in 0..segments {
+        let from = i * SEGMENT as usize;
+        let to = (from + SEGMENT as usize).min(plain.len());
+        let last = i + 1 == segments;
+        out.extend_from_slice(&seal_segment(key, name, i as u64, last, &plain[from..to]));
+    }
+    out
+}
+
+/// A pack store whose packs are sealed in the store below it (see the module header).
+pub struct SealedStore {
+    inner: Arc<dyn PackStore>,
+    key: ReplicaKey,
+    /// Sealed sizes of packs seen in the inner store's listing (packs never change).
+    sizes: Mutex<HashMap<String, u64>>,
+}
+
+impl SealedStore {
+    pub fn new(inner: Arc<dyn PackStore>, key: ReplicaKey) -> SealedStore {
+        SealedStore {
+            inner,
+            key,
+            sizes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The sealed size of pack `name` (listing the inner store again on a miss).
+    fn sealed_len(&self, name: &str) -> io::Result<u64> {
+        if let Some(s) = self.sizes.lock().expect("sizes lock").get(name) {
+            return Ok(*s);
+        }
+        let listed = self.inner.list()?;
+        let mut sizes = self.sizes.lock().expect("sizes lock");
+        for p in listed {
+            sizes.insert(p.name, p.size);
+        }
+        sizes.get(name).copied().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("pack {name} is missing"))
+        })
+    }
+}
+
+impl PackStore for SealedStore {
+    fn describe(&self) -> String {
+        format!("{} (sealed)", self.inner.describe())
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn PackUpload>> {
+        let mut inner = self.inner.create(name)?;
+        inner.write_all(PACK_MAGIC)?;
+        Ok(Box::new(SealedUpload {
+            inner,
+            key: self.key.clone(),
+            name: name.to_string(),
+            buf: Vec::with_capacity(SEGMENT as usize + 1),
+            index: 0,
+        }))
+    }
+
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let sealed = self.sealed_len(name)?;
+        let plain = plain_size(sealed).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("sealed pack {name} has an impossible size ({sealed} bytes)"),
+            )
+        })?;
+        let end = offset + buf.len() as u64;
+        if end > plain {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read past the end of pack {name}"),
+            ));
+        }
+        let segments = plain.div_ceil(SEGMENT).max(1);
+        let (first, last) = (offset / SEGMENT, (end - 1) / SEGMENT);
+        let from = PACK_MAGIC.len() as u64 + first * (SEGMENT + TAG);
+        let to = (PACK_MAGIC.len() as u64 + (last + 1) * (SEGMENT + TAG)).min(sealed);
+        let mut raw = vec![0u8; (to - from) as usize];
+        self.inner.read_at(name, from, &mut raw)?;
+        let mut at = 0usize;
+        for (k, chunk) in raw.chunks((SEGMENT + TAG) as usize).enumerate() {
+            let i = first + k as u64;
+            let is_last = i + 1 == segments;
+            let seg = open_segment(&self.key, name, i, is_last, chunk)?;
+            let seg_start = i * SEGMENT;
+            let lo = offset.max(seg_start) - seg_start;
+            let hi = end.min(seg_start + seg.len() as u64) - seg_start;
+            let n = (hi - lo) as usize;
+            buf[at..at + n].copy_from_slice(&seg[lo as usize..hi as usize]);
+            at += n;
+        }
+        Ok(())
+    }
+
+    fn list(&self) -> io::Result<Vec<PackInfo>> {
+        let listed = self.inner.list()?;
+        let mut sizes = self.sizes.lock().expect("sizes lock");
+        Ok(listed
+            .into_iter()
+            .map(|p| {
+                sizes.insert(p.name.clone(), p.size);
+                PackInfo {
+                    // An impossible size shows as empty: `check` calls the pack short.
+                    size: plain_size(p.size).unwrap_or(0),
+                    name: p.name,
+                }
+            })
+            .collect())
+    }
+
+    fn delete(&self, name: &str) -> io::Result<()> {
+        self.sizes.lock().expect("sizes lock").remove(name);
+        self.inner.delete(name)
+    }
+
+    fn quarantine(&self, name: &str) -> io::Result<()> {
+        self.sizes.lock().expect("sizes lock").remove(name);
+        self.inner.quarantine(name)
+    }
+
+    fn sync(&self) -> io::Result<()> {
+        self.inner.sync()
+    }
+}
+
+/// A sealed pack being written: full segments are sealed as soon as more data follows them.
+struct SealedUpload {
+    inner: Box<dyn PackUpload>,
+    key: ReplicaKey,
+    name: String,
+    buf: Vec<u8>,
+    index: u64,
+}
+
+impl PackUpload for SealedUpload {
+    fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let room = SEGMENT as usize + 1 - self.buf.len();
+            let n = room.min(data.len());
+            self.buf.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buf.len() > SEGMENT as usize {
+                let sealed = seal_segment(
+                    &self.key,
+                    &self.name,
+                    self.index,
+                    false,
+                    &self.buf[..SEGMENT as usize],
+                );
+                self.inner.write_all(&sealed)?;
+                self.buf.drain(..SEGMENT as usize);
+                self.index += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>) -> io::Result<()> {
+        let sealed = seal_segment(&self.key, &self.name, self.index, true, &self.buf);
+        self.inner.write_all(&sealed)?;
+        self.inner.finish()
+    }
+
+    fn abort(self: Box<Self>) {
+        self.inner.abort()
+    }
+}
+
+/// Seals a whole object (compressed first); `role` names what it is ("catalog").
+pub fn seal_blob(key: &ReplicaKey, role: &str, plain: &[u8]) -> io::Result<Vec<u8>> {
+    let packed = zstd::bulk::compress(plain, 3)?;
+    let nonce = random_bytes::<24>()?;
+    let cipher = XChaCha20Poly1305::new((&key.blobs).into());
+    let len_bytes = (plain.len() as u64).to_le_bytes();
+    let mut aad = role.as_bytes().to_vec();
+    aad.extend_from_slice(&len_bytes);
+    let sealed = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &packed,
+                aad: &aad,
+            },
+        )
+        .expect("sealing a buffer cannot fail");
+    let mut out = Vec::with_capacity(BLOB_MAGIC.len() + nonce.len() + sealed.len() + 8);
+    out.extend_from_slice(BLOB_MAGIC);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&len_bytes);
+    out.extend_from_slice(&sealed);
+    Ok(out)
+}
+
+/// Opens an object sealed by `seal_blob` with the same role.
+pub fn open_blob(key: &ReplicaKey, role: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+    let head = BLOB_MAGIC.len() + 24 + 8;
+    if sealed.len() < head || !sealed.starts_with(BLOB_MAGIC) {
+        return Err(SealError::NotSealed);
+    }
+    let nonce = XNonce::from_slice(&sealed[BLOB_MAGIC.len()..BLOB_MAGIC.len() + 24]);
+    let len_bytes: [u8; 8] = sealed[head - 8..head].try_into().expect("8 bytes");
+    let cipher = XChaCha20Poly1305::new((&key.blobs).into());
+    let mut aad = role.as_bytes().to_vec();
+    aad.extend_from_slice(&len_bytes);
+    let packed = cipher
+        .decrypt(
+            nonce,
+            Payload {
+                msg: &sealed[head..],
+                aad: &aad,
+            },
+        )
+        .map_err(|_| SealError::Authentication)?;
+    let len = u64::from_le_bytes(len_bytes) as usize;
+    let plain =
+        zstd::bulk::decompress(&packed, len).map_err(|e| SealError::Decompress(e.to_string()))?;
+    if plain.len() != len {
+        return Err(SealError::Decompress("wrong length".into()));
+    }
+    Ok(plain)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::store::LocalStore;
+
+    fn key(b: u8) -> ReplicaKey {
+        ReplicaKey::from_bytes(&[b; 40]).unwrap()
+    }
+
+    fn store(dir: &Path, k: ReplicaKey) -> (Arc<dyn PackStore>, SealedStore) {
+        let inner: Arc<dyn PackStore> = Arc::new(LocalStore::new(dir.to_path_buf()));
+        (inner.clone(), SealedStore::new(inner, k))
+    }
+
+    fn write_pack(s: &SealedStore, name: &str, data: &[u8], step: usize) {
+        let mut up = s.create(name).unwrap();
+        for part in data.chunks(step.max(1)) {
+            up.write_all(part).unwrap();
+        }
+        up.finish().unwrap();
+    }
+
+    #[test]
+    fn sizes_map_both_ways_at_every_boundary() {
+        for plain in [
+            0,
+            1,
+            SEGMENT - 1,
+            SEGMENT,
+            SEGMENT + 1,
+            3 * SEGMENT,
+            3 * SEGMENT + 7,
+        ] {
+            assert_eq!(plain_size(sealed_size(plain)), Some(plain), "{plain}");
+        }
+        assert_eq!(plain_size(10), None);
+        assert_eq!(plain_size(PACK_MAGIC.len() as u64 + 15), None);
+    }
+
+    #[test]
+    fn every_range_reads_back_and_nothing_is_in_the_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, s) = store(dir.path(), key(7));
+        let mut data = Vec::new();
+        for i in 0..(2 * SEGMENT + 123) {
+            data.extend_from_slice(format!("line {i} of plain text\n").as_bytes());
+            if data.len() as u64 >= 2 * SEGMENT + 123 {
+                break;
+            }
+        }
+        for (name, len, step) in [
+            ("aa", data.len(), 1000),
+            ("bb", SEGMENT as usize, 7),
+            ("cc", 0, 1),
+            ("dd", 2 * SEGMENT as usize, SEGMENT as usize),
+        ] {
+            write_pack(&s, name, &data[..len], step);
+            let info = s.list().unwrap();
+            let got = info.iter().find(|p| p.name == name).unwrap();
+            assert_eq!(got.size, len as u64, "{name}");
+            let mut raw = vec![0u8; sealed_size(len as u64) as usize];
+            inner.read_at(name, 0, &mut raw).unwrap();
+            assert!(
+                !raw.windows(13).any(|w| w == b"of plain text"),
+                "{name}: plain text visible"
+            );
+            for (off, n) in [(0, len), (1, len.saturating_sub(2)), (len / 2, len / 3)] {
+                if n == 0 {
+                    continue;
+                }
+                let mut buf = vec![0u8; n];
+                s.read_at(name, off as u64, &mut buf).unwrap();
+                assert_eq!(buf, data[off..off + n], "{name} {off}+{n}");
+            }
+            let mut one = [0u8; 1];
+            let e = s.read_at(name, len as u64, &mut one).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        }
+    }
+
+    #[test]
+    fn a_pack_sealed_whole_is_the_pack_sealed_by_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, s) = store(dir.path(), key(5));
+        for len in [
+            0,
+            10,
+            SEGMENT as usize,
+            SEGMENT as usize + 1,
+            3 * SEGMENT as usize,
+        ] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+            let name = format!("p{len}");
+            write_pack(&s, &name, &data, 333);
+            let on_disk = std::fs::read(dir.path().join(format!("{name}.pack"))).unwrap();
+            assert_eq!(seal_pack(&key(5), &name, &data), on_disk, "{len}");
+            assert_eq!(on_disk.len() as u64, sealed_size(len as u64));
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_a_cut_tail_a_renamed_pack_or_another_key_fail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (inner, s) = store(dir.path(), key(1));
+        let data = vec![42u8; 3 * SEGMENT as usize + 5];
+        write_pack(&s, "aa", &data, 4096);
+        let path = dir.path().join("aa.pack");
+        let clean = std::fs::read(&path).unwrap();
+        let read_all = |s: &SealedStore, name: &str| {
+            let mut b = vec![0u8; data.len()];
+            s.read_at(name, 0, &mut b)
+        };
+        // Another key.
+        let (_, other) = store(dir.path(), key(2));
+        assert_eq!(
+            read_all(&other, "aa").unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        // One flipped byte in the second segment: that segment fails, the first still reads.
+        let mut bad = clean.clone();
+        bad[PACK_MAGIC.len() + SEGMENT as usize + 100] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let fresh = SealedStore::new(inner.clone(), key(1));
+        assert!(read_all(&fresh, "aa").is_err());
+        let mut first = vec![0u8; 1000];
+        fresh.read_at("aa", 10, &mut first).unwrap();
+        // The tail cut at a segment boundary: the new last segment was not sealed as last.
+        let cut = PACK_MAGIC.len() + 2 * (SEGMENT + TAG) as usize;
+        std::fs::write(&path, &clean[..cut]).unwrap();
+        let fresh = SealedStore::new(inner.clone(), key(1));
+        let mut tail = vec![0u8; 10];
+        assert!(fresh.read_at("aa", SEGMENT + 5, &mut tail).is_err());
+        // The same bytes under another name.
+        std::fs::write(dir.path().join("bb.pack"), &clean).unwrap();
+        let fresh = SealedStore::new(inner, key(1));
+        assert!(read_all(&fresh, "bb").is_err());
+    }
+
+    #[test]
+    fn blobs_round_trip_and_refuse_another_key_role_or_damage() {
+        let plain = b"SQLite format 3\0 and a catalog".repeat(100);
+        let sealed = seal_blob(&key(3), "catalog", &plain).unwrap();
+        assert!(!sealed.windows(6).any(|w| w == b"SQLite"));
+        assert_eq!(open_blob(&key(3), "catalog", &sealed).unwrap(), plain);
+        assert!(matches!(
+            open_blob(&key(4), "catalog", &sealed),
+            Err(SealError::Authentication)
+        ));
+        assert!(matches!(
+            open_blob(&key(3), "other", &sealed),
+            Err(SealError::Authentication)
+        ));
+        let mut bad = sealed.clone();
+        let n = bad.len();
+        bad[n - 20] ^= 1;
+        assert!(matches!(
+            open_blob(&key(3), "catalog", &bad),
+            Err(SealError::Authentication)
+        ));
+        assert!(matches!(
+            open_blob(&key(3), "catalog", b"plain"),
+            Err(SealError::NotSealed)
+        ));
+    }
+
+    #[test]
+    fn keys_need_enough_material_and_check_values_differ() {
+        assert!(ReplicaKey::from_bytes(&[1; 31]).is_err());
+        assert_ne!(key(1).check_value(), key(2).check_value());
+        assert_eq!(key(1).check_value(), key(1).check_value());
+        assert_ne!(key(1).keyed_id(&[0; 32]), key(2).keyed_id(&[0; 32]));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k");
+        ReplicaKey::create_file(&p).unwrap();
+        assert!(
+            ReplicaKey::create_file(&p).is_err(),
+            "never overwrites a key"
+        );
+        let a = ReplicaKey::from_file(&p).unwrap();
+        assert_eq!(
+            a.check_value(),
+            ReplicaKey::from_file(&p).unwrap().check_value()
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}
