@@ -66,7 +66,7 @@ pub use verify::{BadChunk, CatalogCheck, PackJob, PackVerifier, VerifyState};
 pub use write::{ChunkSink, Committed, NewPoint, SessionOptions, SinkMode, WriteSession};
 
 use catalog::{Catalog, CatalogPool};
-use names::pick_point;
+use names::{parse_latest, pick_point};
 use store::{LocalStore, PackStore};
 
 /// Errors of the storage layer, each carrying what the user needs to act.
@@ -148,6 +148,11 @@ pub enum VaultError {
     AmbiguousPoint { spec: String, candidates: String },
     #[error("no soft-deleted recovery point {0:?} (see `coffre points --deleted`)")]
     DeletedPointNotFound(String),
+    #[error(
+        "recovery point {0:?} is soft-deleted: `coffre undelete {0}` brings it back (a mount shows \
+         it under deleted/)"
+    )]
+    PointSoftDeleted(String),
     #[error(transparent)]
     BadPolicyName(#[from] BadPolicyName),
     #[error("no policy named {0:?} (see `coffre policy list`)")]
@@ -589,7 +594,28 @@ impl Vault {
         let points = self.catalog.points(Some(item.id))?;
         let full = format!("{}@{}", item.name, spec);
         let spec = if spec.is_empty() { "latest" } else { spec };
-        pick_point(points, spec, &full, VaultError::PointNotFound)
+        match pick_point(points, spec, &full, VaultError::PointNotFound) {
+            Err(VaultError::PointNotFound(_))
+                if parse_latest(spec).is_none()
+                    && self.resolve_deleted_point(item, spec).is_ok() =>
+            {
+                let p = self.resolve_deleted_point(item, spec)?;
+                Err(VaultError::PointSoftDeleted(format!(
+                    "{}@{}",
+                    item.name, p.id
+                )))
+            }
+            r => r,
+        }
+    }
+
+    /// As `resolve_point`, but a soft-deleted point is found too (by id, prefix or directory
+    /// name; `latest` stays the newest live point): for commands that only read, like `verify`.
+    pub fn resolve_point_or_deleted(&self, item: &Item, spec: &str) -> VaultResult<PointRow> {
+        match self.resolve_point(item, spec) {
+            Err(VaultError::PointSoftDeleted(_)) => self.resolve_deleted_point(item, spec),
+            r => r,
+        }
     }
 
     /// Resolves `NAME[@POINT]` (the newest point when no point is given).

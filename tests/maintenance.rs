@@ -692,3 +692,27 @@ fn a_reader_inside_a_purged_point_keeps_reading_through_gc() {
     assert_eq!(after["blobs_waiting"], 0, "{after}");
     assert!(after["trees_dropped"].as_u64().unwrap() > 0, "{after}");
 }
+
+#[test]
+fn verify_names_a_soft_deleted_point_and_restore_says_how_to_bring_it_back() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    let (old, _) = backup_state(&t, "a", &src, 1);
+    backup_state(&t, "a", &src, 2);
+    t.ok(&["forget", &format!("a@{old}")]);
+    // verify reads the deleted point's packs (it is still recoverable, so still checked).
+    let (code, r) = run_json(&t, &["verify", "--json", &format!("a@{old}")]);
+    assert_eq!(code, 0, "{r}");
+    assert!(r["packs_verified"].as_u64().unwrap() >= 1, "{r}");
+    // Commands that need a live point say it is soft-deleted and how to undelete it.
+    let out = t.run(&[
+        "restore",
+        &format!("a@{}", &old[..8]),
+        "--to",
+        t.path("back").to_str().unwrap(),
+    ]);
+    assert_fails(&out, &format!("is soft-deleted: `coffre undelete a@{old}`"));
+    // An id that names nothing is still "no recovery point".
+    let out = t.run(&["verify", "a@ffffffffffff"]);
+    assert_fails(&out, "no recovery point");
+}

@@ -85,7 +85,7 @@ fn chosen_points(vault: &Vault, targets: &[String]) -> Result<Option<Vec<PointRo
     for t in targets {
         match t.split_once('@') {
             Some((name, point)) if !name.is_empty() && !point.is_empty() => {
-                out.push(vault.resolve_point(&vault.item(name)?, point)?);
+                out.push(vault.resolve_point_or_deleted(&vault.item(name)?, point)?);
             }
             Some(_) => {
                 return Err(UsageError(format!(

@@ -147,7 +147,7 @@ fn parse_time(spec: &str) -> Option<TimeRange> {
 }
 
 /// `latest` -> 0, `latest~N` -> N; None for anything else.
-fn parse_latest(spec: &str) -> Option<Option<usize>> {
+pub(super) fn parse_latest(spec: &str) -> Option<Option<usize>> {
     if spec == "latest" {
         return Some(Some(0));
     }
