@@ -56,6 +56,7 @@ pub enum SealError {
 /// The key of a sealed replica, derived from a key file.
 #[derive(Clone)]
 pub struct ReplicaKey {
+    master: [u8; 32],
     packs: [u8; 32],
     blobs: [u8; 32],
     ids: [u8; 32],
@@ -79,13 +80,18 @@ impl ReplicaKey {
             ));
         }
         let master = blake3::derive_key("coffre 2026-12 replica master key", material);
+        Ok(ReplicaKey::from_master(master))
+    }
+
+    fn from_master(master: [u8; 32]) -> ReplicaKey {
         let sub = |ctx: &str| blake3::derive_key(ctx, &master);
-        Ok(ReplicaKey {
+        ReplicaKey {
+            master,
             packs: sub("coffre 2026-12 replica pack sealing"),
             blobs: sub("coffre 2026-12 replica blob sealing"),
             ids: sub("coffre 2026-12 replica keyed ids"),
             check: sub("coffre 2026-12 replica key check"),
-        })
+        }
     }
 
     /// Reads a key file.
@@ -131,6 +137,41 @@ impl ReplicaKey {
         h.update(pack.as_bytes());
         h.update(&index.to_le_bytes());
         *XNonce::from_slice(&h.finalize().as_bytes()[..24])
+    }
+}
+
+/// The meta key under which a vault keeps the key its replicas are sealed with.
+const REPLICA_KEY: &str = "replica_key";
+
+impl super::Vault {
+    /// Remembers (or, with `None`, forgets) the key replicas are sealed with. The vault keeps
+    /// it in its catalog, which only its owner can read (a local vault is not encrypted); the
+    /// key file must be kept elsewhere too, or a replica outlives its only key.
+    pub fn set_replica_key(
+        &self,
+        _lock: &super::WriteLock,
+        key: Option<&ReplicaKey>,
+    ) -> super::VaultResult<()> {
+        match key {
+            Some(k) => {
+                let hex: String = k.master.iter().map(|b| format!("{b:02x}")).collect();
+                self.catalog.set_meta(REPLICA_KEY, &hex)
+            }
+            None => self.catalog.delete_meta(REPLICA_KEY).map(|_| ()),
+        }
+    }
+
+    /// The key replicas are sealed with, if one was set.
+    pub fn replica_key(&self) -> super::VaultResult<Option<ReplicaKey>> {
+        let Some(hex) = self.catalog.meta(REPLICA_KEY)? else {
+            return Ok(None);
+        };
+        let bytes =
+            super::format::ChunkId::from_hex(&hex).ok_or_else(|| super::VaultError::Damaged {
+                path: "vault.db".into(),
+                detail: "the stored replica key is not 64 hex digits".into(),
+            })?;
+        Ok(Some(ReplicaKey::from_master(bytes.0)))
     }
 }
 
@@ -610,6 +651,20 @@ mod tests {
             open_blob(&key(3), "catalog", b"plain"),
             Err(SealError::NotSealed)
         ));
+    }
+
+    #[test]
+    fn a_vault_remembers_and_forgets_its_replica_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let v = crate::vault::Vault::init(&dir.path().join("v"), &Default::default()).unwrap();
+        assert!(v.replica_key().unwrap().is_none());
+        let lock = v.lock(false).unwrap();
+        v.set_replica_key(&lock, Some(&key(9))).unwrap();
+        let back = v.replica_key().unwrap().unwrap();
+        assert_eq!(back.check_value(), key(9).check_value());
+        assert_eq!(back.packs, key(9).packs);
+        v.set_replica_key(&lock, None).unwrap();
+        assert!(v.replica_key().unwrap().is_none());
     }
 
     #[test]
