@@ -1,5 +1,5 @@
-//! `coffre replicate --to DIR [ITEM...] [--json]`: keeps a replica (a second vault) in step with
-//! this one, and prints what it did.
+//! `coffre replicate --to DIR|URL|NAME [ITEM...] [--json]`: keeps a replica (a second vault, in
+//! a directory or in object storage) in step with this one, and prints what it did.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,9 +13,10 @@ use crate::words::plural;
 
 #[derive(clap::Args)]
 pub struct ReplicateArgs {
-    /// The replica: a directory, created on first use (a local directory in this version), or
-    /// the name of one remembered with `coffre vault set replica NAME DIR`
-    #[arg(long, value_name = "DIR|NAME")]
+    /// The replica: a directory (created on first use), s3://BUCKET/PREFIX or
+    /// azure://CONTAINER/PREFIX (credentials from the AWS_* / AZURE_* environment variables,
+    /// see README), or the name of one remembered with `coffre vault set replica NAME TARGET`
+    #[arg(long, value_name = "DIR|URL|NAME")]
     to: PathBuf,
     /// Items to replicate [default: all]
     #[arg(value_name = "ITEM")]
@@ -90,4 +91,11 @@ fn print_text(r: &ReplicateReport) {
         },
         r.seconds
     );
+    if r.bytes_sent > 0 {
+        println!(
+            "sent {} in all (catalog {})",
+            human_bytes(r.bytes_sent),
+            human_bytes(r.catalog_bytes_sent)
+        );
+    }
 }
