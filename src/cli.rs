@@ -188,7 +188,10 @@ impl Cli {
     fn open_vault(&self) -> Result<Vault> {
         let path = self.vault_path()?;
         // A replica in object storage (s3://, azure://) opens read-only from its cached catalog.
-        let mut vault = match path.to_str().filter(|p| crate::vault::objstore::is_remote(p)) {
+        let mut vault = match path
+            .to_str()
+            .filter(|p| crate::vault::objstore::is_remote(p))
+        {
             Some(url) => Vault::open_remote(url)?,
             None => Vault::open(&path)?,
         };
@@ -440,7 +443,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Init { zstd_level } => {
             let path = cli.vault_path()?;
-            if let Some(url) = path.to_str().filter(|p| crate::vault::objstore::is_remote(p)) {
+            if let Some(url) = path
+                .to_str()
+                .filter(|p| crate::vault::objstore::is_remote(p))
+            {
                 anyhow::bail!(
                     "{url} is object storage: a vault is made there by `coffre replicate --to {url}`"
                 );

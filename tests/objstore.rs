@@ -156,10 +156,7 @@ impl Emulator {
                 ("AWS_ALLOW_HTTP", "true".into()),
             ]
         };
-        pairs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect()
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
 
     fn url(&self, prefix: &str) -> String {
@@ -251,7 +248,14 @@ impl Setup {
         if to.exists() {
             std::fs::remove_dir_all(&to).unwrap();
         }
-        self.ok(&["--vault", vault, "restore", spec, "--to", to.to_str().unwrap()]);
+        self.ok(&[
+            "--vault",
+            vault,
+            "restore",
+            spec,
+            "--to",
+            to.to_str().unwrap(),
+        ]);
         assert_same(snap, &snapshot(&to, false));
         std::fs::remove_dir_all(&to).unwrap();
     }
@@ -278,7 +282,10 @@ fn backup_files(
     }
     let snap = snapshot(src, false);
     let p = t.backup(item, src);
-    (format!("{item}@{}", p["point"]["id"].as_str().unwrap()), snap)
+    (
+        format!("{item}@{}", p["point"]["id"].as_str().unwrap()),
+        snap,
+    )
 }
 
 /// Items `a` (three points), `b` (two) and `c` (one, many files): one pack per backup.
@@ -326,7 +333,10 @@ fn replica_cycle(s: &Setup) {
     assert_eq!(first["created"], true, "{first}");
     assert_eq!(first["points_added"], 6, "{first}");
     assert_eq!(first["bytes_copied"], pack_bytes(t), "{first}");
-    assert_eq!(s.point_ids(&url, false), s.point_ids(t.vault().to_str().unwrap(), false));
+    assert_eq!(
+        s.point_ids(&url, false),
+        s.point_ids(t.vault().to_str().unwrap(), false)
+    );
     for (spec, snap) in &points {
         s.restores(&url, spec, snap);
     }
@@ -343,7 +353,14 @@ fn replica_cycle(s: &Setup) {
     // Writing commands on the replica: one clear line, nothing changed.
     let src = t.path("a");
     for args in [
-        vec!["--vault", &url, "backup", "--item", "z", src.to_str().unwrap()],
+        vec![
+            "--vault",
+            &url,
+            "backup",
+            "--item",
+            "z",
+            src.to_str().unwrap(),
+        ],
         vec!["--vault", &url, "forget", &points[0].0],
         vec!["--vault", &url, "gc"],
     ] {
@@ -388,13 +405,19 @@ fn replica_cycle(s: &Setup) {
     let pur = s.replicate(&url);
     assert_eq!(pur["points_purged"], 1, "{pur}");
     assert!(s.point_ids(&url, true).is_empty());
-    assert_eq!(s.point_ids(&url, false), s.point_ids(t.vault().to_str().unwrap(), false));
+    assert_eq!(
+        s.point_ids(&url, false),
+        s.point_ids(t.vault().to_str().unwrap(), false)
+    );
     for (spec, snap) in &points[1..] {
         s.restores(&url, spec, snap);
     }
     // Another reader (a fresh cache) sees the same catalog, built from base and deltas.
     std::fs::remove_dir_all(t.path("cache")).unwrap();
-    assert_eq!(s.point_ids(&url, false), s.point_ids(t.vault().to_str().unwrap(), false));
+    assert_eq!(
+        s.point_ids(&url, false),
+        s.point_ids(t.vault().to_str().unwrap(), false)
+    );
     s.restores(&url, &changed.0, &changed.1);
 }
 
@@ -419,16 +442,24 @@ fn killed_and_resumed(s: &Setup) {
     let url = s.emu.url("resume");
     let total = pack_bytes(t);
     let mut cmd = s.cmd();
-    cmd.env("COFFRE_CRASH_AT", "replicate-pack-copied#2")
-        .args(["replicate", "--json", "--to", &url]);
+    cmd.env("COFFRE_CRASH_AT", "replicate-pack-copied#2").args([
+        "replicate",
+        "--json",
+        "--to",
+        &url,
+    ]);
     let out = run_with_deadline(&mut cmd, Duration::from_secs(120));
     assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
     // Nothing half-visible: there is no replica yet.
     let out = s.run(&["--vault", &url, "points"]);
     assert_fails(&out, "no replica there");
     let mut cmd = s.cmd();
-    cmd.env("COFFRE_CRASH_AT", "replicate-before-commit")
-        .args(["replicate", "--json", "--to", &url]);
+    cmd.env("COFFRE_CRASH_AT", "replicate-before-commit").args([
+        "replicate",
+        "--json",
+        "--to",
+        &url,
+    ]);
     let out = run_with_deadline(&mut cmd, Duration::from_secs(120));
     assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
     assert_fails(&s.run(&["--vault", &url, "points"]), "no replica there");
@@ -438,10 +469,45 @@ fn killed_and_resumed(s: &Setup) {
     assert_eq!(r["bytes_copied"], 0, "{r}");
     assert_eq!(r["points_added"], 6, "{r}");
     let sent = r["bytes_sent"].as_u64().unwrap();
-    assert!(sent < total / 10, "only the catalog goes up: {sent} of {total}: {r}");
+    assert!(
+        sent < total / 10,
+        "only the catalog goes up: {sent} of {total}: {r}"
+    );
     for (spec, snap) in &points {
         s.restores(&url, spec, snap);
     }
+    // A live writer's lock is respected: a second replicate fails at once, naming it.
+    let c = t.path("c");
+    write(&c.join("d0/f0"), &noise(20_000, 777));
+    t.backup("c", &c);
+    let gate = t.path("gate");
+    let mut first = s.cmd();
+    first
+        .env(
+            "COFFRE_TEST_PAUSE",
+            format!("replicate-pack-copied:{}", gate.display()),
+        )
+        .args(["replicate", "--json", "--to", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = first.spawn().unwrap();
+    let reached = t.path("gate.reached");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the first replicate never got to its pack"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    one_line_error(
+        &s.run(&["replicate", "--to", &url]),
+        "is locked by another replicate",
+    );
+    std::fs::write(&gate, b"").unwrap();
+    let status = wait_within(&mut child, Duration::from_secs(120)).expect("first replicate ends");
+    assert!(status.success());
+    assert_eq!(s.point_ids(&url, false).len(), 7);
 }
 
 #[cfg(feature = "fault-injection")]
@@ -463,7 +529,10 @@ fn one_line_error(out: &Output, needle: &str) {
     let err = stderr(out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("error: ") && err.contains(needle), "{needle:?} in {err}");
+    assert!(
+        err.starts_with("error: ") && err.contains(needle),
+        "{needle:?} in {err}"
+    );
 }
 
 #[test]
@@ -523,5 +592,8 @@ fn bad_urls_unreachable_services_and_missing_credentials_fail_in_one_line() {
     assert_eq!(r["points_added"], 1, "{r}");
     assert_eq!(s.point_ids("s3://coffre/named", false).len(), 1);
     // `init` on a URL says how a replica is made.
-    one_line_error(&s.run(&["--vault", "s3://coffre/i", "init"]), "replicate --to");
+    one_line_error(
+        &s.run(&["--vault", "s3://coffre/i", "init"]),
+        "replicate --to",
+    );
 }

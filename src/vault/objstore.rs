@@ -137,10 +137,12 @@ impl Remote {
         let client = [(ConnectTimeout, "10s"), (Timeout, "300s")];
         let store: Arc<dyn ObjectStore> = if target.azure {
             if !env_set(AZURE_CREDENTIALS) {
-                return Err(bad("no Azure credentials: set AZURE_STORAGE_ACCOUNT_NAME and \
+                return Err(bad(
+                    "no Azure credentials: set AZURE_STORAGE_ACCOUNT_NAME and \
                      AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_KEY, or \
                      AZURE_STORAGE_USE_EMULATOR=true for Azurite)"
-                    .into()));
+                        .into(),
+                ));
             }
             let mut b = object_store::azure::MicrosoftAzureBuilder::from_env()
                 .with_container_name(&target.bucket)
@@ -536,9 +538,7 @@ impl BlockCache {
             return Ok(data);
         }
         let data = fetch()?;
-        let tmp = self
-            .dir
-            .join(format!("{name}.{}.tmp", std::process::id()));
+        let tmp = self.dir.join(format!("{name}.{}.tmp", std::process::id()));
         // Renamed into place: a block file is always whole.
         if std::fs::write(&tmp, &data)
             .and_then(|_| std::fs::rename(&tmp, &path))
@@ -592,11 +592,20 @@ mod tests {
     #[test]
     fn targets_parse_and_bad_ones_say_why() {
         let t = Target::parse("s3://my-bucket/backups/host1/").unwrap();
-        assert_eq!((t.bucket.as_str(), t.prefix.as_str()), ("my-bucket", "backups/host1"));
+        assert_eq!(
+            (t.bucket.as_str(), t.prefix.as_str()),
+            ("my-bucket", "backups/host1")
+        );
         assert!(!t.azure);
         let a = Target::parse("azure://cont").unwrap();
         assert!(a.azure && a.prefix.is_empty());
-        for bad in ["s3://", "s3://Upper/x", "azure://c/../x", "gs://b/x", "s3://b/a//c"] {
+        for bad in [
+            "s3://",
+            "s3://Upper/x",
+            "azure://c/../x",
+            "gs://b/x",
+            "s3://b/a//c",
+        ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
     }
@@ -621,7 +630,10 @@ mod tests {
             get(b);
         }
         assert!(cache.bytes() <= 300, "{}", cache.bytes());
-        assert!(!dir.path().join("p-0").exists(), "the oldest block went first");
+        assert!(
+            !dir.path().join("p-0").exists(),
+            "the oldest block went first"
+        );
         assert!(dir.path().join("p-5").exists());
     }
 }

@@ -228,7 +228,13 @@ fn build(remote: &Remote, root: &Path, objs: &CatalogObjects, tmp: &Path) -> Vau
     let mut have = 0;
     let cached = (0..objs.seq())
         .rev()
-        .map(|s| (s, root.join(format!("cat-{}-{s}", objs.base_gen)).join("vault.db")))
+        .map(|s| {
+            (
+                s,
+                root.join(format!("cat-{}-{s}", objs.base_gen))
+                    .join("vault.db"),
+            )
+        })
         .find(|(_, p)| p.is_file());
     match cached {
         Some((s, path)) => {
@@ -329,14 +335,19 @@ fn make_delta(old: &Path, new: &Path, delta: &Path) -> VaultResult<u64> {
              CREATE TABLE \"del_{t}\" AS SELECT {k} FROM o.\"{t}\" EXCEPT SELECT {k} FROM n.\"{t}\";"
         ))?;
         for (table, counted) in [
-            (format!("up_{t}"), match t.as_str() {
-                "meta" => " WHERE key NOT IN ('commit_seq', 'items_seq')",
-                _ => "",
-            }),
+            (
+                format!("up_{t}"),
+                match t.as_str() {
+                    "meta" => " WHERE key NOT IN ('commit_seq', 'items_seq')",
+                    _ => "",
+                },
+            ),
             (format!("del_{t}"), ""),
         ] {
             let rows: i64 =
-                conn.query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| r.get(0))?;
+                conn.query_row(&format!("SELECT count(*) FROM \"{table}\""), [], |r| {
+                    r.get(0)
+                })?;
             if rows == 0 {
                 conn.execute_batch(&format!("DROP TABLE \"{table}\""))?;
                 continue;
@@ -704,7 +715,11 @@ fn publish(
                 let whole = fs::read(&db).map_err(super::io_err(&db))?;
                 (objs.base_gen + 1, base_key(objs.base_gen + 1), whole)
             } else {
-                (objs.base_gen, delta_key(objs.base_gen, objs.seq() + 1), bytes)
+                (
+                    objs.base_gen,
+                    delta_key(objs.base_gen, objs.seq() + 1),
+                    bytes,
+                )
             }
         }
         None => (1, base_key(1), fs::read(&db).map_err(super::io_err(&db))?),
