@@ -260,9 +260,13 @@ impl Setup {
         std::fs::remove_dir_all(&to).unwrap();
     }
 
-    /// Mounts `vault` (the emulator's environment passed through `env`).
-    fn mount(&self, vault: &str) -> MountGuard {
-        let mut wrapper = vec!["env".to_string()];
+    /// Mounts `vault` (the emulator's environment passed through `env`) with a block cache of
+    /// at most `cache_mb`.
+    fn mount(&self, vault: &str, cache_mb: u64) -> MountGuard {
+        let mut wrapper = vec![
+            "env".to_string(),
+            format!("COFFRE_REMOTE_CACHE_MB={cache_mb}"),
+        ];
         wrapper.extend(self.emu.env().into_iter().map(|(k, v)| format!("{k}={v}")));
         wrapper.push(format!("XDG_CACHE_HOME={}", self.t.path("cache").display()));
         let w: Vec<&str> = wrapper.iter().map(|s| s.as_str()).collect();
@@ -323,6 +327,18 @@ fn pack_bytes(t: &TestVault) -> u64 {
         .sum()
 }
 
+/// Bytes in the block caches under the cache directory `cache`.
+fn blocks_bytes(cache: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(cache.join("coffre/remote")).unwrap() {
+        let dir = e.unwrap().path().join("blocks");
+        for b in std::fs::read_dir(&dir).into_iter().flatten() {
+            total += b.unwrap().metadata().unwrap().len();
+        }
+    }
+    total
+}
+
 /// The whole story on one service: replicate, read every point back (restore and mount),
 /// verify, refuse writes, an incremental run after a 1 % change, soft delete and purge.
 fn replica_cycle(s: &Setup) {
@@ -341,12 +357,17 @@ fn replica_cycle(s: &Setup) {
         s.restores(&url, spec, snap);
     }
     {
-        let m = s.mount(&url);
+        // Every point read through a mount whose block cache may hold 1 MiB: exact, and the
+        // cache stays within its bound (the packs are several times that).
+        let m = s.mount(&url, 1);
         for (spec, snap) in &points {
             let id = spec.split_once('@').unwrap().1;
             let dir = std::fs::canonicalize(m.dir.join("ids").join(id)).unwrap();
             assert_same(snap, &snapshot(&dir, false));
         }
+        let blocks = blocks_bytes(&t.path("cache"));
+        assert!(pack_bytes(t) > 3 << 20);
+        assert!(blocks <= 1 << 20, "the block cache holds {blocks} bytes");
     }
     let v = json(&s.ok(&["--vault", &url, "verify", "--json"]));
     assert!(v["packs_verified"].as_u64().unwrap() >= 6, "{v}");

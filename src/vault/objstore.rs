@@ -512,11 +512,14 @@ impl BlockCache {
             state.bytes += len;
             state.blocks.insert(name, (len, state.tick));
         }
-        Ok(BlockCache {
+        let cache = BlockCache {
             dir: dir.to_path_buf(),
             limit,
             state: Mutex::new(state),
-        })
+        };
+        // Another process (or a larger limit) may have left more than this limit allows.
+        cache.trim(&mut cache.state.lock().expect("cache lock"));
+        Ok(cache)
     }
 
     /// Block `block` of pack `pack`, from disk or fetched by `fetch` (then kept).
@@ -551,7 +554,7 @@ impl BlockCache {
         Ok(data)
     }
 
-    /// Counts a new block in and evicts the least recently used past the limit.
+    /// Counts a new block in, then trims.
     fn admit(&self, name: String, len: u64) {
         let mut st = self.state.lock().expect("cache lock");
         st.tick += 1;
@@ -560,6 +563,11 @@ impl BlockCache {
             st.bytes -= old;
         }
         st.bytes += len;
+        self.trim(&mut st);
+    }
+
+    /// Past the limit, evicts the least recently used blocks down to three quarters of it.
+    fn trim(&self, st: &mut CacheState) {
         if st.bytes <= self.limit {
             return;
         }
