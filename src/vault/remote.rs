@@ -6,11 +6,14 @@
 //! `RemotePacks`); `catalog/base-G.db.zst` (a whole replica catalog, zstd) and
 //! `catalog/delta-G-S.db.zst` (what run S after base G changed: a small SQLite file with the
 //! rows each table gained or changed and the keys it lost, computed by comparing the catalog
-//! before and after the run); `lock` (the writer lock). The catalog is the newest base and its
-//! deltas 1, 2, ... in order; a run whose deltas since the base outweigh the base writes base
-//! G+1 instead (compaction) and then removes the older objects. A replicate plans and commits
-//! exactly as to a directory (`replicate.rs`: the same plan, scrub and commit), on a copy of
-//! the cached catalog; only moving packs and publishing the catalog differ.
+//! before and after the run; a row is identified by its table's primary key, else by a unique
+//! `id` column, so a new catalog table must have one of them); `lock` (the writer lock). The
+//! catalog is the newest base and its deltas 1, 2, ... in order; a run whose deltas since the
+//! base outweigh the base writes base G+1 instead (compaction) and then removes the older
+//! objects. A replicate plans and commits exactly as to a directory (`replicate.rs`: the same
+//! plan, scrub and commit), on a copy of the cached catalog; only moving packs and publishing
+//! the catalog differ. Seams for sealing: packs move only through an `Arc<dyn PackStore>`
+//! (`RemotePacks`), catalog objects only through `put_catalog_object`/`get_catalog_object`.
 //! Commit order: every pack is put (and read back) before the catalog object that names it;
 //! the catalog object, put only if absent, is the commit point. Nothing is half-visible: a pack
 //! no catalog names is ignored by readers, and taken (same name and size) by the next run
