@@ -41,8 +41,9 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 #[command(name = "coffre", version, propagate_version = true)]
 pub struct Cli {
     /// The vault directory [default: $COFFRE_VAULT, else $XDG_DATA_HOME/coffre/vault, else
-    /// ~/.local/share/coffre/vault]
-    #[arg(long, global = true, value_name = "DIR")]
+    /// ~/.local/share/coffre/vault], or a replica in object storage (s3://BUCKET/PREFIX,
+    /// azure://CONTAINER/PREFIX), read-only
+    #[arg(long, global = true, value_name = "DIR|URL")]
     vault: Option<PathBuf>,
     /// More output: -v lists each file a backup reads (`+ PATH` new, `M PATH` changed) and logs
     /// info; -vv debug
@@ -163,12 +164,13 @@ enum Command {
     /// backups (it takes the writer lock only for short commits) and mounts (a pack a running
     /// mount or restore may still read is deleted by a later gc, after it ends).
     Gc(maint::GcArgs),
-    /// Copy this vault's points to a replica (a second vault in a local directory), incrementally
+    /// Copy this vault's points to a replica (a directory, S3 or Azure Blob), incrementally
     ///
     /// Copies the packs the new points need that the replica lacks (each one read back and
     /// checked), then adds their points in one commit: a point appears on the replica only with
     /// all its data. Soft deletes, undeletes and purges follow this vault. `coffre --vault DIR`
-    /// lists, restores, mounts and verifies the replica like any vault.
+    /// (or `--vault s3://...`, `--vault azure://...`: read-only) lists, restores, mounts and
+    /// verifies the replica like any vault.
     Replicate(replicate::ReplicateArgs),
     /// Fetch damaged or missing data back from a replica (exit 1 if some stays missing)
     ///
@@ -191,7 +193,14 @@ impl Cli {
 
     fn open_vault(&self) -> Result<Vault> {
         let path = self.vault_path()?;
-        let mut vault = Vault::open(&path)?;
+        // A replica in object storage (s3://, azure://) opens read-only from its cached catalog.
+        let mut vault = match path
+            .to_str()
+            .filter(|p| crate::vault::objstore::is_remote(p))
+        {
+            Some(url) => Vault::open_remote(url)?,
+            None => Vault::open(&path)?,
+        };
         warn_if_exposed(&vault);
         vault.set_lock_wait(self.lock_wait());
         Ok(vault)
@@ -200,7 +209,8 @@ impl Cli {
     /// Opens the vault, creating it on first use (the first backup needs no `init`).
     fn open_or_init_vault(&self) -> Result<Vault> {
         let path = self.vault_path()?;
-        if !Vault::exists(&path) && !path.exists() {
+        let remote = path.to_str().is_some_and(crate::vault::objstore::is_remote);
+        if !remote && !Vault::exists(&path) && !path.exists() {
             eprintln!("creating vault {}", path.display());
             let mut vault = Vault::init(&path, &InitOptions::default())?;
             vault.set_lock_wait(self.lock_wait());
@@ -439,6 +449,14 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Init { zstd_level } => {
             let path = cli.vault_path()?;
+            if let Some(url) = path
+                .to_str()
+                .filter(|p| crate::vault::objstore::is_remote(p))
+            {
+                anyhow::bail!(
+                    "{url} is object storage: a vault is made there by `coffre replicate --to {url}`"
+                );
+            }
             let v = Vault::init(
                 &path,
                 &InitOptions {

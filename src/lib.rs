@@ -19,6 +19,7 @@
 //!     lifecycle (policies, settings, soft delete, purge, undelete)   rebuild (rebuild-index)
 //!     reach (what points need)   scrub (read a pack back, checked)   verify (check, verify.db)
 //!     gc (mark, rounds, doomed packs)   replicate (a second vault kept in step)
+//!     objstore (S3/Azure: RemotePacks, block cache)   remote (replicas in object storage)
 //! ```
 //!
 //! Seams: data enters only through a `vault::WriteSession` (`Vault::begin_write`), chunk bytes
@@ -51,6 +52,8 @@
 //! | verify                          | lease; writer lock only if free (`lock(false)`) to mark damage | nothing | everything |
 //! | check                           | lease (a snapshot) | nothing           | everything                |
 //! | replicate --to DIR              | this vault: lease; the replica: writer lock | another writer of the replica | everything on this vault (a gc keeps the packs it copies) |
+//! | replicate --to s3://, azure://  | this vault: lease; the replica: `PREFIX/lock` (conditional create) | nothing: a held lock fails at once, naming its holder | everything on this vault; readers of the replica |
+//! | --vault s3://, azure:// (read)  | a shared `flock` on its cached catalog | nothing | everything |
 //!
 //! Readers rely on SQLite WAL snapshots and on packs being immutable while named by the catalog,
 //! so they never block writers and writers never break them. A second writer waits, saying whom

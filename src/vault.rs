@@ -23,10 +23,12 @@ mod lifecycle;
 mod lock;
 pub mod model;
 mod names;
+pub mod objstore;
 pub mod packs;
 mod reach;
 mod reader;
 mod rebuild;
+mod remote;
 mod repair;
 mod replicate;
 mod scrub;
@@ -193,6 +195,15 @@ pub enum VaultError {
     BadReplicaName(String),
     #[error("no replica named {0:?} (see `coffre vault show`)")]
     ReplicaNotFound(String),
+    #[error("{url}: {detail}")]
+    BadRemote { url: String, detail: String },
+    #[error("{0}")]
+    Remote(String),
+    #[error(
+        "{0} is a replica in object storage and can only be read (items, points, ls, restore, \
+         mount, verify); run this command on the primary vault"
+    )]
+    RemoteReadOnly(String),
 }
 
 impl VaultError {
@@ -270,6 +281,8 @@ pub struct Vault {
     zstd_level: i32,
     id: String,
     lock_wait: LockWait,
+    /// The URL of a replica in object storage opened for reading (`root` is its cache).
+    remote: Option<String>,
 }
 
 /// Decompressed records a process keeps in memory, by default.
@@ -358,6 +371,16 @@ impl Vault {
 
     /// Opens an existing vault, checking it without changing anything.
     pub fn open(path: &Path) -> VaultResult<Vault> {
+        let store: Arc<dyn PackStore> = Arc::new(LocalStore::new(path.join("packs")));
+        Self::open_with_store(path, store, None)
+    }
+
+    /// Opens the catalog in `path` with packs in `store`; `remote` (a URL) makes it read-only.
+    fn open_with_store(
+        path: &Path,
+        store: Arc<dyn PackStore>,
+        remote: Option<String>,
+    ) -> VaultResult<Vault> {
         let db = path.join("vault.db");
         if !db.is_file() {
             if path.is_dir() && fs::read_dir(path).map_err(io_err(path))?.next().is_some() {
@@ -372,7 +395,6 @@ impl Vault {
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_ZSTD_LEVEL);
         let id = catalog.meta("vault_id")?.unwrap_or_default();
-        let store: Arc<dyn PackStore> = Arc::new(LocalStore::new(path.join("packs")));
         let pool = Arc::new(CatalogPool::new(db, None));
         let reader = Arc::new(VaultReader::new(
             path.to_path_buf(),
@@ -388,11 +410,18 @@ impl Vault {
             zstd_level,
             id,
             lock_wait: LockWait::default(),
+            remote,
         })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The URL of a replica in object storage opened with `open_remote` (its `root` is then
+    /// the local cache of its catalog).
+    pub fn remote_url(&self) -> Option<&str> {
+        self.remote.as_deref()
     }
 
     pub fn id(&self) -> &str {
@@ -442,6 +471,9 @@ impl Vault {
     /// Takes the writer lock (waiting for it as `set_lock_wait` said, unless `wait` is false)
     /// and recovers from a killed writer.
     pub fn lock(&self, wait: bool) -> VaultResult<WriteLock> {
+        if let Some(url) = &self.remote {
+            return Err(VaultError::RemoteReadOnly(url.clone()));
+        }
         if self.catalog.read_only() {
             return Err(VaultError::ReadOnly(self.root.clone()));
         }

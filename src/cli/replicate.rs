@@ -1,5 +1,6 @@
-//! `coffre replicate --to DIR [ITEM...] [--json]`: keeps a replica (a second vault) in step with
-//! this one, and prints what it did. `coffre repair --from DIR`: heals this vault from one.
+//! `coffre replicate --to DIR|URL|NAME [ITEM...] [--json]`: keeps a replica (a second vault, in
+//! a directory or in object storage) in step with this one, and prints what it did.
+//! `coffre repair --from DIR|URL|NAME`: heals this vault from one.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,9 +14,10 @@ use crate::words::plural;
 
 #[derive(clap::Args)]
 pub struct ReplicateArgs {
-    /// The replica: a directory, created on first use (a local directory in this version), or
-    /// the name of one remembered with `coffre vault set replica NAME DIR`
-    #[arg(long, value_name = "DIR|NAME")]
+    /// The replica: a directory (created on first use), s3://BUCKET/PREFIX or
+    /// azure://CONTAINER/PREFIX (credentials from the AWS_* / AZURE_* environment variables,
+    /// see README), or the name of one remembered with `coffre vault set replica NAME TARGET`
+    #[arg(long, value_name = "DIR|URL|NAME")]
     to: PathBuf,
     /// Items to replicate [default: all]
     #[arg(value_name = "ITEM")]
@@ -129,6 +131,13 @@ fn print_text(r: &ReplicateReport) {
         },
         r.seconds
     );
+    if r.bytes_sent > 0 {
+        println!(
+            "sent {} in all (catalog {})",
+            human_bytes(r.bytes_sent),
+            human_bytes(r.catalog_bytes_sent)
+        );
+    }
 }
 
 #[derive(clap::Args)]

@@ -45,10 +45,12 @@ enum Setting {
     /// off; on: nothing may make an existing point end earlier (no forget or purge of a point
     /// before its time, no shorter policy or soft-delete period); locked: on, for ever
     Immutability { level: Level },
-    /// Remember a replica directory under a name, for `coffre replicate --to NAME`
+    /// Remember a replica (a directory, s3://BUCKET/PREFIX or azure://CONTAINER/PREFIX) under a
+    /// name, for `coffre replicate --to NAME`
     Replica {
         name: String,
-        /// The replica's directory (made absolute)
+        /// The replica: a directory (made absolute) or an object-storage URL
+        #[arg(value_name = "TARGET")]
         dir: std::path::PathBuf,
     },
     /// Forget a remembered replica (its directory is left as it is)
@@ -125,7 +127,14 @@ fn set(vault: &crate::vault::Vault, setting: &Setting) -> Result<()> {
         Setting::SoftDeleteDays { days } => SettingChange::SoftDeleteDays(*days),
         Setting::Immutability { level } => SettingChange::Immutability((*level).into()),
         Setting::Replica { name, dir } => {
-            let dir = std::path::absolute(dir)?;
+            // A URL (s3://, azure://) is kept as given; a directory is made absolute.
+            let dir = match dir
+                .to_str()
+                .filter(|d| crate::vault::objstore::is_remote(d))
+            {
+                Some(url) => std::path::PathBuf::from(url),
+                None => std::path::absolute(dir)?,
+            };
             let lock = vault.lock(true)?;
             vault.set_replica(&lock, name, Some(&dir))?;
             println!("replica {name} is {}", dir.display());

@@ -1,4 +1,5 @@
 //! Replication to a local directory: a second vault kept in step with this one, pack by pack.
+//! (Object storage targets go to `remote.rs`, which reuses the plan, scrub and commit here.)
 //!
 //! Owns `Vault::replicate_to`. The replica is an ordinary vault (`vault.db`, `packs/`) whose
 //! meta records `replica_of` (the primary's id), so every reading command works on it unchanged,
@@ -89,6 +90,10 @@ pub struct ReplicateReport {
     /// Chunks whose bytes did not check out (damaged in the primary; marked bad on both sides).
     pub damaged_chunks: Vec<String>,
     pub skipped: Vec<SkippedPoint>,
+    /// Object storage only: bytes of the catalog object put (a delta, or a whole base), and
+    /// of every object put (packs, catalog, lock): the transfer.
+    pub catalog_bytes_sent: u64,
+    pub bytes_sent: u64,
     pub seconds: f64,
 }
 
@@ -101,15 +106,15 @@ pub trait ReplicateProgress {
 impl ReplicateProgress for () {}
 
 /// A pack to bring: its name and size, and the rows to register (the primary's locations).
-struct PackCopy {
-    name: String,
-    size: u64,
-    rows: Vec<ChunkRow>,
+pub(super) struct PackCopy {
+    pub(super) name: String,
+    pub(super) size: u64,
+    pub(super) rows: Vec<ChunkRow>,
 }
 
 /// What the replica's commit does, computed from one snapshot of the primary.
 #[derive(Default)]
-struct Plan {
+pub(super) struct Plan {
     policies: Vec<(String, Policy)>,
     meta: Vec<(&'static str, String)>,
     items: Vec<Item>,
@@ -120,10 +125,10 @@ struct Plan {
     add: Vec<(i64, PointRow)>,
     trees: Vec<([u8; 32], Vec<u8>)>,
     lists: Vec<([u8; 32], Vec<u8>)>,
-    copy: Vec<PackCopy>,
+    pub(super) copy: Vec<PackCopy>,
     /// Rows to register in packs the replica has: (row, pack name).
     rows_in_present: Vec<(ChunkRow, String)>,
-    skipped: Vec<SkippedPoint>,
+    pub(super) skipped: Vec<SkippedPoint>,
 }
 
 /// What a point needs of a chunk.
@@ -362,6 +367,9 @@ impl Vault {
         opts: &ReplicateOptions,
         progress: &dyn ReplicateProgress,
     ) -> VaultResult<ReplicateReport> {
+        if let Some(url) = target.to_str().filter(|t| super::objstore::is_remote(t)) {
+            return self.replicate_remote(url, opts, progress);
+        }
         let started = Instant::now();
         let _lease = self.lease()?;
         let (mut replica, created) = self.open_replica(target)?;
@@ -440,7 +448,7 @@ impl Vault {
     }
 
     /// The plan, read from the primary (`self`, inside a read transaction) and the replica.
-    fn plan(&self, replica: &Vault, opts: &ReplicateOptions) -> VaultResult<Plan> {
+    pub(super) fn plan(&self, replica: &Vault, opts: &ReplicateOptions) -> VaultResult<Plan> {
         let (p, r) = (&self.catalog, &replica.catalog);
         let mut plan = Plan {
             policies: p.policies()?,
@@ -676,7 +684,7 @@ impl Vault {
     }
 
     /// The replica's one transaction (`self` is the replica; its writer lock is held).
-    fn commit_plan(
+    pub(super) fn commit_plan(
         &self,
         plan: &Plan,
         primary_id: &str,
@@ -854,7 +862,7 @@ fn leftovers(root: &Path, incoming: &Path) -> VaultResult<HashMap<String, (PathB
 
 /// Checks every row against the pack's bytes; rows that do not check out are marked bad.
 /// Returns their ids.
-fn scrub(name: &str, data: &[u8], rows: &mut [ChunkRow]) -> Vec<ChunkId> {
+pub(super) fn scrub(name: &str, data: &[u8], rows: &mut [ChunkRow]) -> Vec<ChunkId> {
     let one = OnePack { name, data };
     let mut bad = HashSet::new();
     // Reading from memory cannot fail; damage comes back through the callback.
