@@ -750,3 +750,69 @@ fn publish(
     }
     Ok(Some(format!("cat-{base_gen}-{seq}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dump(db: &Path) -> Vec<String> {
+        let c = rusqlite::Connection::open(db).unwrap();
+        let mut out = Vec::new();
+        for t in ["meta", "items", "trees"] {
+            let mut st = c.prepare(&format!("SELECT * FROM {t} ORDER BY 1")).unwrap();
+            let n = st.column_count();
+            let rows = st
+                .query_map([], |r| {
+                    Ok((0..n)
+                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join("|"))
+                })
+                .unwrap();
+            out.extend(rows.map(|r| format!("{t}: {}", r.unwrap())));
+        }
+        out
+    }
+
+    #[test]
+    fn a_delta_turns_the_old_catalog_into_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old.db"), dir.path().join("new.db"));
+        rusqlite::Connection::open(&old)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                 CREATE TABLE items(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+                 CREATE TABLE trees(id BLOB NOT NULL UNIQUE, data BLOB NOT NULL);
+                 INSERT INTO meta VALUES ('commit_seq', '1'), ('keep', 'x'), ('gone', 'y');
+                 INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c');
+                 INSERT INTO trees VALUES (x'01', x'aa'), (x'02', x'bb');",
+            )
+            .unwrap();
+        fs::copy(&old, &new).unwrap();
+        rusqlite::Connection::open(&new)
+            .unwrap()
+            .execute_batch(
+                "UPDATE meta SET value = '2' WHERE key = 'commit_seq';
+                 DELETE FROM meta WHERE key = 'gone';
+                 UPDATE items SET name = 'tmp' WHERE id = 1;
+                 UPDATE items SET name = 'a' WHERE id = 2;
+                 UPDATE items SET name = 'b' WHERE id = 1;
+                 DELETE FROM items WHERE id = 3;
+                 INSERT INTO items VALUES (4, 'd');
+                 INSERT INTO trees VALUES (x'03', x'cc');",
+            )
+            .unwrap();
+        let delta = dir.path().join("delta.db");
+        let changed = make_delta(&old, &new, &delta).unwrap();
+        // meta: 1 gone (the counter is not counted); items: 2 renamed, 1 gone, 1 new; trees: 1.
+        assert_eq!(changed, 1 + 4 + 1);
+        let copy = dir.path().join("copy.db");
+        fs::copy(&old, &copy).unwrap();
+        apply_delta(&copy, &delta).unwrap();
+        assert_eq!(dump(&copy), dump(&new));
+        // Nothing changed: nothing to publish.
+        let same = dir.path().join("same.db");
+        assert_eq!(make_delta(&new, &new, &same).unwrap(), 0);
+    }
+}
