@@ -2,16 +2,17 @@
 //!
 //! Owns `Vault::repair_from`. Under this vault's writer lock and the replica's lease: the
 //! catalog check finds what points need that this vault cannot give (trees and content lists
-//! that fail their check or are gone, chunks with no row); a write session adds every chunk
-//! marked bad (by `verify`, a reader's damage journal, or a pack that is missing or short). Each
-//! is read from the replica through its ordinary checked read path (a chunk's bytes must hash to
-//! its id, a blob must decode and hash to its id), then stored as new data of this vault: chunks
-//! into new packs (a chunk that had a record of its own, like a disk block, gets one again),
-//! trees and lists replacing the damaged blobs. Whatever the replica lacks too, or holds damaged,
-//! is reported, never guessed.
-//! Crash story: the repair is one write session: nothing changes before its single commit, which
-//! names the new packs and points the chunk rows at them. A kill before it leaves packs the
-//! catalog does not name, which the next writer quarantines; the next repair starts over.
+//! that fail their check or are gone, chunks with no row or in a pack it no longer names); a
+//! write session adds every chunk marked bad (by `verify`, a reader's damage journal, or a pack
+//! that is missing or short). Each is read from the replica through its ordinary checked read
+//! path (a chunk's bytes must hash to its id, a blob must decode and hash to its id), then
+//! stored as new data of this vault: chunks into new packs (a chunk that had a record of its
+//! own, like a disk block, gets one again), trees and lists replacing the damaged blobs.
+//! Whatever the replica lacks too, or holds damaged, is reported, never guessed.
+//! Crash story: each level of trees and lists, then the chunks, is one write session: nothing
+//! changes before its single commit, which names the new packs and points the rows at them. A
+//! kill before it leaves packs the catalog does not name, which the next writer quarantines;
+//! the next repair starts over from what is still damaged.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -88,10 +89,13 @@ impl Vault {
         };
         let mut session = self.begin_write(lock, &SessionOptions::default())?;
         let mut chunks: Vec<ChunkId> = session.damage().chunk_ids();
+        // The check's bad chunks add those whose pack the catalog no longer names (a lost
+        // pack row marks nothing bad).
         chunks.extend(
             check
                 .missing_chunks
                 .iter()
+                .chain(check.bad_chunks.iter().map(|b| &b.id))
                 .filter_map(|h| ChunkId::from_hex(h)),
         );
         let chunks: Vec<ChunkId> = {
