@@ -55,3 +55,29 @@ fn repair_fetches_chunks_whose_pack_row_the_catalog_lost() {
     t.ok(&["verify"]);
     restores_exactly(&t, &src);
 }
+
+#[test]
+fn repair_takes_a_byte_copy_of_the_vault_but_not_the_vault_itself() {
+    let t = TestVault::new();
+    let src = replicated(&t);
+    // An rsync-style copy of the whole vault: same id, not a replica, another directory.
+    let copy = t.path("copy");
+    let status = std::process::Command::new("cp")
+        .args(["-a", t.vault().to_str().unwrap(), copy.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for p in std::fs::read_dir(t.vault().join("packs")).unwrap() {
+        let p = p.unwrap().path();
+        if p.extension().is_some_and(|x| x == "pack") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let out = t.run(&["repair", "--from", copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    t.ok(&["verify"]);
+    restores_exactly(&t, &src);
+    // The vault itself, by another spelling of its path, is still refused.
+    let same = format!("{}/../vault/", t.vault().display());
+    assert_fails(&t.run(&["repair", "--from", &same]), "from itself");
+}

@@ -147,7 +147,12 @@ pub fn repair(cli: &Cli, args: &RepairArgs) -> Result<ExitCode> {
     let vault = cli.open_vault()?;
     let from = vault.replica_target(&args.from)?;
     let replica = Vault::open(&from)?;
-    if replica.id() == vault.id() && replica.replica_of()?.is_none() {
+    // The same directory (a byte copy of the vault, made by rsync or cp, is a good source).
+    let dir_id = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    };
+    if dir_id(&from).is_some() && dir_id(&from) == dir_id(vault.root()) {
         anyhow::bail!(
             "cannot repair {} from itself: give a replica (see `coffre vault show`)",
             from.display()
