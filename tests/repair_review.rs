@@ -81,3 +81,68 @@ fn repair_takes_a_byte_copy_of_the_vault_but_not_the_vault_itself() {
     let same = format!("{}/../vault/", t.vault().display());
     assert_fails(&t.run(&["repair", "--from", &same]), "from itself");
 }
+
+/// A point three days old of `item`: the default policy makes the item due now.
+fn old_point(t: &TestVault, item: &str, src: &Path) {
+    let old = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(72)).to_string();
+    t.ok(&[
+        "backup",
+        "-q",
+        "--item",
+        item,
+        src.to_str().unwrap(),
+        "--time",
+        &old,
+    ]);
+}
+
+#[test]
+fn backup_due_does_not_create_an_unplugged_replica_on_the_wrong_disk() {
+    let t = TestVault::new();
+    t.ok(&["init"]);
+    let src = t.path("src");
+    write(&src.join("f"), &noise(100_000, 3));
+    // `usb` is a mount point whose disk is unplugged (an empty directory), `nas` a directory
+    // under one that is gone; `home` holds a replica already.
+    let (usb, nas, home) = (t.path("usb"), t.path("nas/coffre"), t.path("home"));
+    std::fs::create_dir(&usb).unwrap();
+    for (name, dir) in [("usb", &usb), ("nas", &nas), ("home", &home)] {
+        t.ok(&["vault", "set", "replica", name, dir.to_str().unwrap()]);
+    }
+    old_point(&t, "a", &src);
+    t.ok(&["replicate", "-q", "--to", "home"]);
+    let out = t.run(&["backup", "--due", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    for name in ["usb", "nas"] {
+        assert!(
+            err.contains(&format!("error: replicate to replica \"{name}\" failed"))
+                && err.contains("unplugged"),
+            "{err}"
+        );
+    }
+    assert_eq!(err.lines().count(), 2, "one line each: {err}");
+    assert!(!Vault::exists_at(&usb) && !nas.exists(), "nothing written");
+    assert_eq!(std::fs::read_dir(&usb).unwrap().count(), 0);
+    let rep = json(&String::from_utf8_lossy(&out.stdout));
+    let home_rep = rep["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "home")
+        .unwrap()
+        .clone();
+    assert_eq!(home_rep["report"]["points_added"], 1, "{rep}");
+    // `replicate --to NAME` still creates a replica on first use.
+    t.ok(&["replicate", "-q", "--to", "usb"]);
+    assert!(Vault::exists_at(&usb));
+}
+
+/// Whether `dir` holds a vault.
+struct Vault;
+
+impl Vault {
+    fn exists_at(dir: &Path) -> bool {
+        dir.join("vault.db").exists()
+    }
+}

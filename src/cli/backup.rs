@@ -63,7 +63,8 @@ pub struct BackupArgs {
         "keep_until", "policy", "dry_run"])]
     due: bool,
     /// With --due: do not bring the replicas named with `coffre vault set replica` up to date
-    /// afterwards
+    /// afterwards (without it, each existing one is; a missing one, perhaps unplugged, is an
+    /// error and never created)
     #[arg(long, requires = "due")]
     no_replicate: bool,
     #[command(flatten)]

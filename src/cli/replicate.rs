@@ -72,7 +72,19 @@ pub fn replicate_all(
     let mut failed = false;
     for (name, dir) in vault.replicas()? {
         let bar = Bar(Progress::bytes("replicate", 0, !cli.quiet && !json));
-        let result = vault.replicate_to(&dir, &ReplicateOptions::default(), &bar);
+        // Never created here: a missing replica is most likely an unplugged disk, and a new one
+        // would fill the disk its mount point is on.
+        let result = if Vault::exists(&dir) {
+            vault
+                .replicate_to(&dir, &ReplicateOptions::default(), &bar)
+                .map_err(anyhow::Error::from)
+        } else {
+            Err(anyhow::anyhow!(
+                "no replica at {} (is its disk unplugged?); `coffre replicate --to {name}` \
+                 creates it",
+                dir.display()
+            ))
+        };
         bar.0.finish();
         match result {
             Ok(report) => {
