@@ -138,6 +138,54 @@ fn backup_due_does_not_create_an_unplugged_replica_on_the_wrong_disk() {
     assert!(Vault::exists_at(&usb));
 }
 
+#[test]
+fn backup_due_no_wait_does_not_wait_for_a_replicas_lock() {
+    let t = TestVault::new();
+    let src = t.path("src");
+    write(&src.join("f"), &noise(100_000, 3));
+    old_point(&t, "a", &src);
+    let r = t.path("replica");
+    t.ok(&["vault", "set", "replica", "r", r.to_str().unwrap()]);
+    t.ok(&["replicate", "-q", "--to", "r"]);
+    // Another replicate into the replica, paused while it holds the replica's lock.
+    write(&src.join("g"), &noise(100_000, 4));
+    t.backup("b", &src);
+    let go = t.path("go");
+    let mut held = t.cmd();
+    held.args(["replicate", "-q", "--to", "r"]).env(
+        "COFFRE_TEST_PAUSE",
+        format!("replicate-pack-copied:{}", go.display()),
+    );
+    let child = std::thread::spawn(move || {
+        run_with_deadline(&mut held, std::time::Duration::from_secs(120))
+    });
+    let reached = t.path("go.reached");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !reached.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the replicate never paused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    old_point(&t, "c", &src);
+    let mut due = t.cmd();
+    due.args(["backup", "--due", "--no-wait"]);
+    let out = run_with_deadline(&mut due, std::time::Duration::from_secs(30));
+    write(&go, b"");
+    assert!(child.join().unwrap().status.success());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("error: replicate to replica \"r\" failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("point "),
+        "the backups were still made"
+    );
+}
+
 /// Whether `dir` holds a vault.
 struct Vault;
 

@@ -74,7 +74,8 @@ pub struct BackupArgs {
 /// Options every backup command takes.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Fail at once if another writer holds the vault, instead of waiting (as --lock-wait 0)
+    /// Fail at once if another writer holds the vault (with --due: or a replica), instead of
+    /// waiting (as --lock-wait 0)
     #[arg(long)]
     pub(super) no_wait: bool,
     /// Worker threads (0 = one per core, at most 256)
