@@ -1,7 +1,7 @@
 //! Hostile cases of `repair --from` and of the replicas `backup --due` brings up to date: a
 //! chunk whose pack row the catalog lost is fetched back; a byte copy of the vault is a replica
-//! to repair from; an unplugged replica is not created anew on the wrong disk; `--no-wait`
-//! never waits for a replica's lock.
+//! to repair from; an unplugged replica is one clear line for `repair` and is not created anew
+//! on the wrong disk by `backup --due`; `--no-wait` never waits for a replica's lock.
 
 mod common;
 
@@ -80,6 +80,26 @@ fn repair_takes_a_byte_copy_of_the_vault_but_not_the_vault_itself() {
     // The vault itself, by another spelling of its path, is still refused.
     let same = format!("{}/../vault/", t.vault().display());
     assert_fails(&t.run(&["repair", "--from", &same]), "from itself");
+}
+
+#[test]
+fn repair_from_an_unplugged_replica_says_so_without_advice_to_create_one() {
+    let t = TestVault::new();
+    replicated(&t);
+    let usb = t.path("usb");
+    std::fs::create_dir(&usb).unwrap(); // a mount point, its disk unplugged
+    t.ok(&["vault", "set", "replica", "usb", usb.to_str().unwrap()]);
+    for from in ["usb", t.path("gone").to_str().unwrap()] {
+        let out = t.run(&["repair", "--from", from]);
+        assert_fails(&out, "to repair from (is its disk unplugged?)");
+        assert!(!stderr(&out).contains("coffre init"), "{}", stderr(&out));
+        assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
+    }
+    assert_eq!(
+        std::fs::read_dir(&usb).unwrap().count(),
+        0,
+        "nothing written"
+    );
 }
 
 /// A point three days old of `item`: the default policy makes the item due now.

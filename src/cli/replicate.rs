@@ -158,6 +158,13 @@ pub struct RepairArgs {
 pub fn repair(cli: &Cli, args: &RepairArgs) -> Result<ExitCode> {
     let vault = cli.open_vault()?;
     let from = vault.replica_target(&args.from)?;
+    if !Vault::exists(&from) {
+        // Not `Vault::open`'s advice to create one: an empty vault has nothing to give.
+        anyhow::bail!(
+            "no vault at {} to repair from (is its disk unplugged?)",
+            from.display()
+        );
+    }
     let replica = Vault::open(&from)?;
     // The same directory (a byte copy of the vault, made by rsync or cp, is a good source).
     let dir_id = |p: &std::path::Path| {
@@ -205,9 +212,9 @@ fn print_repair(r: &RepairReport) {
     }
     if r.unrepaired_needed > 0 {
         eprintln!(
-            "{} that points need could not be repaired; `coffre verify` names the files, and \
-             the next backup of a source that still has them stores them again",
-            plural(r.unrepaired_needed, "block")
+            "{} of these that points need could not be repaired; `coffre verify` names the \
+             files, and the next backup of a source that still has them stores them again",
+            r.unrepaired_needed
         );
     }
 }
