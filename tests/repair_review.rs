@@ -1,7 +1,9 @@
 //! Hostile cases of `repair --from` and of the replicas `backup --due` brings up to date: a
 //! chunk whose pack row the catalog lost is fetched back; a byte copy of the vault is a replica
 //! to repair from; an unplugged replica is one clear line for `repair` and is not created anew
-//! on the wrong disk by `backup --due`; `--no-wait` never waits for a replica's lock.
+//! on the wrong disk by `backup --due`; `--no-wait` never waits for a replica's lock; a repair
+//! killed at each commit is run again to a clean vault; a mount beside a repair reads exact
+//! files.
 
 mod common;
 
@@ -100,6 +102,59 @@ fn repair_from_an_unplugged_replica_says_so_without_advice_to_create_one() {
         0,
         "nothing written"
     );
+}
+
+/// Flips 16 bytes in the middle of every pack of the vault.
+fn flip_every_pack(t: &TestVault) {
+    for p in std::fs::read_dir(t.vault().join("packs")).unwrap() {
+        let p = p.unwrap().path();
+        if p.extension().is_some_and(|x| x == "pack") {
+            let mut b = std::fs::read(&p).unwrap();
+            let mid = b.len() / 2;
+            for x in &mut b[mid..mid + 16] {
+                *x ^= 0x5a;
+            }
+            std::fs::write(&p, b).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_repair_killed_before_its_commit_is_run_again_to_a_clean_vault() {
+    let t = TestVault::new();
+    let src = replicated(&t);
+    flip_every_pack(&t);
+    damage_every_tree(&t);
+    assert_eq!(t.run(&["verify"]).status.code(), Some(1));
+    let r = t.path("replica");
+    // Killed at the trees' commit, then writing the chunks' pack, then at the chunks' commit.
+    for at in ["before-commit", "pack-sealed", "before-commit"] {
+        let out = t
+            .cmd()
+            .args(["repair", "--from", r.to_str().unwrap()])
+            .env("COFFRE_CRASH_AT", at)
+            .output_within();
+        assert_eq!(out.status.code(), None, "{at}: killed: {}", stderr(&out));
+    }
+    let out = t.run(&["repair", "--json", "--from", r.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = t.run(&["verify"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    restores_exactly(&t, &src);
+}
+
+#[test]
+fn a_mount_of_the_vault_reads_exact_files_after_a_repair_beside_it() {
+    let t = TestVault::new();
+    let src = replicated(&t);
+    let m = MountGuard::start(&t, &[]);
+    flip_every_pack(&t);
+    assert_eq!(t.run(&["verify"]).status.code(), Some(1));
+    let r = t.path("replica");
+    t.ok(&["repair", "--from", r.to_str().unwrap()]);
+    assert_same(&snapshot(&src, false), &snapshot(&m.latest("a"), false));
+    drop(m);
+    t.ok(&["verify"]);
 }
 
 /// A point three days old of `item`: the default policy makes the item due now.
