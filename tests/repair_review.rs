@@ -1,9 +1,9 @@
 //! Hostile cases of `repair --from` and of the replicas `backup --due` brings up to date: a
-//! chunk whose pack row the catalog lost is fetched back; a byte copy of the vault is a replica
-//! to repair from; an unplugged replica is one clear line for `repair` and is not created anew
-//! on the wrong disk by `backup --due`; `--no-wait` never waits for a replica's lock; a repair
-//! killed at each commit is run again to a clean vault; a mount beside a repair reads exact
-//! files.
+//! chunk whose pack row the catalog lost is fetched back; a byte copy of the vault is a source
+//! to repair from; a vault whose packs/ is gone entirely gets every pack back; an unplugged
+//! replica is one clear line for `repair` and is not created anew on the wrong disk by
+//! `backup --due`; `--no-wait` never waits for a replica's lock; a repair killed at each commit
+//! is run again to a clean vault; a mount beside a repair reads exact files.
 
 mod common;
 
@@ -102,6 +102,18 @@ fn repair_from_an_unplugged_replica_says_so_without_advice_to_create_one() {
         0,
         "nothing written"
     );
+}
+
+#[test]
+fn repair_gives_back_every_pack_when_the_packs_directory_is_gone() {
+    let t = TestVault::new();
+    let src = replicated(&t);
+    std::fs::remove_dir_all(t.vault().join("packs")).unwrap();
+    let r = t.path("replica");
+    let out = t.run(&["repair", "--from", r.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    t.ok(&["verify"]);
+    restores_exactly(&t, &src);
 }
 
 /// Flips 16 bytes in the middle of every pack of the vault.

@@ -177,6 +177,7 @@ pub fn repair(cli: &Cli, args: &RepairArgs) -> Result<ExitCode> {
             from.display()
         );
     }
+    vault.restore_packs_dir()?;
     let lock = vault.lock(true)?;
     let report = vault.repair_from(&replica, &lock)?;
     drop(lock);

@@ -15,6 +15,7 @@
 //! the next repair starts over from what is still damaged.
 
 use std::collections::HashSet;
+use std::os::unix::fs::DirBuilderExt;
 use std::time::Instant;
 
 use super::format::{ChunkId, ListId, TreeId};
@@ -123,6 +124,24 @@ impl Vault {
             .count() as u64;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// Makes `packs/` again, empty, if it is gone with every pack in it (before taking the
+    /// writer lock, whose recovery lists it), so that a repair gives them all back.
+    pub fn restore_packs_dir(&self) -> VaultResult<()> {
+        let packs = self.packs_dir();
+        if packs.symlink_metadata().is_err() {
+            match std::fs::DirBuilder::new()
+                .mode(super::DIR_MODE)
+                .create(&packs)
+            {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(super::io_err(&packs)(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// Stores tree or list `blob` again from the replica's checked copy.
