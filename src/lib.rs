@@ -51,6 +51,7 @@
 //! | verify                          | lease; writer lock only if free (`lock(false)`) to mark damage | nothing | everything |
 //! | check                           | lease (a snapshot) | nothing           | everything                |
 //! | replicate --to DIR              | this vault: lease; the replica: writer lock | another writer of the replica | everything on this vault (a gc keeps the packs it copies) |
+//! | repair --from DIR               | this vault: writer lock; the replica: lease | another writer of this vault | readers here; everything on the replica |
 //!
 //! Readers rely on SQLite WAL snapshots and on packs being immutable while named by the catalog,
 //! so they never block writers and writers never break them. A second writer waits, saying whom
