@@ -169,6 +169,29 @@ fn a_mount_of_the_vault_reads_exact_files_after_a_repair_beside_it() {
     t.ok(&["verify"]);
 }
 
+#[test]
+fn repair_before_verify_changes_nothing_and_points_to_verify() {
+    let t = TestVault::new();
+    let src = replicated(&t);
+    flip_every_pack(&t);
+    let r = t.path("replica");
+    let packs = std::fs::read_dir(t.vault().join("packs")).unwrap().count();
+    // Flipped bytes in a pack of the right size are found only by reading them back.
+    let out = t.ok(&["repair", "--from", r.to_str().unwrap()]);
+    assert!(
+        out.contains("nothing to repair") && out.contains("coffre verify"),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_dir(t.vault().join("packs")).unwrap().count(),
+        packs
+    );
+    assert_eq!(t.run(&["verify"]).status.code(), Some(1));
+    t.ok(&["repair", "--from", r.to_str().unwrap()]);
+    t.ok(&["verify"]);
+    restores_exactly(&t, &src);
+}
+
 /// A point three days old of `item`: the default policy makes the item due now.
 fn old_point(t: &TestVault, item: &str, src: &Path) {
     let old = (jiff::Timestamp::now() - jiff::SignedDuration::from_hours(72)).to_string();

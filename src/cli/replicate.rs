@@ -196,7 +196,8 @@ pub fn repair(cli: &Cli, args: &RepairArgs) -> Result<ExitCode> {
 fn print_repair(r: &RepairReport) {
     if r.chunks_repaired == 0 && r.blobs_repaired == 0 && r.unrepaired.is_empty() {
         println!(
-            "nothing to repair: no chunk is marked bad and every point's data is in the catalog"
+            "nothing to repair: no chunk is marked bad and every point's data is in the catalog \
+             (`coffre verify` reads every byte back and marks what is damaged)"
         );
         return;
     }
