@@ -236,7 +236,8 @@ pub fn seal_pack(key: &ReplicaKey, name: &str, plain: &[u8]) -> Vec<u8> {
 pub struct SealedStore {
     inner: Arc<dyn PackStore>,
     key: ReplicaKey,
-    /// Sealed sizes of packs seen in the inner store's listing (packs never change).
+    /// Sealed sizes of packs seen in the inner store's listing (packs never change once
+    /// written; a size listed while one was being written is dropped when a read fails).
     sizes: Mutex<HashMap<String, u64>>,
 }
 
@@ -263,29 +264,9 @@ impl SealedStore {
             io::Error::new(io::ErrorKind::NotFound, format!("pack {name} is missing"))
         })
     }
-}
 
-impl PackStore for SealedStore {
-    fn describe(&self) -> String {
-        format!("{} (sealed)", self.inner.describe())
-    }
-
-    fn create(&self, name: &str) -> io::Result<Box<dyn PackUpload>> {
-        let mut inner = self.inner.create(name)?;
-        inner.write_all(PACK_MAGIC)?;
-        Ok(Box::new(SealedUpload {
-            inner,
-            key: self.key.clone(),
-            name: name.to_string(),
-            buf: Vec::with_capacity(SEGMENT as usize + 1),
-            index: 0,
-        }))
-    }
-
-    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if buf.is_empty() {
-            return Ok(());
-        }
+    /// `read_at` with the sealed size this store knows (listing on a miss).
+    fn read_sized(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let sealed = self.sealed_len(name)?;
         let plain = plain_size(sealed).ok_or_else(|| {
             io::Error::new(
@@ -320,6 +301,39 @@ impl PackStore for SealedStore {
             at += n;
         }
         Ok(())
+    }
+}
+
+impl PackStore for SealedStore {
+    fn describe(&self) -> String {
+        format!("{} (sealed)", self.inner.describe())
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn PackUpload>> {
+        let mut inner = self.inner.create(name)?;
+        inner.write_all(PACK_MAGIC)?;
+        Ok(Box::new(SealedUpload {
+            inner,
+            key: self.key.clone(),
+            name: name.to_string(),
+            buf: Vec::with_capacity(SEGMENT as usize + 1),
+            index: 0,
+        }))
+    }
+
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let cached = self.sizes.lock().expect("sizes lock").contains_key(name);
+        match self.read_sized(name, offset, buf) {
+            // A size listed while the pack was still being written is stale: list once more.
+            Err(_) if cached => {
+                self.sizes.lock().expect("sizes lock").remove(name);
+                self.read_sized(name, offset, buf)
+            }
+            r => r,
+        }
     }
 
     fn list(&self) -> io::Result<Vec<PackInfo>> {
@@ -852,5 +866,20 @@ mod attack_tests {
         let again = seal_blob(&key(3), "catalog", &plain).unwrap();
         assert_ne!(again, sealed);
         assert_eq!(open_blob(&key(3), "catalog", &again).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_size_listed_while_the_pack_was_being_written_is_not_kept() {
+        let plain = data(2 * S + 10);
+        let (dir, _s) = sealed("p", &plain);
+        let path = dir.path().join("p.pack");
+        let whole = std::fs::read(&path).unwrap();
+        // A reader lists while the pack holds only its first segment (a writer beside it).
+        std::fs::write(&path, &whole[..M + S + T]).unwrap();
+        let s = reopen(dir.path());
+        assert_eq!(s.list().unwrap()[0].size, SEGMENT);
+        std::fs::write(&path, &whole).unwrap();
+        assert_eq!(read(&s, "p", 2 * SEGMENT, 10).unwrap(), plain[2 * S..]);
+        assert_eq!(read(&s, "p", 0, plain.len()).unwrap(), plain);
     }
 }
