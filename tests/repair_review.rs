@@ -1,7 +1,8 @@
 //! Hostile cases of `repair --from` and of the replicas `backup --due` brings up to date: a
 //! chunk whose pack row the catalog lost is fetched back; a byte copy of the vault is a source
-//! to repair from; a vault whose packs/ is gone entirely gets every pack back; an unplugged
-//! replica is one clear line for `repair` and is not created anew on the wrong disk by
+//! to repair from; a vault whose packs/ is gone entirely gets every pack back; a damaged point
+//! root is taken from a replica of this vault (never a worse one, never another vault's); an
+//! unplugged replica is one clear line for `repair` and is not created anew on the wrong disk by
 //! `backup --due`; `--no-wait` never waits for a replica's lock; a repair killed at each commit
 //! is run again to a clean vault; a mount beside a repair reads exact files.
 
@@ -114,6 +115,79 @@ fn repair_gives_back_every_pack_when_the_packs_directory_is_gone() {
     assert!(out.status.success(), "{}", stderr(&out));
     t.ok(&["verify"]);
     restores_exactly(&t, &src);
+}
+
+/// Damages the root of every point in `vault`'s catalog: one flipped byte, or cut short.
+fn damage_every_root(t: &TestVault, vault: &Path, cut: bool) {
+    let _ = t.ok(&["--vault", vault.to_str().unwrap(), "points"]);
+    let db = rusqlite::Connection::open(vault.join("vault.db")).unwrap();
+    let rows: Vec<(i64, Vec<u8>)> = db
+        .prepare("SELECT id, root FROM points")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    for (id, mut root) in rows {
+        if cut {
+            root.truncate(5);
+        } else {
+            let n = root.len();
+            root[n / 2] ^= 0xff;
+        }
+        db.execute(
+            "UPDATE points SET root=?2 WHERE id=?1",
+            rusqlite::params![id, root],
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn repair_takes_a_damaged_point_root_from_the_replica_and_never_a_worse_one() {
+    for cut in [false, true] {
+        let t = TestVault::new();
+        let src = replicated(&t);
+        let r = t.path("replica");
+        // Damaged in the replica only: this vault's good root stays.
+        damage_every_root(&t, &r, cut);
+        t.ok(&["repair", "--from", r.to_str().unwrap()]);
+        t.ok(&["check"]);
+        restores_exactly(&t, &src);
+        // Damaged here: taken from a whole replica.
+        let r2 = t.path("replica2");
+        t.ok(&["replicate", "-q", "--to", r2.to_str().unwrap()]);
+        damage_every_root(&t, &t.vault(), cut);
+        assert_eq!(t.run(&["check"]).status.code(), Some(1));
+        let out = t.run(&["repair", "--json", "--from", r2.to_str().unwrap()]);
+        assert!(out.status.success(), "{cut}: {}", stderr(&out));
+        let out = t.run(&["check"]);
+        assert_eq!(out.status.code(), Some(0), "{cut}: {}", stderr(&out));
+        t.ok(&["verify"]);
+        restores_exactly(&t, &src);
+    }
+}
+
+#[test]
+fn a_point_root_is_not_taken_from_a_vault_that_is_no_copy_of_this_one() {
+    let t = TestVault::new();
+    let src = replicated(&t);
+    // Another vault holding the same files: its points are other points.
+    let other = t.path("other");
+    t.ok(&["--vault", other.to_str().unwrap(), "init"]);
+    t.ok(&[
+        "--vault",
+        other.to_str().unwrap(),
+        "backup",
+        "-q",
+        "--item",
+        "a",
+        src.to_str().unwrap(),
+    ]);
+    damage_every_root(&t, &t.vault(), false);
+    let out = t.run(&["repair", "--from", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(t.run(&["check"]).status.code(), Some(1));
 }
 
 /// Flips 16 bytes in the middle of every pack of the vault.

@@ -8,11 +8,13 @@
 //! path (a chunk's bytes must hash to its id, a blob must decode and hash to its id), then
 //! stored as new data of this vault: chunks into new packs (a chunk that had a record of its
 //! own, like a disk block, gets one again), trees and lists replacing the damaged blobs.
+//! Before all that, a point whose root cannot be followed (it does not decode, or names what is
+//! gone) takes the root of the same point in a replica of this vault, if whole there.
 //! Whatever the replica lacks too, or holds damaged, is reported, never guessed.
-//! Crash story: each level of trees and lists, then the chunks, is one write session: nothing
-//! changes before its single commit, which names the new packs and points the rows at them. A
-//! kill before it leaves packs the catalog does not name, which the next writer quarantines;
-//! the next repair starts over from what is still damaged.
+//! Crash story: the roots are one transaction; each level of trees and lists, then the chunks,
+//! is one write session: nothing changes before its single commit, which names the new packs
+//! and points the rows at them. A kill before it leaves packs the catalog does not name, which
+//! the next writer quarantines; the next repair starts over from what is still damaged.
 
 use std::collections::HashSet;
 use std::os::unix::fs::DirBuilderExt;
@@ -64,6 +66,7 @@ impl Vault {
             from: replica.root().display().to_string(),
             ..RepairReport::default()
         };
+        self.repair_roots(replica, &mut report)?;
         // A damaged tree hides the trees below it from the check: repair level by level until
         // the check finds nothing new.
         let mut tried = HashSet::new();
@@ -140,6 +143,43 @@ impl Vault {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Points whose root this vault cannot follow (it does not decode, or names a tree, list
+    /// or chunk that is damaged or gone) take the root the same point has in the replica, if
+    /// that one is whole there and differs: a root is catalog data like a tree, but has no id
+    /// to check it by, so only a replica of this vault (or a copy of it) is asked.
+    fn repair_roots(&self, replica: &Vault, report: &mut RepairReport) -> VaultResult<()> {
+        if replica.id() != self.id() && replica.replica_of()?.as_deref() != Some(self.id()) {
+            return Ok(());
+        }
+        let theirs: std::collections::HashMap<String, Vec<u8>> = replica
+            .catalog
+            .points_after(0)?
+            .into_iter()
+            .map(|p| (p.id, p.root))
+            .collect();
+        let mut fixed = Vec::new();
+        for p in self.catalog.points_after(0)? {
+            if let Some(root) = theirs.get(&p.id)
+                && *root != p.root
+                && !root_whole(&self.catalog, &p.root)?
+                && root_whole(&replica.catalog, root)?
+            {
+                fixed.push((p.id, root.clone()));
+            }
+        }
+        if !fixed.is_empty() {
+            let seq = self.transaction(|c| {
+                for (pid, root) in &fixed {
+                    c.set_point_root(pid, root)?;
+                }
+                c.bump_commit_seq()
+            })?;
+            super::note_commit_seq(self.root(), seq);
+            report.blobs_repaired += fixed.len() as u64;
         }
         Ok(())
     }
@@ -226,4 +266,26 @@ impl Vault {
         alone.flush()?;
         grouped.flush()
     }
+}
+
+/// True if point root `root` decodes and what it names directly is in catalog `c`.
+fn root_whole(c: &super::catalog::Catalog, root: &[u8]) -> VaultResult<bool> {
+    let Ok(e) = super::format::decode_root(root) else {
+        return Ok(false);
+    };
+    let found = |r: VaultResult<()>| match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_damage() => Ok(false),
+        Err(e) => Err(e),
+    };
+    let content = match e.content {
+        super::format::Content::None => true,
+        super::format::Content::Chunk(id) => c.chunk(&id)?.is_some(),
+        super::format::Content::List(id) => found(c.list(&id).map(|_| ()))?,
+    };
+    let tree = match e.subtree {
+        Some(t) => found(c.tree(&t).map(|_| ()))?,
+        None => true,
+    };
+    Ok(content && tree)
 }
