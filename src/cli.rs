@@ -175,8 +175,10 @@ enum Command {
     /// Fetch damaged or missing data back from a replica (exit 1 if some stays missing)
     ///
     /// Every chunk marked bad (by `coffre verify`, a read that failed, or a pack that is missing
-    /// or short), every chunk with no row and every damaged tree or content list is read from
-    /// the replica, checked against its id and stored again in new packs of this vault.
+    /// or short), every chunk with no row or in a pack the catalog no longer names, and every
+    /// damaged tree or content list is read from the replica, checked against its id and
+    /// stored again in new packs of this vault; a point whose root cannot be followed takes the
+    /// root the same point has in a replica of this vault.
     Repair(replicate::RepairArgs),
     /// Write man pages or shell completions (see README: Install)
     #[command(hide = true)]

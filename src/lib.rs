@@ -54,6 +54,7 @@
 //! | replicate --to DIR              | this vault: lease; the replica: writer lock | another writer of the replica | everything on this vault (a gc keeps the packs it copies) |
 //! | replicate --to s3://, azure://  | this vault: lease; the replica: `PREFIX/lock` (conditional create) | nothing: a held lock fails at once, naming its holder | everything on this vault; readers of the replica |
 //! | --vault s3://, azure:// (read)  | a shared `flock` on its cached catalog | nothing | everything |
+//! | repair --from DIR               | this vault: writer lock; the replica: lease | another writer of this vault | readers here; everything on the replica |
 //!
 //! Readers rely on SQLite WAL snapshots and on packs being immutable while named by the catalog,
 //! so they never block writers and writers never break them. A second writer waits, saying whom

@@ -613,6 +613,27 @@ fn repair_reports_what_the_replica_lacks_and_fails() {
 }
 
 #[test]
+fn repair_reads_a_read_only_replica_and_writes_nothing_there() {
+    let t = TestVault::new();
+    let points = two_items(&t);
+    let r = t.path("replica");
+    replicate(&t, &r, &[]);
+    let ro = ReadOnly::of(&t, &r);
+    let packs = primary_packs(&t);
+    flip_middle(&packs[0]);
+    std::fs::remove_file(&packs[1]).unwrap();
+    assert_eq!(t.run(&["verify"]).status.code(), Some(1));
+    let before = du(&ro.dir);
+    let out = t.run(&["repair", "--from", ro.dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(du(&ro.dir), before);
+    t.ok(&["verify"]);
+    for (spec, snap) in &points {
+        assert_restores(&t, &t.vault(), spec, snap);
+    }
+}
+
+#[test]
 fn backup_due_brings_every_named_replica_up_to_date() {
     let t = TestVault::new();
     t.ok(&["init"]);
@@ -632,12 +653,15 @@ fn backup_due_brings_every_named_replica_up_to_date() {
         "--time",
         &old,
     ]);
+    // Created by `replicate --to NAME` (`--due` never creates one: see tests/repair_review.rs).
+    t.ok(&["replicate", "-q", "--to", "usb"]);
+    t.ok(&["replicate", "-q", "--to", "nas"]);
     let out = json(&t.ok(&["backup", "--due", "--json"]));
     assert_eq!(out["backups"].as_array().unwrap().len(), 1, "{out}");
     let replicas = out["replicas"].as_array().unwrap();
     assert_eq!(replicas.len(), 2, "{out}");
     for r in replicas {
-        assert_eq!(r["report"]["points_added"], 2, "{out}");
+        assert_eq!(r["report"]["points_added"], 1, "{out}");
     }
     for dir in [&usb, &nas] {
         assert_eq!(point_ids(&t, dir, false), point_ids(&t, &t.vault(), false));

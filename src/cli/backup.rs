@@ -63,7 +63,8 @@ pub struct BackupArgs {
         "keep_until", "policy", "dry_run"])]
     due: bool,
     /// With --due: do not bring the replicas named with `coffre vault set replica` up to date
-    /// afterwards
+    /// afterwards (without it, each existing one is; a missing one, perhaps unplugged, is an
+    /// error and never created)
     #[arg(long, requires = "due")]
     no_replicate: bool,
     #[command(flatten)]
@@ -73,7 +74,8 @@ pub struct BackupArgs {
 /// Options every backup command takes.
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// Fail at once if another writer holds the vault, instead of waiting (as --lock-wait 0)
+    /// Fail at once if another writer holds the vault (with --due: or a replica), instead of
+    /// waiting (as --lock-wait 0)
     #[arg(long)]
     pub(super) no_wait: bool,
     /// Worker threads (0 = one per core, at most 256)

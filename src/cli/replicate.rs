@@ -74,7 +74,19 @@ pub fn replicate_all(
     let mut failed = false;
     for (name, dir) in vault.replicas()? {
         let bar = Bar(Progress::bytes("replicate", 0, !cli.quiet && !json));
-        let result = vault.replicate_to(&dir, &ReplicateOptions::default(), &bar);
+        // Never created here: a missing replica is most likely an unplugged disk, and a new one
+        // would fill the disk its mount point is on.
+        let result = if Vault::exists(&dir) {
+            vault
+                .replicate_to(&dir, &ReplicateOptions::default(), &bar)
+                .map_err(anyhow::Error::from)
+        } else {
+            Err(anyhow::anyhow!(
+                "no replica at {} (is its disk unplugged?); `coffre replicate --to {name}` \
+                 creates it",
+                dir.display()
+            ))
+        };
         bar.0.finish();
         match result {
             Ok(report) => {
@@ -155,13 +167,26 @@ pub struct RepairArgs {
 pub fn repair(cli: &Cli, args: &RepairArgs) -> Result<ExitCode> {
     let vault = cli.open_vault()?;
     let from = vault.replica_target(&args.from)?;
+    if !Vault::exists(&from) {
+        // Not `Vault::open`'s advice to create one: an empty vault has nothing to give.
+        anyhow::bail!(
+            "no vault at {} to repair from (is its disk unplugged?)",
+            from.display()
+        );
+    }
     let replica = Vault::open(&from)?;
-    if replica.id() == vault.id() && replica.replica_of()?.is_none() {
+    // The same directory (a byte copy of the vault, made by rsync or cp, is a good source).
+    let dir_id = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    };
+    if dir_id(&from).is_some() && dir_id(&from) == dir_id(vault.root()) {
         anyhow::bail!(
             "cannot repair {} from itself: give a replica (see `coffre vault show`)",
             from.display()
         );
     }
+    vault.restore_packs_dir()?;
     let lock = vault.lock(true)?;
     let report = vault.repair_from(&replica, &lock)?;
     drop(lock);
@@ -180,7 +205,8 @@ pub fn repair(cli: &Cli, args: &RepairArgs) -> Result<ExitCode> {
 fn print_repair(r: &RepairReport) {
     if r.chunks_repaired == 0 && r.blobs_repaired == 0 && r.unrepaired.is_empty() {
         println!(
-            "nothing to repair: no chunk is marked bad and every point's data is in the catalog"
+            "nothing to repair: no chunk is marked bad and every point's data is in the catalog \
+             (`coffre verify` reads every byte back and marks what is damaged)"
         );
         return;
     }
@@ -197,9 +223,9 @@ fn print_repair(r: &RepairReport) {
     }
     if r.unrepaired_needed > 0 {
         eprintln!(
-            "{} that points need could not be repaired; `coffre verify` names the files, and \
-             the next backup of a source that still has them stores them again",
-            plural(r.unrepaired_needed, "block")
+            "{} of these that points need could not be repaired; `coffre verify` names the \
+             files, and the next backup of a source that still has them stores them again",
+            r.unrepaired_needed
         );
     }
 }

@@ -62,7 +62,7 @@ pub fn show(cli: &Cli, args: &ScheduleArgs) -> Result<ExitCode> {
 /// `coffre backup --due`: exit 0, 3 if some point misses entries, 1 if some backup (or the
 /// replicate that follows) failed.
 pub fn run_due(cli: &Cli, run: &RunArgs, replicate: bool) -> Result<ExitCode> {
-    let vault = cli.open_vault()?;
+    let mut vault = cli.open_vault()?;
     let lock = vault.lock(!run.no_wait)?;
     let opts = RunOptions {
         threads: run.threads,
@@ -119,6 +119,10 @@ pub fn run_due(cli: &Cli, run: &RunArgs, replicate: bool) -> Result<ExitCode> {
     });
     // The replicas follow once the new points are committed, without the writer lock.
     drop(lock);
+    if run.no_wait {
+        // Nor for a replica's lock (another replicate into it).
+        vault.set_lock_wait(super::lock_wait(Some(std::time::Duration::ZERO)));
+    }
     let (replicas, replicas_failed) = if replicate && !done.backed_up.is_empty() {
         super::replicate::replicate_all(cli, &vault, run.json)?
     } else {

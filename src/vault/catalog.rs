@@ -794,6 +794,14 @@ impl Catalog {
         )?)
     }
 
+    /// Replaces the root of point `pid` (`repair --from`: a root damaged here, whole there).
+    pub fn set_point_root(&self, pid: &str, root: &[u8]) -> VaultResult<()> {
+        self.conn
+            .prepare_cached("UPDATE points SET root=?2 WHERE pid=?1")?
+            .execute(params![pid, root])?;
+        Ok(())
+    }
+
     pub fn insert_point(&self, item: i64, p: &PointRow) -> VaultResult<()> {
         self.conn.execute(
             "INSERT INTO points(pid, item, time, root, files, dirs, logical_bytes, new_chunks,

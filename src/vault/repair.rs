@@ -2,18 +2,22 @@
 //!
 //! Owns `Vault::repair_from`. Under this vault's writer lock and the replica's lease: the
 //! catalog check finds what points need that this vault cannot give (trees and content lists
-//! that fail their check or are gone, chunks with no row); a write session adds every chunk
-//! marked bad (by `verify`, a reader's damage journal, or a pack that is missing or short). Each
-//! is read from the replica through its ordinary checked read path (a chunk's bytes must hash to
-//! its id, a blob must decode and hash to its id), then stored as new data of this vault: chunks
-//! into new packs (a chunk that had a record of its own, like a disk block, gets one again),
-//! trees and lists replacing the damaged blobs. Whatever the replica lacks too, or holds damaged,
-//! is reported, never guessed.
-//! Crash story: the repair is one write session: nothing changes before its single commit, which
-//! names the new packs and points the chunk rows at them. A kill before it leaves packs the
-//! catalog does not name, which the next writer quarantines; the next repair starts over.
+//! that fail their check or are gone, chunks with no row or in a pack it no longer names); a
+//! write session adds every chunk marked bad (by `verify`, a reader's damage journal, or a pack
+//! that is missing or short). Each is read from the replica through its ordinary checked read
+//! path (a chunk's bytes must hash to its id, a blob must decode and hash to its id), then
+//! stored as new data of this vault: chunks into new packs (a chunk that had a record of its
+//! own, like a disk block, gets one again), trees and lists replacing the damaged blobs.
+//! Before all that, a point whose root cannot be followed (it does not decode, or names what is
+//! gone) takes the root of the same point in a replica of this vault, if whole there.
+//! Whatever the replica lacks too, or holds damaged, is reported, never guessed.
+//! Crash story: the roots are one transaction; each level of trees and lists, then the chunks,
+//! is one write session: nothing changes before its single commit, which names the new packs
+//! and points the rows at them. A kill before it leaves packs the catalog does not name, which
+//! the next writer quarantines; the next repair starts over from what is still damaged.
 
 use std::collections::HashSet;
+use std::os::unix::fs::DirBuilderExt;
 use std::time::Instant;
 
 use super::format::{ChunkId, ListId, TreeId};
@@ -62,6 +66,7 @@ impl Vault {
             from: replica.root().display().to_string(),
             ..RepairReport::default()
         };
+        self.repair_roots(replica, &mut report)?;
         // A damaged tree hides the trees below it from the check: repair level by level until
         // the check finds nothing new.
         let mut tried = HashSet::new();
@@ -88,10 +93,13 @@ impl Vault {
         };
         let mut session = self.begin_write(lock, &SessionOptions::default())?;
         let mut chunks: Vec<ChunkId> = session.damage().chunk_ids();
+        // The check's bad chunks add those whose pack the catalog no longer names (a lost
+        // pack row marks nothing bad).
         chunks.extend(
             check
                 .missing_chunks
                 .iter()
+                .chain(check.bad_chunks.iter().map(|b| &b.id))
                 .filter_map(|h| ChunkId::from_hex(h)),
         );
         let chunks: Vec<ChunkId> = {
@@ -119,6 +127,61 @@ impl Vault {
             .count() as u64;
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
+    }
+
+    /// Makes `packs/` again, empty, if it is gone with every pack in it (before taking the
+    /// writer lock, whose recovery lists it), so that a repair gives them all back.
+    pub fn restore_packs_dir(&self) -> VaultResult<()> {
+        let packs = self.packs_dir();
+        if packs.symlink_metadata().is_err() {
+            match std::fs::DirBuilder::new()
+                .mode(super::DIR_MODE)
+                .create(&packs)
+            {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(super::io_err(&packs)(e));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Points whose root this vault cannot follow (it does not decode, or names a tree, list
+    /// or chunk that is damaged or gone) take the root the same point has in the replica, if
+    /// that one is whole there and differs: a root is catalog data like a tree, but has no id
+    /// to check it by, so only a replica of this vault (or a copy of it) is asked.
+    fn repair_roots(&self, replica: &Vault, report: &mut RepairReport) -> VaultResult<()> {
+        if replica.id() != self.id() && replica.replica_of()?.as_deref() != Some(self.id()) {
+            return Ok(());
+        }
+        let theirs: std::collections::HashMap<String, Vec<u8>> = replica
+            .catalog
+            .points_after(0)?
+            .into_iter()
+            .map(|p| (p.id, p.root))
+            .collect();
+        let mut fixed = Vec::new();
+        for p in self.catalog.points_after(0)? {
+            if let Some(root) = theirs.get(&p.id)
+                && *root != p.root
+                && !root_whole(&self.catalog, &p.root)?
+                && root_whole(&replica.catalog, root)?
+            {
+                fixed.push((p.id, root.clone()));
+            }
+        }
+        if !fixed.is_empty() {
+            let seq = self.transaction(|c| {
+                for (pid, root) in &fixed {
+                    c.set_point_root(pid, root)?;
+                }
+                c.bump_commit_seq()
+            })?;
+            super::note_commit_seq(self.root(), seq);
+            report.blobs_repaired += fixed.len() as u64;
+        }
+        Ok(())
     }
 
     /// Stores tree or list `blob` again from the replica's checked copy.
@@ -203,4 +266,26 @@ impl Vault {
         alone.flush()?;
         grouped.flush()
     }
+}
+
+/// True if point root `root` decodes and what it names directly is in catalog `c`.
+fn root_whole(c: &super::catalog::Catalog, root: &[u8]) -> VaultResult<bool> {
+    let Ok(e) = super::format::decode_root(root) else {
+        return Ok(false);
+    };
+    let found = |r: VaultResult<()>| match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.is_damage() => Ok(false),
+        Err(e) => Err(e),
+    };
+    let content = match e.content {
+        super::format::Content::None => true,
+        super::format::Content::Chunk(id) => c.chunk(&id)?.is_some(),
+        super::format::Content::List(id) => found(c.list(&id).map(|_| ()))?,
+    };
+    let tree = match e.subtree {
+        Some(t) => found(c.tree(&t).map(|_| ()))?,
+        None => true,
+    };
+    Ok(content && tree)
 }

@@ -236,7 +236,9 @@ fn open_segment(
         })
 }
 
-/// The plain size of a sealed pack of `sealed` bytes, if that size is possible.
+/// The plain size of a sealed pack of `sealed` bytes: exact for every size the writer makes; for
+/// a pack cut short (or grown) elsewhere, a size whose last segment then fails authentication,
+/// so the segments before it still read. `None` if not even one tag fits.
 pub fn plain_size(sealed: u64) -> Option<u64> {
     let body = sealed.checked_sub(PACK_MAGIC.len() as u64)?;
     if body < TAG {
@@ -275,7 +277,8 @@ pub fn seal_pack(key: &ReplicaKey, name: &str, plain: &[u8]) -> Vec<u8> {
 pub struct SealedStore {
     inner: Arc<dyn PackStore>,
     key: ReplicaKey,
-    /// Sealed sizes of packs seen in the inner store's listing (packs never change).
+    /// Sealed sizes of packs seen in the inner store's listing (packs never change once
+    /// written; a size listed while one was being written is dropped when a read fails).
     sizes: Mutex<HashMap<String, u64>>,
 }
 
@@ -302,29 +305,9 @@ impl SealedStore {
             io::Error::new(io::ErrorKind::NotFound, format!("pack {name} is missing"))
         })
     }
-}
 
-impl PackStore for SealedStore {
-    fn describe(&self) -> String {
-        format!("{} (sealed)", self.inner.describe())
-    }
-
-    fn create(&self, name: &str) -> io::Result<Box<dyn PackUpload>> {
-        let mut inner = self.inner.create(name)?;
-        inner.write_all(PACK_MAGIC)?;
-        Ok(Box::new(SealedUpload {
-            inner,
-            key: self.key.clone(),
-            name: name.to_string(),
-            buf: Vec::with_capacity(SEGMENT as usize + 1),
-            index: 0,
-        }))
-    }
-
-    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        if buf.is_empty() {
-            return Ok(());
-        }
+    /// `read_at` with the sealed size this store knows (listing on a miss).
+    fn read_sized(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let sealed = self.sealed_len(name)?;
         let plain = plain_size(sealed).ok_or_else(|| {
             io::Error::new(
@@ -332,7 +315,8 @@ impl PackStore for SealedStore {
                 format!("sealed pack {name} has an impossible size ({sealed} bytes)"),
             )
         })?;
-        let end = offset + buf.len() as u64;
+        // An offset near the end of u64 (a damaged or hostile catalog row) is past the end too.
+        let end = offset.saturating_add(buf.len() as u64);
         if end > plain {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -358,6 +342,39 @@ impl PackStore for SealedStore {
             at += n;
         }
         Ok(())
+    }
+}
+
+impl PackStore for SealedStore {
+    fn describe(&self) -> String {
+        format!("{} (sealed)", self.inner.describe())
+    }
+
+    fn create(&self, name: &str) -> io::Result<Box<dyn PackUpload>> {
+        let mut inner = self.inner.create(name)?;
+        inner.write_all(PACK_MAGIC)?;
+        Ok(Box::new(SealedUpload {
+            inner,
+            key: self.key.clone(),
+            name: name.to_string(),
+            buf: Vec::with_capacity(SEGMENT as usize + 1),
+            index: 0,
+        }))
+    }
+
+    fn read_at(&self, name: &str, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let cached = self.sizes.lock().expect("sizes lock").contains_key(name);
+        match self.read_sized(name, offset, buf) {
+            // A size listed while the pack was still being written is stale: list once more.
+            Err(_) if cached => {
+                self.sizes.lock().expect("sizes lock").remove(name);
+                self.read_sized(name, offset, buf)
+            }
+            r => r,
+        }
     }
 
     fn list(&self) -> io::Result<Vec<PackInfo>> {
@@ -690,5 +707,234 @@ mod tests {
             std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
             0o600
         );
+    }
+}
+
+/// A hostile reviewer's tests: segments moved, spliced, cut and extended at every boundary,
+/// impossible sizes, offsets near the end of u64, every read across a segment boundary.
+#[cfg(test)]
+mod attack_tests {
+    use super::*;
+    use crate::vault::store::LocalStore;
+
+    const S: usize = SEGMENT as usize;
+    const T: usize = TAG as usize;
+    const M: usize = PACK_MAGIC.len();
+
+    fn key(b: u8) -> ReplicaKey {
+        ReplicaKey::from_bytes(&[b; 40]).unwrap()
+    }
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 + i / 251) as u8).collect()
+    }
+
+    /// A sealed store in a fresh directory holding pack `name` with `plain` written through it.
+    fn sealed(name: &str, plain: &[u8]) -> (tempfile::TempDir, SealedStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn PackStore> = Arc::new(LocalStore::new(dir.path().to_path_buf()));
+        let s = SealedStore::new(inner, key(9));
+        let mut up = s.create(name).unwrap();
+        up.write_all(plain).unwrap();
+        up.finish().unwrap();
+        (dir, s)
+    }
+
+    /// A fresh store (no cached sizes) over the same directory.
+    fn reopen(dir: &Path) -> SealedStore {
+        SealedStore::new(Arc::new(LocalStore::new(dir.to_path_buf())), key(9))
+    }
+
+    fn read(s: &SealedStore, name: &str, off: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut b = vec![0u8; len];
+        s.read_at(name, off, &mut b).map(|_| b)
+    }
+
+    #[test]
+    fn every_sealed_size_maps_without_panic_and_exactly_for_the_writers_sizes() {
+        for k in 0..4u64 {
+            for r in 0..=(2 * TAG + 2) {
+                let sealed = M as u64 + k * (SEGMENT + TAG) + r;
+                match plain_size(sealed) {
+                    None => assert!(k == 0 && r < TAG, "{sealed}"),
+                    // Never more plain bytes than the sealed bytes could hold.
+                    Some(p) => assert!(sealed_size(p) <= sealed + TAG, "{sealed} -> {p}"),
+                }
+            }
+        }
+        for p in [0, 1, SEGMENT - 1, SEGMENT, SEGMENT + 1, 5 * SEGMENT] {
+            assert_eq!(plain_size(sealed_size(p)), Some(p));
+        }
+        assert_eq!(plain_size(0), None);
+        assert_eq!(plain_size(u64::MAX).map(|p| p < u64::MAX), Some(true));
+    }
+
+    #[test]
+    fn every_read_across_a_segment_boundary_is_exact() {
+        let plain = data(3 * S + 100);
+        let (_dir, s) = sealed("p", &plain);
+        for b in [S, 2 * S, 3 * S] {
+            for off in [b - 17, b - 1, b, b + 1] {
+                for len in [1, 2, 16, 17, S - 1, S, S + 1, 2 * S + 3] {
+                    if off + len > plain.len() {
+                        continue;
+                    }
+                    let got = read(&s, "p", off as u64, len).unwrap();
+                    assert!(got == plain[off..off + len], "{off}+{len}");
+                }
+            }
+        }
+        assert_eq!(read(&s, "p", 0, plain.len()).unwrap(), plain);
+    }
+
+    #[test]
+    fn swapped_or_spliced_segments_fail() {
+        let plain = data(3 * S + 5);
+        let (dir, _s) = sealed("p", &plain);
+        let path = dir.path().join("p.pack");
+        let clean = std::fs::read(&path).unwrap();
+        let seg = |i: usize| M + i * (S + T)..M + (i + 1) * (S + T);
+        // Segments 0 and 1 swapped.
+        let mut bad = clean.clone();
+        bad[seg(0)].copy_from_slice(&clean[seg(1)]);
+        bad[seg(1)].copy_from_slice(&clean[seg(0)]);
+        std::fs::write(&path, &bad).unwrap();
+        let s = reopen(dir.path());
+        assert!(read(&s, "p", 0, 10).is_err());
+        assert!(read(&s, "p", SEGMENT, 10).is_err());
+        assert_eq!(
+            read(&s, "p", 2 * SEGMENT, 10).unwrap(),
+            plain[2 * S..2 * S + 10]
+        );
+        // Segment 1 of another pack (same key, same plain bytes) spliced in at the same place.
+        let other = seal_pack(&key(9), "q", &plain);
+        let mut bad = clean.clone();
+        bad[seg(1)].copy_from_slice(&other[seg(1)]);
+        std::fs::write(&path, &bad).unwrap();
+        let s = reopen(dir.path());
+        let e = read(&s, "p", SEGMENT + 3, 10).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{e}");
+        assert!(read(&s, "p", 0, 10).is_ok());
+        // Same plain bytes under two names share no ciphertext.
+        assert_ne!(clean[seg(0)], other[seg(0)]);
+    }
+
+    #[test]
+    fn a_pack_cut_or_extended_anywhere_never_reads_wrong_bytes() {
+        let plain = data(2 * S + 40);
+        let (dir, _s) = sealed("p", &plain);
+        let path = dir.path().join("p.pack");
+        let clean = std::fs::read(&path).unwrap();
+        let mut cuts: Vec<usize> = Vec::new();
+        for b in [M, M + (S + T), M + 2 * (S + T)] {
+            for d in [0, 1, T - 1, T, T + 1, 40, 40 + T - 1] {
+                cuts.push(b + d);
+            }
+        }
+        cuts.extend([0, 5, M - 1, clean.len() - 1]);
+        for cut in cuts.into_iter().filter(|c| *c < clean.len()) {
+            std::fs::write(&path, &clean[..cut]).unwrap();
+            let s = reopen(dir.path());
+            let listed = s.list().unwrap()[0].size as usize;
+            assert!(listed < plain.len(), "cut {cut}: lists {listed}");
+            // Whatever the listing says, every read either fails or gives the true bytes.
+            for (off, len) in [
+                (0, 10),
+                (S - 5, 10),
+                (S + 7, 10),
+                (2 * S, 40),
+                (0, plain.len()),
+            ] {
+                if let Ok(got) = read(&s, "p", off as u64, len) {
+                    assert!(got == plain[off..off + len], "cut {cut}: {off}+{len} wrong");
+                }
+            }
+            // The tail is always gone; the head survives a cut after the second segment.
+            assert!(read(&s, "p", 2 * SEGMENT, 40).is_err(), "cut {cut}");
+            if cut > M + 2 * (S + T) {
+                assert_eq!(read(&s, "p", 0, S).unwrap(), plain[..S], "cut {cut}");
+            }
+        }
+        // Bytes appended after the last segment: the last segment no longer authenticates.
+        for extra in [1, T, S + T] {
+            let mut long = clean.clone();
+            long.extend(std::iter::repeat_n(7u8, extra));
+            std::fs::write(&path, &long).unwrap();
+            let s = reopen(dir.path());
+            assert!(read(&s, "p", 2 * SEGMENT, 40).is_err(), "+{extra}");
+            assert!(
+                read(&s, "p", 0, 10).is_ok(),
+                "+{extra}: the head still reads"
+            );
+        }
+    }
+
+    #[test]
+    fn hostile_offsets_and_missing_packs_are_errors_of_the_right_kind() {
+        let plain = data(S + 9);
+        let (_dir, s) = sealed("p", &plain);
+        for off in [u64::MAX, u64::MAX - 3, u64::MAX - SEGMENT, 1 << 63] {
+            let e = read(&s, "p", off, 4).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{off}: {e}");
+        }
+        let e = read(&s, "gone", 0, 4).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        let e = read(&s, "p", plain.len() as u64 - 2, 4).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}");
+    }
+
+    #[test]
+    fn segment_nonces_never_repeat_across_names_and_indices() {
+        let k = key(1);
+        let mut seen = std::collections::HashSet::new();
+        for name in ["a", "aa", "ab", "a\u{1}", "000000000000000000000000"] {
+            for i in 0..300u64 {
+                assert!(seen.insert(k.segment_nonce(name, i)), "{name} {i}");
+            }
+        }
+        // Another key, another nonce for the same place.
+        assert_ne!(key(2).segment_nonce("a", 0), k.segment_nonce("a", 0));
+    }
+
+    #[test]
+    fn a_blob_with_its_length_nonce_or_tail_changed_fails() {
+        let plain = data(100_000);
+        let sealed = seal_blob(&key(3), "catalog", &plain).unwrap();
+        let head = BLOB_MAGIC.len();
+        // The length is bound: a bigger one cannot make the decompressor allocate or read more.
+        let mut bad = sealed.clone();
+        bad[head + 24..head + 32].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(matches!(
+            open_blob(&key(3), "catalog", &bad),
+            Err(SealError::Authentication)
+        ));
+        let mut bad = sealed.clone();
+        bad[head] ^= 1;
+        assert!(open_blob(&key(3), "catalog", &bad).is_err(), "nonce");
+        for cut in [sealed.len() - 1, sealed.len() - 16, head + 32, head + 31] {
+            assert!(
+                open_blob(&key(3), "catalog", &sealed[..cut]).is_err(),
+                "{cut}"
+            );
+        }
+        // Two seals of the same object differ (random nonces) and both open.
+        let again = seal_blob(&key(3), "catalog", &plain).unwrap();
+        assert_ne!(again, sealed);
+        assert_eq!(open_blob(&key(3), "catalog", &again).unwrap(), plain);
+    }
+
+    #[test]
+    fn a_size_listed_while_the_pack_was_being_written_is_not_kept() {
+        let plain = data(2 * S + 10);
+        let (dir, _s) = sealed("p", &plain);
+        let path = dir.path().join("p.pack");
+        let whole = std::fs::read(&path).unwrap();
+        // A reader lists while the pack holds only its first segment (a writer beside it).
+        std::fs::write(&path, &whole[..M + S + T]).unwrap();
+        let s = reopen(dir.path());
+        assert_eq!(s.list().unwrap()[0].size, SEGMENT);
+        std::fs::write(&path, &whole).unwrap();
+        assert_eq!(read(&s, "p", 2 * SEGMENT, 10).unwrap(), plain[2 * S..]);
+        assert_eq!(read(&s, "p", 0, plain.len()).unwrap(), plain);
     }
 }
