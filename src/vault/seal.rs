@@ -6,13 +6,14 @@
 //! a wrong key from damage), `SealedStore` (a `PackStore` over any other whose packs are sealed
 //! with XChaCha20-Poly1305 in 64 KiB segments), and `seal_blob`/`open_blob` for whole objects (a
 //! replica's catalog).
-//! Sealed pack layout: the 16-byte magic `PACK_MAGIC`, then the plain pack cut in segments of
-//! `SEGMENT` bytes (the last one shorter, possibly empty, and always present), each followed by
-//! its 16-byte tag. The associated data of segment `i` is the pack's name, `i` and whether it is
-//! the last, so a segment moved to another place or pack, a dropped tail or a pack renamed all
-//! fail authentication. Its nonce is the id key's keyed BLAKE3 of the name and `i`: pack names
-//! are random and never reused, and a pack's bytes never change, so no nonce seals two different
-//! plaintexts. Plain offsets stay valid: the catalog's chunk rows (pack, record offset) mean the
+//! Sealed pack layout: the 16-byte magic `PACK_MAGIC`, a random 16-byte salt drawn for each
+//! upload, then the plain pack cut in segments of `SEGMENT` bytes (the last one shorter, possibly
+//! empty, and always present), each followed by its 16-byte tag. The associated data of segment
+//! `i` is the pack's name, the salt, `i` and whether it is the last, so a segment moved to another
+//! place or pack, a dropped tail or a pack renamed all fail authentication. Its nonce is the nonce
+//! key's keyed BLAKE3 of the salt, the name and `i`: a pack sent again (a retry after a failed
+//! upload, whose bytes may differ if the disk read differently) draws a new salt, so no nonce ever
+//! seals two plaintexts. Plain offsets stay valid: the catalog's chunk rows (pack, record offset) mean the
 //! same on a sealed replica, and a read of a few bytes authenticates and decrypts only the
 //! segments under it.
 //! Blob layout: `BLOB_MAGIC`, a random 24-byte nonce, the plain length (8 bytes, little-endian),
@@ -37,6 +38,8 @@ pub const SEGMENT: u64 = 64 * 1024;
 const TAG: u64 = 16;
 /// The first bytes of every sealed pack.
 pub const PACK_MAGIC: &[u8; 16] = b"coffre-sealpack1";
+/// Bytes of a sealed pack before its first segment: the magic and the salt.
+pub const HEADER: u64 = 32;
 /// The first bytes of every sealed blob.
 pub const BLOB_MAGIC: &[u8; 16] = b"coffre-sealblob1";
 /// A key file must hold at least this many bytes.
@@ -60,6 +63,7 @@ pub struct ReplicaKey {
     packs: [u8; 32],
     blobs: [u8; 32],
     ids: [u8; 32],
+    nonces: [u8; 32],
     check: [u8; 32],
 }
 
@@ -72,6 +76,16 @@ impl std::fmt::Debug for ReplicaKey {
 impl ReplicaKey {
     /// The key made from a key file's bytes (at least `MIN_KEY_BYTES`).
     pub fn from_bytes(material: &[u8]) -> Result<ReplicaKey, String> {
+        // A key file as `create_file` writes it (hex), with or without its newline.
+        let text = std::str::from_utf8(material).unwrap_or("").trim();
+        let decoded: Option<Vec<u8>> = (text.len() == 64)
+            .then(|| {
+                (0..32)
+                    .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+                    .collect()
+            })
+            .flatten();
+        let material = decoded.as_deref().unwrap_or(material);
         if material.len() < MIN_KEY_BYTES {
             return Err(format!(
                 "a key file must hold at least {MIN_KEY_BYTES} bytes (this one has {}); \
@@ -90,6 +104,7 @@ impl ReplicaKey {
             packs: sub("coffre 2026-12 replica pack sealing"),
             blobs: sub("coffre 2026-12 replica blob sealing"),
             ids: sub("coffre 2026-12 replica keyed ids"),
+            nonces: sub("coffre 2026-12 replica segment nonces"),
             check: sub("coffre 2026-12 replica key check"),
         }
     }
@@ -131,9 +146,9 @@ impl ReplicaKey {
         *blake3::keyed_hash(&self.ids, id).as_bytes()
     }
 
-    fn segment_nonce(&self, pack: &str, index: u64) -> XNonce {
-        let mut h = blake3::Hasher::new_keyed(&self.ids);
-        h.update(b"segment nonce\0");
+    fn segment_nonce(&self, salt: &[u8; 16], pack: &str, index: u64) -> XNonce {
+        let mut h = blake3::Hasher::new_keyed(&self.nonces);
+        h.update(salt);
         h.update(pack.as_bytes());
         h.update(&index.to_le_bytes());
         *XNonce::from_slice(&h.finalize().as_bytes()[..24])
@@ -185,21 +200,29 @@ fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
     Ok(buf)
 }
 
-fn segment_aad(pack: &str, index: u64, last: bool) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(pack.len() + 10);
+fn segment_aad(salt: &[u8; 16], pack: &str, index: u64, last: bool) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(pack.len() + 26);
     aad.extend_from_slice(pack.as_bytes());
     aad.push(0);
+    aad.extend_from_slice(salt);
     aad.extend_from_slice(&index.to_le_bytes());
     aad.push(last as u8);
     aad
 }
 
-fn seal_segment(key: &ReplicaKey, pack: &str, index: u64, last: bool, plain: &[u8]) -> Vec<u8> {
-    let cipher = XChaCha20Poly1305::new((&key.packs).into());
-    let aad = segment_aad(pack, index, last);
+/// What seals the segments of one pack.
+struct PackSeal<'a> {
+    key: &'a ReplicaKey,
+    salt: [u8; 16],
+    name: &'a str,
+}
+
+fn seal_segment(p: &PackSeal, index: u64, last: bool, plain: &[u8]) -> Vec<u8> {
+    let cipher = XChaCha20Poly1305::new((&p.key.packs).into());
+    let aad = segment_aad(&p.salt, p.name, index, last);
     cipher
         .encrypt(
-            &key.segment_nonce(pack, index),
+            &p.key.segment_nonce(&p.salt, p.name, index),
             Payload {
                 msg: plain,
                 aad: &aad,
@@ -208,18 +231,13 @@ fn seal_segment(key: &ReplicaKey, pack: &str, index: u64, last: bool, plain: &[u
         .expect("sealing a buffer cannot fail")
 }
 
-fn open_segment(
-    key: &ReplicaKey,
-    pack: &str,
-    index: u64,
-    last: bool,
-    sealed: &[u8],
-) -> io::Result<Vec<u8>> {
-    let cipher = XChaCha20Poly1305::new((&key.packs).into());
-    let aad = segment_aad(pack, index, last);
+fn open_segment(p: &PackSeal, index: u64, last: bool, sealed: &[u8]) -> io::Result<Vec<u8>> {
+    let cipher = XChaCha20Poly1305::new((&p.key.packs).into());
+    let aad = segment_aad(&p.salt, p.name, index, last);
+    let pack = p.name;
     cipher
         .decrypt(
-            &key.segment_nonce(pack, index),
+            &p.key.segment_nonce(&p.salt, p.name, index),
             Payload {
                 msg: sealed,
                 aad: &aad,
@@ -240,7 +258,7 @@ fn open_segment(
 /// a pack cut short (or grown) elsewhere, a size whose last segment then fails authentication,
 /// so the segments before it still read. `None` if not even one tag fits.
 pub fn plain_size(sealed: u64) -> Option<u64> {
-    let body = sealed.checked_sub(PACK_MAGIC.len() as u64)?;
+    let body = sealed.checked_sub(HEADER)?;
     if body < TAG {
         return None;
     }
@@ -256,21 +274,27 @@ pub fn sealed_size(plain: u64) -> u64 {
     } else {
         plain.div_ceil(SEGMENT)
     };
-    PACK_MAGIC.len() as u64 + plain + segments * TAG
+    HEADER + plain + segments * TAG
 }
 
-/// Pack `name`'s plain bytes sealed whole (what `SealedStore::create` writes, in one piece).
-pub fn seal_pack(key: &ReplicaKey, name: &str, plain: &[u8]) -> Vec<u8> {
+/// Pack `name`'s plain bytes sealed whole, with a new salt (as `SealedStore::create` writes it).
+pub fn seal_pack(key: &ReplicaKey, name: &str, plain: &[u8]) -> io::Result<Vec<u8>> {
+    let seal = PackSeal {
+        key,
+        salt: random_bytes::<16>()?,
+        name,
+    };
     let mut out = Vec::with_capacity(sealed_size(plain.len() as u64) as usize);
     out.extend_from_slice(PACK_MAGIC);
+    out.extend_from_slice(&seal.salt);
     let segments = plain.len().div_ceil(SEGMENT as usize).max(1);
     for i in 0..segments {
         let from = i * SEGMENT as usize;
         let to = (from + SEGMENT as usize).min(plain.len());
         let last = i + 1 == segments;
-        out.extend_from_slice(&seal_segment(key, name, i as u64, last, &plain[from..to]));
+        out.extend_from_slice(&seal_segment(&seal, i as u64, last, &plain[from..to]));
     }
-    out
+    Ok(out)
 }
 
 /// A pack store whose packs are sealed in the store below it (see the module header).
@@ -280,6 +304,8 @@ pub struct SealedStore {
     /// Sealed sizes of packs seen in the inner store's listing (packs never change once
     /// written; a size listed while one was being written is dropped when a read fails).
     sizes: Mutex<HashMap<String, u64>>,
+    /// Salts of packs read (dropped with the size).
+    salts: Mutex<HashMap<String, [u8; 16]>>,
 }
 
 impl SealedStore {
@@ -288,7 +314,34 @@ impl SealedStore {
             inner,
             key,
             sizes: Mutex::new(HashMap::new()),
+            salts: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Pack `name`'s salt, its magic checked (read once, then kept).
+    fn salt(&self, name: &str) -> io::Result<[u8; 16]> {
+        if let Some(s) = self.salts.lock().expect("salts lock").get(name) {
+            return Ok(*s);
+        }
+        let mut head = [0u8; HEADER as usize];
+        self.inner.read_at(name, 0, &mut head)?;
+        if &head[..16] != PACK_MAGIC {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("pack {name} is not a sealed pack (an encrypted replica holds only those)"),
+            ));
+        }
+        let salt: [u8; 16] = head[16..].try_into().expect("16 bytes");
+        self.salts
+            .lock()
+            .expect("salts lock")
+            .insert(name.to_string(), salt);
+        Ok(salt)
+    }
+
+    fn forget(&self, name: &str) {
+        self.sizes.lock().expect("sizes lock").remove(name);
+        self.salts.lock().expect("salts lock").remove(name);
     }
 
     /// The sealed size of pack `name` (listing the inner store again on a miss).
@@ -325,15 +378,20 @@ impl SealedStore {
         }
         let segments = plain.div_ceil(SEGMENT).max(1);
         let (first, last) = (offset / SEGMENT, (end - 1) / SEGMENT);
-        let from = PACK_MAGIC.len() as u64 + first * (SEGMENT + TAG);
-        let to = (PACK_MAGIC.len() as u64 + (last + 1) * (SEGMENT + TAG)).min(sealed);
+        let from = HEADER + first * (SEGMENT + TAG);
+        let to = (HEADER + (last + 1) * (SEGMENT + TAG)).min(sealed);
+        let seal = PackSeal {
+            key: &self.key,
+            salt: self.salt(name)?,
+            name,
+        };
         let mut raw = vec![0u8; (to - from) as usize];
         self.inner.read_at(name, from, &mut raw)?;
         let mut at = 0usize;
         for (k, chunk) in raw.chunks((SEGMENT + TAG) as usize).enumerate() {
             let i = first + k as u64;
             let is_last = i + 1 == segments;
-            let seg = open_segment(&self.key, name, i, is_last, chunk)?;
+            let seg = open_segment(&seal, i, is_last, chunk)?;
             let seg_start = i * SEGMENT;
             let lo = offset.max(seg_start) - seg_start;
             let hi = end.min(seg_start + seg.len() as u64) - seg_start;
@@ -351,11 +409,14 @@ impl PackStore for SealedStore {
     }
 
     fn create(&self, name: &str) -> io::Result<Box<dyn PackUpload>> {
+        let salt = random_bytes::<16>()?;
         let mut inner = self.inner.create(name)?;
         inner.write_all(PACK_MAGIC)?;
+        inner.write_all(&salt)?;
         Ok(Box::new(SealedUpload {
             inner,
             key: self.key.clone(),
+            salt,
             name: name.to_string(),
             buf: Vec::with_capacity(SEGMENT as usize + 1),
             index: 0,
@@ -370,7 +431,7 @@ impl PackStore for SealedStore {
         match self.read_sized(name, offset, buf) {
             // A size listed while the pack was still being written is stale: list once more.
             Err(_) if cached => {
-                self.sizes.lock().expect("sizes lock").remove(name);
+                self.forget(name);
                 self.read_sized(name, offset, buf)
             }
             r => r,
@@ -394,12 +455,12 @@ impl PackStore for SealedStore {
     }
 
     fn delete(&self, name: &str) -> io::Result<()> {
-        self.sizes.lock().expect("sizes lock").remove(name);
+        self.forget(name);
         self.inner.delete(name)
     }
 
     fn quarantine(&self, name: &str) -> io::Result<()> {
-        self.sizes.lock().expect("sizes lock").remove(name);
+        self.forget(name);
         self.inner.quarantine(name)
     }
 
@@ -412,9 +473,21 @@ impl PackStore for SealedStore {
 struct SealedUpload {
     inner: Box<dyn PackUpload>,
     key: ReplicaKey,
+    salt: [u8; 16],
     name: String,
     buf: Vec<u8>,
     index: u64,
+}
+
+impl SealedUpload {
+    fn seal(&self, last: bool, plain: &[u8]) -> Vec<u8> {
+        let seal = PackSeal {
+            key: &self.key,
+            salt: self.salt,
+            name: &self.name,
+        };
+        seal_segment(&seal, self.index, last, plain)
+    }
 }
 
 impl PackUpload for SealedUpload {
@@ -425,13 +498,7 @@ impl PackUpload for SealedUpload {
             self.buf.extend_from_slice(&data[..n]);
             data = &data[n..];
             if self.buf.len() > SEGMENT as usize {
-                let sealed = seal_segment(
-                    &self.key,
-                    &self.name,
-                    self.index,
-                    false,
-                    &self.buf[..SEGMENT as usize],
-                );
+                let sealed = self.seal(false, &self.buf[..SEGMENT as usize]);
                 self.inner.write_all(&sealed)?;
                 self.buf.drain(..SEGMENT as usize);
                 self.index += 1;
@@ -441,7 +508,7 @@ impl PackUpload for SealedUpload {
     }
 
     fn finish(mut self: Box<Self>) -> io::Result<()> {
-        let sealed = seal_segment(&self.key, &self.name, self.index, true, &self.buf);
+        let sealed = self.seal(true, &self.buf);
         self.inner.write_all(&sealed)?;
         self.inner.finish()
     }
@@ -541,7 +608,7 @@ mod tests {
             assert_eq!(plain_size(sealed_size(plain)), Some(plain), "{plain}");
         }
         assert_eq!(plain_size(10), None);
-        assert_eq!(plain_size(PACK_MAGIC.len() as u64 + 15), None);
+        assert_eq!(plain_size(HEADER + 15), None);
     }
 
     #[test]
@@ -586,7 +653,7 @@ mod tests {
     }
 
     #[test]
-    fn a_pack_sealed_whole_is_the_pack_sealed_by_the_store() {
+    fn a_pack_sealed_whole_reads_as_one_sealed_by_the_store_and_no_two_seals_match() {
         let dir = tempfile::tempdir().unwrap();
         let (_, s) = store(dir.path(), key(5));
         for len in [
@@ -600,8 +667,22 @@ mod tests {
             let name = format!("p{len}");
             write_pack(&s, &name, &data, 333);
             let on_disk = std::fs::read(dir.path().join(format!("{name}.pack"))).unwrap();
-            assert_eq!(seal_pack(&key(5), &name, &data), on_disk, "{len}");
+            let whole = seal_pack(&key(5), &name, &data).unwrap();
+            assert_eq!(whole.len(), on_disk.len(), "{len}");
+            assert_ne!(whole, on_disk, "a new salt for every seal");
             assert_eq!(on_disk.len() as u64, sealed_size(len as u64));
+            let copy = format!("w{len}");
+            std::fs::write(dir.path().join(format!("{copy}.pack")), &whole).unwrap();
+            // Sealed under another name: it must not open as `copy`.
+            if len > 0 {
+                let mut buf = vec![0u8; len];
+                assert!(s.read_at(&copy, 0, &mut buf).is_err(), "{len}");
+                let again = seal_pack(&key(5), &copy, &data).unwrap();
+                std::fs::write(dir.path().join(format!("{copy}.pack")), &again).unwrap();
+                let fresh = SealedStore::new(Arc::new(LocalStore::new(dir.path().into())), key(5));
+                fresh.read_at(&copy, 0, &mut buf).unwrap();
+                assert_eq!(buf, data, "{len}");
+            }
         }
     }
 
@@ -625,14 +706,14 @@ mod tests {
         );
         // One flipped byte in the second segment: that segment fails, the first still reads.
         let mut bad = clean.clone();
-        bad[PACK_MAGIC.len() + SEGMENT as usize + 100] ^= 1;
+        bad[HEADER as usize + SEGMENT as usize + 100] ^= 1;
         std::fs::write(&path, &bad).unwrap();
         let fresh = SealedStore::new(inner.clone(), key(1));
         assert!(read_all(&fresh, "aa").is_err());
         let mut first = vec![0u8; 1000];
         fresh.read_at("aa", 10, &mut first).unwrap();
         // The tail cut at a segment boundary: the new last segment was not sealed as last.
-        let cut = PACK_MAGIC.len() + 2 * (SEGMENT + TAG) as usize;
+        let cut = HEADER as usize + 2 * (SEGMENT + TAG) as usize;
         std::fs::write(&path, &clean[..cut]).unwrap();
         let fresh = SealedStore::new(inner.clone(), key(1));
         let mut tail = vec![0u8; 10];
@@ -698,6 +779,12 @@ mod tests {
             "never overwrites a key"
         );
         let a = ReplicaKey::from_file(&p).unwrap();
+        // The hex copied by hand without its newline (or with spaces around) is the same key.
+        let hex = std::fs::read_to_string(&p).unwrap();
+        let bare = ReplicaKey::from_bytes(hex.trim().as_bytes()).unwrap();
+        assert_eq!(bare.check_value(), a.check_value());
+        let padded = ReplicaKey::from_bytes(format!("  {}\n\n", hex.trim()).as_bytes()).unwrap();
+        assert_eq!(padded.check_value(), a.check_value());
         assert_eq!(
             a.check_value(),
             ReplicaKey::from_file(&p).unwrap().check_value()
@@ -719,7 +806,7 @@ mod attack_tests {
 
     const S: usize = SEGMENT as usize;
     const T: usize = TAG as usize;
-    const M: usize = PACK_MAGIC.len();
+    const M: usize = HEADER as usize;
 
     fn key(b: u8) -> ReplicaKey {
         ReplicaKey::from_bytes(&[b; 40]).unwrap()
@@ -807,7 +894,7 @@ mod attack_tests {
             plain[2 * S..2 * S + 10]
         );
         // Segment 1 of another pack (same key, same plain bytes) spliced in at the same place.
-        let other = seal_pack(&key(9), "q", &plain);
+        let other = seal_pack(&key(9), "q", &plain).unwrap();
         let mut bad = clean.clone();
         bad[seg(1)].copy_from_slice(&other[seg(1)]);
         std::fs::write(&path, &bad).unwrap();
@@ -888,12 +975,18 @@ mod attack_tests {
         let k = key(1);
         let mut seen = std::collections::HashSet::new();
         for name in ["a", "aa", "ab", "a\u{1}", "000000000000000000000000"] {
-            for i in 0..300u64 {
-                assert!(seen.insert(k.segment_nonce(name, i)), "{name} {i}");
+            for salt in [[0u8; 16], [1u8; 16]] {
+                for i in 0..300u64 {
+                    assert!(seen.insert(k.segment_nonce(&salt, name, i)), "{name} {i}");
+                }
             }
         }
         // Another key, another nonce for the same place.
-        assert_ne!(key(2).segment_nonce("a", 0), k.segment_nonce("a", 0));
+        let z = [0u8; 16];
+        assert_ne!(
+            key(2).segment_nonce(&z, "a", 0),
+            k.segment_nonce(&z, "a", 0)
+        );
     }
 
     #[test]
