@@ -28,6 +28,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
+use crate::vault::seal::ReplicaKey;
 use crate::vault::{InitOptions, LockWait, Vault};
 
 /// Exit code: some entries could not be captured (the point was still made).
@@ -56,6 +57,10 @@ pub struct Cli {
     /// at once) [default: as long as it takes, saying whom it waits for]
     #[arg(long, global = true, value_name = "DURATION", value_parser = duration_arg)]
     lock_wait: Option<std::time::Duration>,
+    /// The key file of an encrypted replica, to read one (`--vault s3://...|file:///DIR`) or to
+    /// replicate or repair with another key than the vault's own [default: $COFFRE_KEY_FILE]
+    #[arg(long, global = true, value_name = "FILE")]
+    key_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -200,7 +205,7 @@ impl Cli {
             .to_str()
             .filter(|p| crate::vault::objstore::is_remote(p))
         {
-            Some(url) => Vault::open_remote(url)?,
+            Some(url) => Vault::open_remote(url, self.given_key()?)?,
             None => Vault::open(&path)?,
         };
         warn_if_exposed(&vault);
@@ -219,6 +224,27 @@ impl Cli {
             return Ok(vault);
         }
         self.open_vault()
+    }
+
+    /// The key given with --key-file or COFFRE_KEY_FILE, if any.
+    fn given_key(&self) -> Result<Option<ReplicaKey>> {
+        let file = self.key_file.clone().or_else(|| {
+            std::env::var_os("COFFRE_KEY_FILE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        match file {
+            Some(f) => Ok(Some(ReplicaKey::from_file(&f).map_err(anyhow::Error::msg)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The key a replica of `vault` is sealed with: the one given, else the vault's own.
+    fn replica_key(&self, vault: &Vault) -> Result<Option<ReplicaKey>> {
+        match self.given_key()? {
+            Some(k) => Ok(Some(k)),
+            None => Ok(vault.replica_key()?),
+        }
     }
 
     /// How writers wait for the vault lock (`--lock-wait`).

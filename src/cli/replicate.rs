@@ -45,6 +45,7 @@ pub fn run(cli: &Cli, args: &ReplicateArgs) -> Result<ExitCode> {
     let bar = Bar(Progress::bytes("replicate", 0, !cli.quiet && !args.json));
     let opts = ReplicateOptions {
         items: args.items.clone(),
+        key: cli.replica_key(&vault)?,
     };
     let to = vault.replica_target(&args.to)?;
     let report = vault.replicate_to(&to, &opts, &bar)?;
@@ -72,13 +73,26 @@ pub fn replicate_all(
 ) -> Result<(Vec<serde_json::Value>, bool)> {
     let mut out = Vec::new();
     let mut failed = false;
+    let opts = ReplicateOptions {
+        key: cli.replica_key(vault)?,
+        ..ReplicateOptions::default()
+    };
     for (name, dir) in vault.replicas()? {
         let bar = Bar(Progress::bytes("replicate", 0, !cli.quiet && !json));
         // Never created here: a missing replica is most likely an unplugged disk, and a new one
         // would fill the disk its mount point is on.
-        let result = if Vault::exists(&dir) {
+        let missing = match dir
+            .to_str()
+            .filter(|d| crate::vault::objstore::is_remote(d))
+        {
+            Some(url) => url
+                .strip_prefix("file://")
+                .is_some_and(|p| !std::path::Path::new(p).is_dir()),
+            None => !Vault::exists(&dir),
+        };
+        let result = if !missing {
             vault
-                .replicate_to(&dir, &ReplicateOptions::default(), &bar)
+                .replicate_to(&dir, &opts, &bar)
                 .map_err(anyhow::Error::from)
         } else {
             Err(anyhow::anyhow!(
@@ -129,8 +143,9 @@ fn print_text(r: &ReplicateReport) {
         println!("created replica {}", r.target);
     }
     println!(
-        "replica {}: {} added, {} updated, {} purged; {} copied ({}){} in {:.1} s",
+        "replica {}{}: {} added, {} updated, {} purged; {} copied ({}){} in {:.1} s",
         r.target,
+        if r.sealed { " (encrypted)" } else { "" },
         plural(r.points_added, "point"),
         r.points_updated,
         r.points_purged,
@@ -154,9 +169,10 @@ fn print_text(r: &ReplicateReport) {
 
 #[derive(clap::Args)]
 pub struct RepairArgs {
-    /// The replica to fetch from: a directory, or the name of one remembered with
-    /// `coffre vault set replica NAME DIR`
-    #[arg(long, value_name = "DIR|NAME")]
+    /// The replica to fetch from: a directory, s3://BUCKET/PREFIX, azure://CONTAINER/PREFIX,
+    /// file:///DIR, or the name of one remembered with `coffre vault set replica NAME TARGET`
+    /// (an encrypted one opens with the vault's replica key, or --key-file)
+    #[arg(long, value_name = "DIR|URL|NAME")]
     from: PathBuf,
     /// Print the report as JSON
     #[arg(long)]
@@ -167,6 +183,13 @@ pub struct RepairArgs {
 pub fn repair(cli: &Cli, args: &RepairArgs) -> Result<ExitCode> {
     let vault = cli.open_vault()?;
     let from = vault.replica_target(&args.from)?;
+    if let Some(url) = from
+        .to_str()
+        .filter(|f| crate::vault::objstore::is_remote(f))
+    {
+        let replica = Vault::open_remote(url, cli.replica_key(&vault)?)?;
+        return repair_with(cli, args, &vault, &replica);
+    }
     if !Vault::exists(&from) {
         // Not `Vault::open`'s advice to create one: an empty vault has nothing to give.
         anyhow::bail!(
@@ -186,9 +209,13 @@ pub fn repair(cli: &Cli, args: &RepairArgs) -> Result<ExitCode> {
             from.display()
         );
     }
+    repair_with(cli, args, &vault, &replica)
+}
+
+fn repair_with(cli: &Cli, args: &RepairArgs, vault: &Vault, replica: &Vault) -> Result<ExitCode> {
     vault.restore_packs_dir()?;
     let lock = vault.lock(true)?;
-    let report = vault.repair_from(&replica, &lock)?;
+    let report = vault.repair_from(replica, &lock)?;
     drop(lock);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -55,6 +55,15 @@ enum Setting {
     },
     /// Forget a remembered replica (its directory is left as it is)
     NoReplica { name: String },
+    /// Encrypt new replicas in object storage or file:///DIR with the key in FILE (created, 32
+    /// random bytes, when FILE does not exist); keep a copy of FILE away from this machine:
+    /// without it a replica cannot be read
+    ReplicaKey {
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
+    /// Forget the replica key (new replicas are plain; an encrypted one refuses to be updated)
+    NoReplicaKey,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -89,6 +98,7 @@ pub fn run(cli: &Cli, args: &VaultArgs) -> Result<ExitCode> {
                     .map(|(n, d)| (n, d.display().to_string().into()))
                     .collect();
                 v["replicas"] = replicas.into();
+                v["replica_key"] = vault.replica_key()?.map(|k| k.check_value()).into();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("vault             {}", vault.root().display());
@@ -97,6 +107,9 @@ pub fn run(cli: &Cli, args: &VaultArgs) -> Result<ExitCode> {
                 println!("immutability      {}", s.immutability);
                 for (name, dir) in vault.replicas()? {
                     println!("replica {name:<9} {}", dir.display());
+                }
+                if let Some(k) = vault.replica_key()? {
+                    println!("replica-key       set (check value {})", k.check_value());
                 }
             }
         }
@@ -140,6 +153,13 @@ fn set(vault: &crate::vault::Vault, setting: &Setting) -> Result<()> {
             println!("replica {name} is {}", dir.display());
             return Ok(());
         }
+        Setting::ReplicaKey { file } => return set_replica_key(vault, file),
+        Setting::NoReplicaKey => {
+            let lock = vault.lock(true)?;
+            vault.set_replica_key(&lock, None)?;
+            println!("replica key forgotten: new replicas are not encrypted");
+            return Ok(());
+        }
         Setting::NoReplica { name } => {
             let lock = vault.lock(true)?;
             vault.set_replica(&lock, name, None)?;
@@ -159,5 +179,28 @@ fn set(vault: &crate::vault::Vault, setting: &Setting) -> Result<()> {
             new.immutability, old.immutability
         ),
     }
+    Ok(())
+}
+
+/// `vault set replica-key FILE`: reads FILE, or creates it first.
+fn set_replica_key(vault: &crate::vault::Vault, file: &std::path::Path) -> Result<()> {
+    use crate::vault::seal::ReplicaKey;
+    let created = !file.exists();
+    if created {
+        ReplicaKey::create_file(file)
+            .map_err(|e| anyhow::anyhow!("cannot create key file {}: {e}", file.display()))?;
+    }
+    let key = ReplicaKey::from_file(file).map_err(anyhow::Error::msg)?;
+    let lock = vault.lock(true)?;
+    vault.set_replica_key(&lock, Some(&key))?;
+    if created {
+        println!("created key file {}", file.display());
+    }
+    println!(
+        "replicas in object storage and file:///DIR are encrypted with this key (check value \
+         {}); keep a copy of {} away from this machine: without it no replica can be read",
+        key.check_value(),
+        file.display()
+    );
     Ok(())
 }

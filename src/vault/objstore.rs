@@ -40,24 +40,41 @@ pub fn is_remote(target: &str) -> bool {
 pub struct Target {
     pub url: String,
     azure: bool,
+    /// `file:///DIR`: the object layout in a local directory (`bucket` unused).
+    local: Option<std::path::PathBuf>,
     bucket: String,
     /// Without leading or trailing `/`; empty for the bucket's root.
     pub prefix: String,
 }
 
 impl Target {
-    /// Reads `s3://BUCKET[/PREFIX]` or `azure://CONTAINER[/PREFIX]`.
+    /// Reads `s3://BUCKET[/PREFIX]`, `azure://CONTAINER[/PREFIX]` or `file:///DIR`.
     pub fn parse(url: &str) -> VaultResult<Target> {
         let bad = |why: &str| VaultError::BadRemote {
             url: url.to_string(),
             detail: why.to_string(),
         };
+        if let Some(dir) = url.strip_prefix("file://") {
+            let dir = std::path::Path::new(dir);
+            if !dir.is_absolute() || dir.components().any(|c| c.as_os_str() == "..") {
+                return Err(bad("use file:///ABSOLUTE/DIR"));
+            }
+            return Ok(Target {
+                url: url.to_string(),
+                azure: false,
+                local: Some(dir.to_path_buf()),
+                bucket: String::new(),
+                prefix: String::new(),
+            });
+        }
         let (azure, rest) = if let Some(r) = url.strip_prefix("s3://") {
             (false, r)
         } else if let Some(r) = url.strip_prefix("azure://") {
             (true, r)
         } else {
-            return Err(bad("use s3://BUCKET/PREFIX or azure://CONTAINER/PREFIX"));
+            return Err(bad(
+                "use s3://BUCKET/PREFIX, azure://CONTAINER/PREFIX or file:///DIR",
+            ));
         };
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let ok_bucket = !bucket.is_empty()
@@ -80,6 +97,7 @@ impl Target {
         Ok(Target {
             url: url.to_string(),
             azure,
+            local: None,
             bucket: bucket.to_string(),
             prefix: prefix.to_string(),
         })
@@ -93,6 +111,8 @@ pub struct Remote {
     target: Target,
     /// Bytes of every object this process put (the transfer, for reports).
     sent: AtomicU64,
+    /// The key everything of this replica is sealed with, if it is encrypted.
+    key: Option<super::seal::ReplicaKey>,
 }
 
 /// Variables any of which is a way to authenticate to S3 without a metadata service.
@@ -135,7 +155,13 @@ impl Remote {
         // Set key by key: `with_client_options` would drop what `from_env` read (allow_http).
         use object_store::ClientConfigKey::{ConnectTimeout, Timeout};
         let client = [(ConnectTimeout, "10s"), (Timeout, "300s")];
-        let store: Arc<dyn ObjectStore> = if target.azure {
+        let store: Arc<dyn ObjectStore> = if let Some(dir) = &target.local {
+            std::fs::create_dir_all(dir).map_err(|e| bad(e.to_string()))?;
+            Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(|e| bad(one_line(&e.to_string())))?,
+            )
+        } else if target.azure {
             if !env_set(AZURE_CREDENTIALS) {
                 return Err(bad(
                     "no Azure credentials: set AZURE_STORAGE_ACCOUNT_NAME and \
@@ -177,7 +203,19 @@ impl Remote {
             store,
             target: target.clone(),
             sent: AtomicU64::new(0),
+            key: None,
         })
+    }
+
+    /// Seals (or opens) everything with `key` from now on.
+    pub fn with_key(mut self, key: Option<super::seal::ReplicaKey>) -> Remote {
+        self.key = key;
+        self
+    }
+
+    /// The key this replica is sealed with, if any.
+    pub fn key(&self) -> Option<&super::seal::ReplicaKey> {
+        self.key.as_ref()
     }
 
     pub fn url(&self) -> &str {

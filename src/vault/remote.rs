@@ -114,7 +114,12 @@ fn catalog_objects(remote: &Remote) -> VaultResult<Option<CatalogObjects>> {
 /// Puts catalog object `key` (only if absent: the commit point); returns the bytes sent, or
 /// `None` if the object exists (another writer got there first).
 fn put_catalog_object(remote: &Remote, key: &str, plain: &[u8]) -> VaultResult<Option<u64>> {
-    let packed = zstd::bulk::compress(plain, 3).map_err(remote_err(remote))?;
+    // Sealed under its own key name: an object moved to another name fails to open.
+    let packed = match remote.key() {
+        Some(k) => super::seal::seal_blob(k, key, plain),
+        None => zstd::bulk::compress(plain, 3),
+    }
+    .map_err(remote_err(remote))?;
     let len = packed.len() as u64;
     let created = remote.put(key, packed, true).map_err(remote_err(remote))?;
     Ok(created.then_some(len))
@@ -125,6 +130,16 @@ fn get_catalog_object(remote: &Remote, key: &str) -> VaultResult<Option<Vec<u8>>
     let Some(packed) = remote.get(key).map_err(remote_err(remote))? else {
         return Ok(None);
     };
+    if let Some(k) = remote.key() {
+        return super::seal::open_blob(k, key, &packed)
+            .map(Some)
+            .map_err(|e| {
+                VaultError::Remote(format!(
+                    "{}: catalog object {key} cannot be opened: {e}",
+                    remote.url()
+                ))
+            });
+    }
     let mut out = Vec::new();
     zstd::stream::copy_decode(&packed[..], &mut out).map_err(|e| {
         VaultError::Remote(format!(
@@ -133,6 +148,55 @@ fn get_catalog_object(remote: &Remote, key: &str) -> VaultResult<Option<Vec<u8>>
         ))
     })?;
     Ok(Some(out))
+}
+
+/// The object that marks an encrypted replica: it holds the key's check value, which tells a
+/// wrong key from damage and reveals nothing else.
+const SEALED_KEY: &str = "sealed";
+
+/// Refuses a key that does not fit the replica: a sealed replica opened without its key or with
+/// another, a key given for a plain replica that exists. A new replica (`created`) is marked
+/// sealed when a key is given, before anything else is put there.
+fn check_seal(remote: &Remote, created: bool) -> VaultResult<()> {
+    let url = remote.url();
+    let marker = remote.get(SEALED_KEY).map_err(remote_err(remote))?;
+    let stored = marker.as_deref().map(|m| {
+        String::from_utf8_lossy(m)
+            .lines()
+            .find_map(|l| l.strip_prefix("check ").map(str::to_string))
+            .unwrap_or_default()
+    });
+    match (stored, remote.key()) {
+        (None, None) => Ok(()),
+        (Some(check), Some(k)) if check == k.check_value() => Ok(()),
+        (Some(_), Some(_)) => Err(VaultError::Remote(format!(
+            "the key given is not the key of replica {url} (see `coffre vault set replica-key`, \
+             --key-file, COFFRE_KEY_FILE)"
+        ))),
+        (Some(_), None) => Err(VaultError::Remote(format!(
+            "replica {url} is encrypted: give its key with --key-file FILE or COFFRE_KEY_FILE"
+        ))),
+        (None, Some(k)) if created => {
+            let text = format!("coffre sealed replica\ncheck {}\n", k.check_value());
+            remote
+                .put(SEALED_KEY, text.into_bytes(), false)
+                .map_err(remote_err(remote))?;
+            Ok(())
+        }
+        (None, Some(_)) => Err(VaultError::Remote(format!(
+            "replica {url} is not encrypted (it was made without a replica key): replicate to \
+             a new place to have an encrypted copy, or forget the key with `coffre vault set \
+             no-replica-key`"
+        ))),
+    }
+}
+
+/// The pack store of a replica: sealed when the replica is.
+fn replica_packs(remote: &Arc<Remote>, packs: RemotePacks) -> Arc<dyn PackStore> {
+    match remote.key() {
+        Some(k) => Arc::new(super::seal::SealedStore::new(Arc::new(packs), k.clone())),
+        None => Arc::new(packs),
+    }
 }
 
 /// The local cache directory of `url`.
@@ -494,9 +558,11 @@ impl Drop for RemoteLock<'_> {
 impl Vault {
     /// Opens the replica at `url` read-only: its catalog from the local cache (refreshed),
     /// its packs by ranged reads through the block cache.
-    pub fn open_remote(url: &str) -> VaultResult<Vault> {
+    pub fn open_remote(url: &str, key: Option<super::seal::ReplicaKey>) -> VaultResult<Vault> {
         let target = Target::parse(url)?;
-        let remote = Arc::new(Remote::connect(&target)?);
+        let remote = Arc::new(Remote::connect(&target)?.with_key(key));
+        // Before the cache: a cached catalog must not open without the key either.
+        check_seal(&remote, false)?;
         let root = cache_root(url)?;
         let Some((snap, _)) = refresh(&remote, &root)? else {
             return Err(VaultError::Remote(format!(
@@ -510,8 +576,9 @@ impl Vault {
             << 20;
         let blocks = root.join("blocks");
         let cache = BlockCache::open(&blocks, limit).map_err(super::io_err(&blocks))?;
-        let store = RemotePacks::new(remote, Some(cache)).pinned(snap.pin);
-        Vault::open_with_store(&snap.dir, Arc::new(store), Some(url.to_string()))
+        let packs = RemotePacks::new(remote.clone(), Some(cache)).pinned(snap.pin);
+        let store = replica_packs(&remote, packs);
+        Vault::open_with_store(&snap.dir, store, Some(url.to_string()))
     }
 
     /// Brings the replica at `url` up to date (see the module header).
@@ -523,7 +590,7 @@ impl Vault {
     ) -> VaultResult<ReplicateReport> {
         let started = Instant::now();
         let target = Target::parse(url)?;
-        let remote = Arc::new(Remote::connect(&target)?);
+        let remote = Arc::new(Remote::connect(&target)?.with_key(opts.key.clone()));
         let _lease = self.lease()?;
         let _lock = RemoteLock::take(&remote)?;
         let root = cache_root(url)?;
@@ -539,6 +606,7 @@ impl Vault {
             }
         };
         report.target = url.to_string();
+        report.sealed = remote.key().is_some();
         if let Some(name) = objs {
             let keep = root.join(name);
             if fs::rename(&work, &keep).is_err() {
@@ -564,7 +632,8 @@ impl Vault {
         opts: &ReplicateOptions,
         progress: &dyn ReplicateProgress,
     ) -> VaultResult<(ReplicateReport, Option<String>)> {
-        let packs: Arc<dyn PackStore> = Arc::new(RemotePacks::new(remote.clone(), None));
+        check_seal(remote, current.is_none())?;
+        let packs = replica_packs(remote, RemotePacks::new(remote.clone(), None));
         let created = current.is_none();
         match current {
             Some((snap, _)) => {

@@ -58,6 +58,8 @@ impl Vault {
 pub struct ReplicateOptions {
     /// Items to replicate (all if empty).
     pub items: Vec<String>,
+    /// Seal the replica with this key (object-storage and `file://` replicas only).
+    pub key: Option<super::seal::ReplicaKey>,
 }
 
 /// A point the replica could not receive: the primary cannot give all its data.
@@ -94,6 +96,8 @@ pub struct ReplicateReport {
     /// of every object put (packs, catalog, lock): the transfer.
     pub catalog_bytes_sent: u64,
     pub bytes_sent: u64,
+    /// True if the replica is encrypted (with the vault's replica key or the key given).
+    pub sealed: bool,
     pub seconds: f64,
 }
 
@@ -369,6 +373,14 @@ impl Vault {
     ) -> VaultResult<ReplicateReport> {
         if let Some(url) = target.to_str().filter(|t| super::objstore::is_remote(t)) {
             return self.replicate_remote(url, opts, progress);
+        }
+        if opts.key.is_some() {
+            return Err(bad_target(
+                target,
+                "a replica key is set and a directory replica is a plain vault: name it \
+                 file:///DIR for an encrypted replica in a directory, or forget the key with \
+                 `coffre vault set no-replica-key`",
+            ));
         }
         let started = Instant::now();
         let _lease = self.lease()?;

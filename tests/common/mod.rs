@@ -38,6 +38,8 @@ impl TestVault {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_coffre"));
         c.env("COFFRE_VAULT", self.vault())
+            .env("XDG_CACHE_HOME", self.path("cache"))
+            .env_remove("COFFRE_KEY_FILE")
             .env_remove("COFFRE_CRASH_AT")
             .env_remove("COFFRE_FAIL_WRITE_AFTER")
             .env_remove("COFFRE_TEST_POINT_TIME")
