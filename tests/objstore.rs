@@ -618,3 +618,54 @@ fn bad_urls_unreachable_services_and_missing_credentials_fail_in_one_line() {
         "replicate --to",
     );
 }
+
+/// An encrypted replica in the emulator: it opens only with its key and then restores exactly;
+/// a second run with the same key adds to it; the key check makes a wrong key one line.
+fn sealed_cycle(s: &Setup) {
+    let points = several_items(&s.t);
+    let key = s.t.path("replica.key");
+    s.ok(&["vault", "set", "replica-key", key.to_str().unwrap()]);
+    let url = s.emu.url("sealed");
+    let first = s.replicate(&url);
+    assert_eq!(first["sealed"], true, "{first}");
+    assert_eq!(first["points_added"], 6, "{first}");
+    let out = s.run(&["--vault", &url, "points"]);
+    one_line_error(&out, "is encrypted");
+    let wrong = s.t.path("wrong.key");
+    std::fs::write(&wrong, [3u8; 40]).unwrap();
+    let out = s.run(&[
+        "--vault",
+        &url,
+        "--key-file",
+        wrong.to_str().unwrap(),
+        "points",
+    ]);
+    one_line_error(&out, "not the key of");
+    let k = key.to_str().unwrap();
+    for (spec, snap) in &points {
+        let to = s.t.path(&format!("sealed-{}", spec.replace('@', "-")));
+        s.ok(&[
+            "--vault",
+            &url,
+            "--key-file",
+            k,
+            "restore",
+            spec,
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_same(snap, &snapshot(&to, false));
+    }
+    let v = json(&s.ok(&["--vault", &url, "--key-file", k, "verify", "--json"]));
+    assert!(v["packs_verified"].as_u64().unwrap() >= 6, "{v}");
+    backup_files(&s.t, "a", &s.t.path("a"), &[("new", noise(50_000, 77))]);
+    let second = s.replicate(&url);
+    assert_eq!(second["points_added"], 1, "{second}");
+}
+
+#[test]
+#[ignore = "needs the Azurite and moto emulators, which .ci/run installs"]
+fn encrypted_replicas_in_s3_and_azure_open_only_with_their_key() {
+    sealed_cycle(&Setup::new(Emulator::s3()));
+    sealed_cycle(&Setup::new(Emulator::azure()));
+}
