@@ -578,7 +578,8 @@ pub(super) fn mark_missing_packs(catalog: &Catalog, store: &dyn PackStore) -> Va
                 let n = catalog.mark_pack_damaged(id, 0)?;
                 if n > 0 {
                     log::warn!(
-                        "pack {name} is missing: {} will be stored again from their sources",
+                        "pack {name} is missing: {} marked bad (a backup of their sources or \
+                         `coffre repair --from` stores them again)",
                         crate::words::plural(n as u64, "chunk")
                     );
                 }
@@ -587,7 +588,8 @@ pub(super) fn mark_missing_packs(catalog: &Catalog, store: &dyn PackStore) -> Va
                 let n = catalog.mark_pack_damaged(id, have)?;
                 if n > 0 {
                     log::warn!(
-                        "pack {name} is truncated: {} will be stored again from their sources",
+                        "pack {name} is truncated: {} marked bad (a backup of their sources or \
+                         `coffre repair --from` stores them again)",
                         crate::words::plural(n as u64, "chunk")
                     );
                 }
