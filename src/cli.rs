@@ -473,7 +473,35 @@ pub(crate) fn print_json_error(message: &str) {
     eprintln!("{line}");
 }
 
+/// Refuses `--key-file` where nothing would use it (never a silently ignored option): it reads
+/// an encrypted replica (`--vault URL`) or seals one (replicate, repair, backup --due).
+fn check_key_file(cli: &Cli) -> Result<()> {
+    let Some(file) = &cli.key_file else {
+        return Ok(());
+    };
+    let remote = cli
+        .vault_path()
+        .ok()
+        .and_then(|v| v.to_str().map(crate::vault::objstore::is_remote))
+        .unwrap_or(false);
+    let uses = match &cli.command {
+        Command::Replicate(_) | Command::Repair(_) => true,
+        Command::Backup(args) => args.due(),
+        _ => false,
+    };
+    if remote || uses {
+        return Ok(());
+    }
+    Err(UsageError(format!(
+        "--key-file {} is not used here: it reads an encrypted replica (--vault s3://..., \
+         azure://..., file:///DIR) or seals one (replicate, repair, backup --due)",
+        file.display()
+    ))
+    .into())
+}
+
 fn run(cli: &Cli) -> Result<ExitCode> {
+    check_key_file(cli)?;
     match &cli.command {
         Command::Init { zstd_level } => {
             let path = cli.vault_path()?;

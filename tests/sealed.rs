@@ -128,6 +128,14 @@ fn a_sealed_replica_reveals_nothing_and_opens_only_with_its_key() {
         "points",
     ]);
     assert_fails(&out, "not the key of");
+    // --key-file where nothing would use it (a plain local vault's listing) is a usage error.
+    let out = t.run(&["--key-file", key.to_str().unwrap(), "points"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not used here"),
+        "{}",
+        stderr(&out)
+    );
     // A key file too short is refused before anything is read.
     let short = t.path("short.key");
     std::fs::write(&short, b"secret").unwrap();

@@ -203,6 +203,13 @@ pub fn run_vm(cli: &Cli, args: &BackupVmArgs) -> Result<ExitCode> {
     execute(cli, todo, &args.run)
 }
 
+impl BackupArgs {
+    /// True for `backup --due`.
+    pub fn due(&self) -> bool {
+        self.due
+    }
+}
+
 /// `coffre backup --item NAME PATH [--exclude GLOB]... [-x]` or `coffre backup NAME...`
 pub fn run(cli: &Cli, args: &BackupArgs) -> Result<ExitCode> {
     if args.due {
