@@ -201,10 +201,7 @@ impl Cli {
     fn open_vault(&self) -> Result<Vault> {
         let path = self.vault_path()?;
         // A replica in object storage (s3://, azure://) opens read-only from its cached catalog.
-        let mut vault = match path
-            .to_str()
-            .filter(|p| crate::vault::objstore::is_remote(p))
-        {
+        let mut vault = match crate::vault::objstore::remote_url(&path) {
             Some(url) => Vault::open_remote(url, self.given_key()?)?,
             None => Vault::open(&path)?,
         };
@@ -216,7 +213,7 @@ impl Cli {
     /// Opens the vault, creating it on first use (the first backup needs no `init`).
     fn open_or_init_vault(&self) -> Result<Vault> {
         let path = self.vault_path()?;
-        let remote = path.to_str().is_some_and(crate::vault::objstore::is_remote);
+        let remote = crate::vault::objstore::remote_url(&path).is_some();
         if !remote && !Vault::exists(&path) && !path.exists() {
             eprintln!("creating vault {}", path.display());
             let mut vault = Vault::init(&path, &InitOptions::default())?;
@@ -481,9 +478,7 @@ fn check_key_file(cli: &Cli) -> Result<()> {
     };
     let remote = cli
         .vault_path()
-        .ok()
-        .and_then(|v| v.to_str().map(crate::vault::objstore::is_remote))
-        .unwrap_or(false);
+        .is_ok_and(|v| crate::vault::objstore::remote_url(&v).is_some());
     let uses = match &cli.command {
         Command::Replicate(_) | Command::Repair(_) => true,
         Command::Backup(args) => args.due(),
@@ -505,10 +500,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
     match &cli.command {
         Command::Init { zstd_level } => {
             let path = cli.vault_path()?;
-            if let Some(url) = path
-                .to_str()
-                .filter(|p| crate::vault::objstore::is_remote(p))
-            {
+            if let Some(url) = crate::vault::objstore::remote_url(&path) {
                 anyhow::bail!(
                     "{url} is object storage: a vault is made there by `coffre replicate --to {url}`"
                 );

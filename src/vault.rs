@@ -626,18 +626,16 @@ impl Vault {
         let points = self.catalog.points(Some(item.id))?;
         let full = format!("{}@{}", item.name, spec);
         let spec = if spec.is_empty() { "latest" } else { spec };
-        match pick_point(points, spec, &full, VaultError::PointNotFound) {
-            Err(VaultError::PointNotFound(_))
-                if parse_latest(spec).is_none()
-                    && self.resolve_deleted_point(item, spec).is_ok() =>
-            {
-                let p = self.resolve_deleted_point(item, spec)?;
-                Err(VaultError::PointSoftDeleted(format!(
-                    "{}@{}",
-                    item.name, p.id
-                )))
-            }
-            r => r,
+        let r = pick_point(points, spec, &full, VaultError::PointNotFound);
+        if !matches!(r, Err(VaultError::PointNotFound(_))) || parse_latest(spec).is_some() {
+            return r;
+        }
+        match self.resolve_deleted_point(item, spec) {
+            Ok(p) => Err(VaultError::PointSoftDeleted(format!(
+                "{}@{}",
+                item.name, p.id
+            ))),
+            Err(_) => r,
         }
     }
 

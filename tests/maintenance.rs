@@ -87,16 +87,6 @@ fn assert_restores(t: &TestVault, item: &str, id: &str, snap: &BTreeMap<Vec<u8>,
 static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 const SEQ: std::sync::atomic::Ordering = std::sync::atomic::Ordering::SeqCst;
 
-fn packs(t: &TestVault) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(t.vault().join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
-        .collect();
-    v.sort();
-    v
-}
-
 fn flip(path: &Path, at: u64) {
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new()
@@ -129,7 +119,7 @@ fn verify_names_exactly_the_damaged_files_and_points() {
     assert!(clean["damaged_files"].as_array().unwrap().is_empty());
     assert_eq!(t.run(&["check"]).status.code(), Some(0));
 
-    let all = packs(&t);
+    let all = pack_files(&t);
     assert!(all.len() >= 5, "one pack per backup at least: {all:?}");
     for p in &all[..3] {
         let size = std::fs::metadata(p).unwrap().len();
@@ -206,7 +196,7 @@ fn verify_stops_in_its_time_box_and_the_next_run_continues() {
     for k in 1..=8 {
         backup_state(&t, "x", &src, k);
     }
-    let total = packs(&t).len();
+    let total = pack_files(&t).len();
     let timed = |t: &TestVault| {
         let started = Instant::now();
         let out = run_with_deadline(
@@ -576,11 +566,11 @@ fn gc_deletes_nothing_while_a_point_needs_an_unreadable_tree_and_check_names_it(
     forget_and_purge(&t, "x", &old);
     // Damage the trees of the kept point: gc can no longer know what it needs.
     assert!(damage_every_tree(&t) >= 1);
-    let before = packs(&t);
+    let before = pack_files(&t);
     let out = t.run(&["gc"]);
     assert_fails(&out, "gc deleted nothing");
     assert!(stderr(&out).contains("coffre check"), "{}", stderr(&out));
-    assert_eq!(packs(&t), before, "no pack deleted");
+    assert_eq!(pack_files(&t), before, "no pack deleted");
     let (code, report) = run_json(&t, &["check", "--json"]);
     assert_eq!(code, 1);
     assert!(

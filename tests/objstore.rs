@@ -274,22 +274,15 @@ impl Setup {
     }
 }
 
-/// Backs `files` up into `src` as a new point of `item`: (item@id, snapshot).
-fn backup_files(
+/// `backup_files` naming the point as `item@id`.
+fn backup_spec(
     t: &TestVault,
     item: &str,
     src: &Path,
     files: &[(&str, Vec<u8>)],
 ) -> (String, BTreeMap<Vec<u8>, Snap>) {
-    for (name, data) in files {
-        write(&src.join(name), data);
-    }
-    let snap = snapshot(src, false);
-    let p = t.backup(item, src);
-    (
-        format!("{item}@{}", p["point"]["id"].as_str().unwrap()),
-        snap,
-    )
+    let (id, snap) = backup_files(t, item, src, files);
+    (format!("{item}@{id}"), snap)
 }
 
 /// Items `a` (three points), `b` (two) and `c` (one, many files): one pack per backup.
@@ -301,20 +294,20 @@ fn several_items(t: &TestVault) -> Vec<(String, BTreeMap<Vec<u8>, Snap>)> {
             ("notes/t.txt", text(50_000, 20 + k)),
             ("same", noise(100_000, 5)),
         ];
-        out.push(backup_files(t, "a", &t.path("a"), &files));
+        out.push(backup_spec(t, "a", &t.path("a"), &files));
     }
     for k in 0..2u64 {
         let files = [
             ("disk.img", noise(300_000, 30 + k)),
             ("same", noise(100_000, 5)),
         ];
-        out.push(backup_files(t, "b", &t.path("b"), &files));
+        out.push(backup_spec(t, "b", &t.path("b"), &files));
     }
     let files: Vec<(String, Vec<u8>)> = (0..100u64)
         .map(|i| (format!("d{}/f{i}", i % 7), noise(20_000, 100 + i)))
         .collect();
     let refs: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
-    out.push(backup_files(t, "c", &t.path("c"), &refs));
+    out.push(backup_spec(t, "c", &t.path("c"), &refs));
     out
 }
 
@@ -403,7 +396,7 @@ fn replica_cycle(s: &Setup) {
         write(&c.join(name), &noise(20_000, 990 + i as u64));
     }
     write(&c.join("d3/new"), &noise(4_000, 998));
-    let changed = backup_files(t, "c", &c, &[]);
+    let changed = backup_spec(t, "c", &c, &[]);
     let growth = pack_bytes(t) - before;
     let inc = s.replicate(&url);
     assert_eq!(inc["points_added"], 1, "{inc}");
@@ -454,35 +447,28 @@ fn an_azure_replica_restores_mounts_and_follows_the_primary() {
     replica_cycle(&Setup::new(Emulator::azure()));
 }
 
+/// A replicate to `url` killed (SIGKILL) at fault point `at`.
+fn replicate_killed_at(s: &Setup, url: &str, at: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut cmd = s.cmd();
+    cmd.env("COFFRE_CRASH_AT", at)
+        .args(["replicate", "--json", "--to", url]);
+    let out = run_with_deadline(&mut cmd, Duration::from_secs(120));
+    assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
+}
+
 /// Killed after the second pack went up, then before the catalog commit: nothing shows on the
 /// replica, and the next run sends no pack twice.
 fn killed_and_resumed(s: &Setup) {
-    use std::os::unix::process::ExitStatusExt;
     let t = &s.t;
     let points = several_items(t);
     let url = s.emu.url("resume");
     let total = pack_bytes(t);
-    let mut cmd = s.cmd();
-    cmd.env("COFFRE_CRASH_AT", "replicate-pack-copied#2").args([
-        "replicate",
-        "--json",
-        "--to",
-        &url,
-    ]);
-    let out = run_with_deadline(&mut cmd, Duration::from_secs(120));
-    assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
+    replicate_killed_at(s, &url, "replicate-pack-copied#2");
     // Nothing half-visible: there is no replica yet.
     let out = s.run(&["--vault", &url, "points"]);
     assert_fails(&out, "no replica there");
-    let mut cmd = s.cmd();
-    cmd.env("COFFRE_CRASH_AT", "replicate-before-commit").args([
-        "replicate",
-        "--json",
-        "--to",
-        &url,
-    ]);
-    let out = run_with_deadline(&mut cmd, Duration::from_secs(120));
-    assert_eq!(out.status.signal(), Some(9), "{}", stderr(&out));
+    replicate_killed_at(s, &url, "replicate-before-commit");
     assert_fails(&s.run(&["--vault", &url, "points"]), "no replica there");
     // The stale lock of the killed run (same host, process gone) is taken over.
     let r = s.replicate(&url);
@@ -658,7 +644,7 @@ fn sealed_cycle(s: &Setup) {
     }
     let v = json(&s.ok(&["--vault", &url, "--key-file", k, "verify", "--json"]));
     assert!(v["packs_verified"].as_u64().unwrap() >= 6, "{v}");
-    backup_files(&s.t, "a", &s.t.path("a"), &[("new", noise(50_000, 77))]);
+    backup_spec(&s.t, "a", &s.t.path("a"), &[("new", noise(50_000, 77))]);
     let second = s.replicate(&url);
     assert_eq!(second["points_added"], 1, "{second}");
 }

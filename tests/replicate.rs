@@ -18,22 +18,6 @@ fn replicate(t: &TestVault, to: &Path, args: &[&str]) -> serde_json::Value {
     json(&t.ok(&all))
 }
 
-/// Backs up `files` (name, bytes) into `src` as a new point of `item`; returns its id and a
-/// snapshot of what was backed up.
-fn backup_files(
-    t: &TestVault,
-    item: &str,
-    src: &Path,
-    files: &[(&str, Vec<u8>)],
-) -> (String, BTreeMap<Vec<u8>, Snap>) {
-    for (name, data) in files {
-        write(&src.join(name), data);
-    }
-    let snap = snapshot(src, false);
-    let p = t.backup(item, src);
-    (p["point"]["id"].as_str().unwrap().to_string(), snap)
-}
-
 /// Restores `item@id` from the vault at `vault` and compares it with `snap`.
 fn assert_restores(t: &TestVault, vault: &Path, spec: &str, snap: &BTreeMap<Vec<u8>, Snap>) {
     let to = t.path(&format!("restored-{}", spec.replace('@', "-")));
@@ -498,16 +482,6 @@ fn chunks_damaged_in_the_primary_are_found_and_marked_bad_on_both_sides() {
     );
 }
 
-fn primary_packs(t: &TestVault) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(t.vault().join("packs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
-        .collect();
-    v.sort();
-    v
-}
-
 fn flip_middle(pack: &Path) {
     let mut bytes = std::fs::read(pack).unwrap();
     let mid = bytes.len() / 2;
@@ -524,7 +498,7 @@ fn repair_from_a_replica_heals_flipped_bytes_lost_packs_and_damaged_trees() {
     let r = t.path("replica");
     replicate(&t, &r, &[]);
     let rs = r.to_str().unwrap();
-    let packs = primary_packs(&t);
+    let packs = pack_files(&t);
     assert!(packs.len() >= 4, "{packs:?}");
     flip_middle(&packs[0]);
     flip_middle(&packs[1]);
@@ -571,10 +545,10 @@ fn repair_reports_what_the_replica_lacks_and_fails() {
     backup_files(&t, "a", &src, &[("old", noise(200_000, 1))]);
     let r = t.path("replica");
     replicate(&t, &r, &[]);
-    let before = primary_packs(&t);
+    let before = pack_files(&t);
     // A point made after the replicate: its data exists only here.
     backup_files(&t, "a", &src, &[("new", noise(300_000, 2))]);
-    let fresh: Vec<PathBuf> = primary_packs(&t)
+    let fresh: Vec<PathBuf> = pack_files(&t)
         .into_iter()
         .filter(|p| !before.contains(p))
         .collect();
@@ -619,7 +593,7 @@ fn repair_reads_a_read_only_replica_and_writes_nothing_there() {
     let r = t.path("replica");
     replicate(&t, &r, &[]);
     let ro = ReadOnly::of(&t, &r);
-    let packs = primary_packs(&t);
+    let packs = pack_files(&t);
     flip_middle(&packs[0]);
     std::fs::remove_file(&packs[1]).unwrap();
     assert_eq!(t.run(&["verify"]).status.code(), Some(1));

@@ -81,10 +81,7 @@ pub fn replicate_all(
         let bar = Bar(Progress::bytes("replicate", 0, !cli.quiet && !json));
         // Never created here: a missing replica is most likely an unplugged disk, and a new one
         // would fill the disk its mount point is on.
-        let missing = match dir
-            .to_str()
-            .filter(|d| crate::vault::objstore::is_remote(d))
-        {
+        let missing = match crate::vault::objstore::remote_url(&dir) {
             Some(url) => url
                 .strip_prefix("file://")
                 .is_some_and(|p| !std::path::Path::new(p).is_dir()),
@@ -183,10 +180,7 @@ pub struct RepairArgs {
 pub fn repair(cli: &Cli, args: &RepairArgs) -> Result<ExitCode> {
     let vault = cli.open_vault()?;
     let from = vault.replica_target(&args.from)?;
-    if let Some(url) = from
-        .to_str()
-        .filter(|f| crate::vault::objstore::is_remote(f))
-    {
+    if let Some(url) = crate::vault::objstore::remote_url(&from) {
         let replica = Vault::open_remote(url, cli.replica_key(&vault)?)?;
         return repair_with(cli, args, &vault, &replica);
     }

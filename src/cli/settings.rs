@@ -141,10 +141,7 @@ fn set(vault: &crate::vault::Vault, setting: &Setting) -> Result<()> {
         Setting::Immutability { level } => SettingChange::Immutability((*level).into()),
         Setting::Replica { name, dir } => {
             // A URL (s3://, azure://) is kept as given; a directory is made absolute.
-            let dir = match dir
-                .to_str()
-                .filter(|d| crate::vault::objstore::is_remote(d))
-            {
+            let dir = match crate::vault::objstore::remote_url(dir) {
                 Some(url) => std::path::PathBuf::from(url),
                 None => std::path::absolute(dir)?,
             };

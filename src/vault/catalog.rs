@@ -590,6 +590,11 @@ impl Catalog {
             params![item, new_name],
         )?;
         // A rename changes no point: readers (a mount) see it through this counter.
+        self.bump_items_seq()
+    }
+
+    /// Tells readers that item names may have changed (`points_signature` includes it).
+    fn bump_items_seq(&self) -> VaultResult<()> {
         self.conn.execute(
             "INSERT INTO meta(key, value) VALUES ('items_seq', '1')
              ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
@@ -1411,12 +1416,7 @@ impl Catalog {
                 [id],
             )?;
         }
-        self.conn.execute(
-            "INSERT INTO meta(key, value) VALUES ('items_seq', '1')
-             ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1",
-            [],
-        )?;
-        Ok(())
+        self.bump_items_seq()
     }
 
     /// Removes an item's row (its points must be gone).

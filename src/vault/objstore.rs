@@ -35,6 +35,11 @@ pub fn is_remote(target: &str) -> bool {
     })
 }
 
+/// `target` as a URL if it is one (see `is_remote`): a path given where a URL may stand.
+pub fn remote_url(target: &std::path::Path) -> Option<&str> {
+    target.to_str().filter(|t| is_remote(t))
+}
+
 /// A bucket (S3) or container (Azure) and the prefix the replica lives under.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::objstore::{BlockCache, DEFAULT_CACHE_MB, Remote, RemotePacks, Target};
-use super::replicate::{Plan, ReplicateOptions, ReplicateProgress, ReplicateReport, scrub};
+use super::replicate::{Plan, ReplicateOptions, ReplicateProgress, ReplicateReport};
 use super::store::PackStore;
 use super::{InitOptions, Vault, VaultError, VaultResult, random_hex};
 
@@ -728,13 +728,7 @@ impl Vault {
             self.store
                 .read_at(&p.name, 0, &mut data)
                 .map_err(super::io_err(&src))?;
-            let bad = scrub(&p.name, &data, &mut p.rows);
-            if !bad.is_empty() {
-                self.report_damage(&bad);
-                report
-                    .damaged_chunks
-                    .extend(bad.iter().map(|id| id.to_hex()));
-            }
+            self.scrub_copy(p, &data, report);
             if present.get(&p.name) == Some(&p.size) {
                 report.packs_resumed += 1;
                 continue;

@@ -371,7 +371,7 @@ impl Vault {
         opts: &ReplicateOptions,
         progress: &dyn ReplicateProgress,
     ) -> VaultResult<ReplicateReport> {
-        if let Some(url) = target.to_str().filter(|t| super::objstore::is_remote(t)) {
+        if let Some(url) = super::objstore::remote_url(target) {
             return self.replicate_remote(url, opts, progress);
         }
         if opts.key.is_some() {
@@ -632,13 +632,7 @@ impl Vault {
                     (path, data)
                 }
             };
-            let bad = scrub(&p.name, &data, &mut p.rows);
-            if !bad.is_empty() {
-                self.report_damage(&bad);
-                report
-                    .damaged_chunks
-                    .extend(bad.iter().map(|id| id.to_hex()));
-            }
+            self.scrub_copy(p, &data, report);
             placed.push((p.name.clone(), path));
         }
         Ok(placed)
@@ -872,9 +866,24 @@ fn leftovers(root: &Path, incoming: &Path) -> VaultResult<HashMap<String, (PathB
     Ok(out)
 }
 
+impl Vault {
+    /// Checks the rows a copy of pack `p` registers against the bytes read (`data`): damaged
+    /// chunks are marked bad in the plan, reported to this vault's damage journal and named in
+    /// the report.
+    pub(super) fn scrub_copy(&self, p: &mut PackCopy, data: &[u8], report: &mut ReplicateReport) {
+        let bad = scrub(&p.name, data, &mut p.rows);
+        if !bad.is_empty() {
+            self.report_damage(&bad);
+            report
+                .damaged_chunks
+                .extend(bad.iter().map(|id| id.to_hex()));
+        }
+    }
+}
+
 /// Checks every row against the pack's bytes; rows that do not check out are marked bad.
 /// Returns their ids.
-pub(super) fn scrub(name: &str, data: &[u8], rows: &mut [ChunkRow]) -> Vec<ChunkId> {
+fn scrub(name: &str, data: &[u8], rows: &mut [ChunkRow]) -> Vec<ChunkId> {
     let one = OnePack { name, data };
     let mut bad = HashSet::new();
     // Reading from memory cannot fail; damage comes back through the callback.

@@ -2,7 +2,7 @@
 //! protected by its permissions).
 //!
 //! Owns the replica key (`ReplicaKey`: a key file of at least 32 bytes, from which BLAKE3's
-//! key derivation makes independent keys for packs, blobs and ids, and a check value that tells
+//! key derivation makes independent keys for packs, blobs and segment nonces, and a check value that tells
 //! a wrong key from damage), `SealedStore` (a `PackStore` over any other whose packs are sealed
 //! with XChaCha20-Poly1305 in 64 KiB segments), and `seal_blob`/`open_blob` for whole objects (a
 //! replica's catalog).
@@ -62,7 +62,6 @@ pub struct ReplicaKey {
     master: [u8; 32],
     packs: [u8; 32],
     blobs: [u8; 32],
-    ids: [u8; 32],
     nonces: [u8; 32],
     check: [u8; 32],
 }
@@ -103,7 +102,6 @@ impl ReplicaKey {
             master,
             packs: sub("coffre 2026-12 replica pack sealing"),
             blobs: sub("coffre 2026-12 replica blob sealing"),
-            ids: sub("coffre 2026-12 replica keyed ids"),
             nonces: sub("coffre 2026-12 replica segment nonces"),
             check: sub("coffre 2026-12 replica key check"),
         }
@@ -138,12 +136,6 @@ impl ReplicaKey {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect()
-    }
-
-    /// A chunk id keyed with this replica's key (BLAKE3 keyed mode): equal ids give equal keyed
-    /// ids, and nothing about the content can be learnt from one without the key.
-    pub fn keyed_id(&self, id: &[u8; 32]) -> [u8; 32] {
-        *blake3::keyed_hash(&self.ids, id).as_bytes()
     }
 
     fn segment_nonce(&self, salt: &[u8; 16], pack: &str, index: u64) -> XNonce {
@@ -278,6 +270,7 @@ pub fn sealed_size(plain: u64) -> u64 {
 }
 
 /// Pack `name`'s plain bytes sealed whole, with a new salt (as `SealedStore::create` writes it).
+#[cfg(test)]
 pub fn seal_pack(key: &ReplicaKey, name: &str, plain: &[u8]) -> io::Result<Vec<u8>> {
     let seal = PackSeal {
         key,
@@ -770,7 +763,6 @@ mod tests {
         assert!(ReplicaKey::from_bytes(&[1; 31]).is_err());
         assert_ne!(key(1).check_value(), key(2).check_value());
         assert_eq!(key(1).check_value(), key(1).check_value());
-        assert_ne!(key(1).keyed_id(&[0; 32]), key(2).keyed_id(&[0; 32]));
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
         ReplicaKey::create_file(&p).unwrap();

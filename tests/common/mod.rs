@@ -748,3 +748,30 @@ pub fn damage_every_tree(t: &TestVault) -> usize {
     }
     rows.len()
 }
+
+/// The pack files of `t`'s vault, sorted.
+pub fn pack_files(t: &TestVault) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(t.vault().join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Writes `files` (name, bytes) into `src` and backs it up as a new point of `item`; returns the
+/// point's id and a snapshot of what was backed up.
+pub fn backup_files(
+    t: &TestVault,
+    item: &str,
+    src: &Path,
+    files: &[(&str, Vec<u8>)],
+) -> (String, BTreeMap<Vec<u8>, Snap>) {
+    for (name, data) in files {
+        write(&src.join(name), data);
+    }
+    let snap = snapshot(src, false);
+    let p = t.backup(item, src);
+    (p["point"]["id"].as_str().unwrap().to_string(), snap)
+}
