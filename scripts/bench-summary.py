@@ -197,12 +197,15 @@ if mtools:
 
 # ---- disk images (issue 4) ----
 if any(r["step"].startswith("d") for r in rows):
-    dt = [t for t in ("coffre", "restic", "borg", "memfs") if any(r["tool"] == t and r["step"].startswith("d") for r in rows)]
+    dt = [t for t in ("base", "coffre", "restic", "borg", "memfs") if any(r["tool"] == t and r["step"].startswith("d") for r in rows)]
     def v(t, step, key="wall_s"):
         return med(t, step, key)
     def f(x, fmt="{:.2f}"):
         return "–" if x is None else fmt.format(x)
-    out = ["", "Disk image (issue 4): 4 GiB sparse ext4 image of the tree, then a changed copy:", "",
+    import os
+    what = ("4 GiB sparse ext4 image of /usr (BENCH_IMAGE=usr)" if os.environ.get("BENCH_IMAGE") == "usr"
+            else "4 GiB sparse ext4 image of the tree")
+    out = ["", f"Disk image (issues 4, 13): {what}, then a changed copy:", "",
            "| step | " + " | ".join(dt) + " |", "|---|" + "---|" * len(dt)]
     cat_mbs = {t: (4294.967296 / v(t, "d-cat")) if v(t, "d-cat") else None for t in dt}
     for label, fn in [
@@ -243,6 +246,17 @@ if any(r["step"].startswith("d") for r in rows):
         chk("random 4 KiB read p50 ≤ 150 µs", v("coffre", "d-rand50") <= 150, f"{v('coffre', 'd-rand50'):.0f} µs")
     if rs is not None and cp:
         chk("coffre-restore disk ≤ 3× cp --sparse=always", rs / cp <= 3, f"{rs / cp:.2f}×")
-    out.append("\nTargets (disk issue), this run:")
+    if v("coffre", "d1") and v("restic", "d1"):
+        r = v("coffre", "d1") / v("restic", "d1")
+        chk("issue 13: initial image backup ≤ 0.35× restic's wall", r <= 0.35, f"{r:.2f}×")
+    if v("coffre", "d1", "bytes") and v("borg", "d1", "bytes"):
+        r = v("coffre", "d1", "bytes") / v("borg", "d1", "bytes")
+        chk("issue 13: initial image backup adds ≤ borg's repository", r <= 1, f"{r:.3f}× borg")
+    if v("coffre", "d2", "bytes") and v("restic", "d2", "bytes"):
+        r = v("coffre", "d2", "bytes") / v("restic", "d2", "bytes")
+        chk("issue 13: incremental bytes ≤ 0.2× restic's", r <= 0.2, f"{r:.2f}×")
+    if v("coffre", "d-rand50"):
+        chk("issue 13: random 4 KiB read p50 ≤ 100 µs", v("coffre", "d-rand50") <= 100, f"{v('coffre', 'd-rand50'):.0f} µs")
+    out.append("\nTargets (disk issues), this run:")
     out.extend(checks)
     print("\n".join(out))

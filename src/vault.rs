@@ -237,16 +237,49 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> VaultError + '_ {
 /// smaller vault than borg's zstd,3 at the speed of per-chunk level 1 (see BENCHMARKS.md).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
+/// Default bytes of neighbouring disk-image blocks compressed together: one 32 KiB block per
+/// zstd frame, so a random read through the mount decompresses 32 KiB (see `image_frame`).
+pub const DEFAULT_IMAGE_FRAME: usize = 32 * 1024;
+/// The largest image frame a vault may ask for.
+pub const MAX_IMAGE_FRAME: usize = 4 << 20;
+
+/// Parses an image frame size: a byte count with an optional K or M suffix (powers of 1024), a
+/// multiple of 32 KiB from 32K to 4M.
+pub fn parse_image_frame(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&t[..i], 1024),
+        Some((i, 'm' | 'M')) => (&t[..i], 1 << 20),
+        _ => (t, 1),
+    };
+    let bytes = digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{s:?} is not a size (use e.g. 32K, 256K or 2M)"))?;
+    if !(DEFAULT_IMAGE_FRAME..=MAX_IMAGE_FRAME).contains(&bytes)
+        || !bytes.is_multiple_of(DEFAULT_IMAGE_FRAME)
+    {
+        return Err(format!(
+            "an image frame must be a multiple of 32K from 32K to 4M, not {s}"
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Options for `Vault::init`.
 #[derive(Clone, Debug)]
 pub struct InitOptions {
     pub zstd_level: i32,
+    /// Bytes of neighbouring disk-image blocks per zstd frame (`parse_image_frame`).
+    pub image_frame: usize,
 }
 
 impl Default for InitOptions {
     fn default() -> Self {
         InitOptions {
             zstd_level: DEFAULT_ZSTD_LEVEL,
+            image_frame: DEFAULT_IMAGE_FRAME,
         }
     }
 }
@@ -279,10 +312,25 @@ pub struct Vault {
     store: Arc<dyn PackStore>,
     reader: Arc<VaultReader>,
     zstd_level: i32,
+    image_frame: usize,
     id: String,
     lock_wait: LockWait,
     /// The URL of a replica in object storage opened for reading (`root` is its cache).
     remote: Option<String>,
+}
+
+/// The catalog's meta key for `Vault::image_frame`.
+const IMAGE_FRAME_KEY: &str = "image_frame";
+
+/// The image frame a catalog asks for (the default for vaults made before the setting).
+fn image_frame_of(catalog: &Catalog) -> VaultResult<usize> {
+    match catalog.meta(IMAGE_FRAME_KEY)? {
+        None => Ok(DEFAULT_IMAGE_FRAME),
+        Some(v) => parse_image_frame(&v).map_err(|e| VaultError::Damaged {
+            path: "vault.db".into(),
+            detail: format!("its image frame setting is wrong: {e}"),
+        }),
+    }
 }
 
 /// Decompressed records a process keeps in memory, by default.
@@ -335,6 +383,11 @@ impl Vault {
                 ),
             });
         }
+        let frame =
+            parse_image_frame(&opts.image_frame.to_string()).map_err(|e| VaultError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+            })?;
         // Owner only, whatever the umask: the vault holds everything that was backed up.
         fs::DirBuilder::new()
             .recursive(true)
@@ -361,6 +414,7 @@ impl Vault {
             &[
                 ("vault_id", id),
                 ("zstd_level", opts.zstd_level.to_string()),
+                (IMAGE_FRAME_KEY, frame.to_string()),
                 ("created", now_ns().to_string()),
             ],
         )?;
@@ -394,13 +448,15 @@ impl Vault {
             .meta("zstd_level")?
             .and_then(|v| v.parse().ok())
             .unwrap_or(DEFAULT_ZSTD_LEVEL);
+        let image_frame = image_frame_of(&catalog)?;
         let id = catalog.meta("vault_id")?.unwrap_or_default();
         let pool = Arc::new(CatalogPool::new(db, None));
+        // Room for several image frames, so a sequential read decompresses each once.
         let reader = Arc::new(VaultReader::new(
             path.to_path_buf(),
             pool,
             store.clone(),
-            DEFAULT_CACHE_BYTES,
+            DEFAULT_CACHE_BYTES.max(8 * image_frame),
         ));
         Ok(Vault {
             root: path.to_path_buf(),
@@ -408,6 +464,7 @@ impl Vault {
             store,
             reader,
             zstd_level,
+            image_frame,
             id,
             lock_wait: LockWait::default(),
             remote,
@@ -430,6 +487,21 @@ impl Vault {
 
     pub fn zstd_level(&self) -> i32 {
         self.zstd_level
+    }
+
+    /// Bytes of neighbouring disk-image blocks new backups compress into one zstd frame. 32 KiB
+    /// (the default): a random read decompresses one block. Larger frames give zstd the context
+    /// of the neighbouring blocks (a smaller vault, as large chunks do) and cost a random read
+    /// up to the whole frame. Frames never change a block's id, so dedup is unchanged and
+    /// points written with any frame size read alike.
+    pub fn image_frame(&self) -> usize {
+        self.image_frame
+    }
+
+    /// Sets the image frame of the backups that open the vault from now on
+    /// (`parse_image_frame` checked `bytes`).
+    pub fn set_image_frame(&self, _lock: &WriteLock, bytes: usize) -> VaultResult<()> {
+        self.catalog.set_meta(IMAGE_FRAME_KEY, &bytes.to_string())
     }
 
     /// True if the vault can only be read (read-only media, a full disk, no write permission).

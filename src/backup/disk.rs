@@ -306,7 +306,7 @@ fn read_all(
 ) -> Result<(Vec<Entry>, Option<Entry>), BackupError> {
     let abort = Abort::default();
     std::thread::scope(|s| {
-        let blocks = session.sink(SinkMode::Alone);
+        let blocks = session.sink(SinkMode::Image);
         let mut readers = Vec::new();
         for (path, name) in images.iter().zip(names) {
             let (sink, abort) = (blocks.clone(), &abort);

@@ -164,10 +164,16 @@ pub const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
     ),
     (
         "init",
-        &[(
-            "coffre --vault /srv/vault init --zstd-level 6",
-            "Create a vault with stronger compression.",
-        )],
+        &[
+            (
+                "coffre --vault /srv/vault init --zstd-level 6",
+                "Create a vault with stronger compression.",
+            ),
+            (
+                "coffre --vault /srv/images init --image-frame 1M",
+                "Create a vault that stores disk images about a fifth smaller (slower first random reads).",
+            ),
+        ],
     ),
     (
         "backup",
@@ -286,10 +292,16 @@ pub const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
     ("schedule", &[("coffre schedule", "Which items are due.")]),
     (
         "vault set",
-        &[(
-            "coffre vault set soft-delete-days 30",
-            "Keep deleted points recoverable for 30 days.",
-        )],
+        &[
+            (
+                "coffre vault set soft-delete-days 30",
+                "Keep deleted points recoverable for 30 days.",
+            ),
+            (
+                "coffre vault set image-frame 1M",
+                "Compress new disk-image blocks in 1 MiB frames from the next backup on.",
+            ),
+        ],
     ),
     (
         "ls",

@@ -64,6 +64,15 @@ enum Setting {
     },
     /// Forget the replica key (new replicas are plain; an encrypted one refuses to be updated)
     NoReplicaKey,
+    /// Bytes of neighbouring disk-image blocks that new backups compress together (a multiple of
+    /// 32K up to 4M; default 32K, one block per frame). Larger frames store images smaller and
+    /// back them up faster (1M: about a fifth smaller on the benchmark image, near restic and
+    /// borg), but the first random read of a frame decompresses up to all of it (milliseconds
+    /// instead of about 0.1 ms). Points already stored keep their frames; every point reads alike
+    ImageFrame {
+        #[arg(value_name = "SIZE", value_parser = crate::vault::parse_image_frame)]
+        size: usize,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -99,12 +108,14 @@ pub fn run(cli: &Cli, args: &VaultArgs) -> Result<ExitCode> {
                     .collect();
                 v["replicas"] = replicas.into();
                 v["replica_key"] = vault.replica_key()?.map(|k| k.check_value()).into();
+                v["image_frame"] = vault.image_frame().into();
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!("vault             {}", vault.root().display());
                 println!("id                {}", vault.id());
                 println!("soft-delete-days  {}", s.soft_delete_days);
                 println!("immutability      {}", s.immutability);
+                println!("image-frame       {}", kib(vault.image_frame()));
                 for (name, dir) in vault.replicas()? {
                     println!("replica {name:<9} {}", dir.display());
                 }
@@ -157,6 +168,13 @@ fn set(vault: &crate::vault::Vault, setting: &Setting) -> Result<()> {
             println!("replica key forgotten: new replicas are not encrypted");
             return Ok(());
         }
+        Setting::ImageFrame { size } => {
+            let lock = vault.lock(true)?;
+            let old = vault.image_frame();
+            vault.set_image_frame(&lock, *size)?;
+            println!("image-frame {} (was {})", kib(*size), kib(old));
+            return Ok(());
+        }
         Setting::NoReplica { name } => {
             let lock = vault.lock(true)?;
             vault.set_replica(&lock, name, None)?;
@@ -177,6 +195,15 @@ fn set(vault: &crate::vault::Vault, setting: &Setting) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// An image frame size as `vault set image-frame` takes it (32K, 2M).
+fn kib(bytes: usize) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{}M", bytes >> 20)
+    } else {
+        format!("{}K", bytes >> 10)
+    }
 }
 
 /// `vault set replica-key FILE`: reads FILE, or creates it first.

@@ -22,6 +22,8 @@ struct Record {
 }
 
 type CachedRecord = (Arc<Record>, u64);
+/// A record by (pack id, payload offset).
+type RecordKey = (i64, u64);
 
 /// Shared, bounded cache of decompressed records keyed by (pack, payload offset).
 struct RecordCache {
@@ -94,6 +96,10 @@ pub struct ChunkSource {
     packs: RwLock<HashMap<i64, Arc<str>>>,
     locations: Mutex<HashMap<ChunkId, ChunkLoc>>,
     cache: Mutex<RecordCache>,
+    /// Records being read and decompressed now, so threads asking for chunks of the same record
+    /// (neighbouring blocks of one image frame) wait for one decompression instead of each
+    /// doing it.
+    loading: Mutex<HashMap<RecordKey, Arc<Mutex<()>>>>,
 }
 
 impl ChunkSource {
@@ -109,6 +115,7 @@ impl ChunkSource {
                 limit: cache_bytes,
                 tick: 0,
             }),
+            loading: Mutex::new(HashMap::new()),
         }
     }
 
@@ -199,6 +206,31 @@ impl ChunkSource {
         if let Some(rec) = self.cache.lock().expect("cache lock").get(key) {
             return Ok(rec);
         }
+        let turn = self
+            .loading
+            .lock()
+            .expect("loading lock")
+            .entry(key)
+            .or_default()
+            .clone();
+        let held = turn.lock().expect("record turn");
+        // Whoever held the turn before may have cached the record meanwhile.
+        let cached = self.cache.lock().expect("cache lock").get(key);
+        let r = match cached {
+            Some(rec) => Ok(rec),
+            None => self.decompress(id, loc),
+        };
+        drop(held);
+        let mut loading = self.loading.lock().expect("loading lock");
+        if Arc::strong_count(&turn) == 2 {
+            loading.remove(&key);
+        }
+        r
+    }
+
+    /// Reads and decompresses the record holding `id` and caches it.
+    fn decompress(&self, id: &ChunkId, loc: &ChunkLoc) -> VaultResult<Arc<Record>> {
+        let key = (loc.pack, loc.record.offset);
         let bad = |detail: String| VaultError::BadChunk { id: *id, detail };
         let name = self.pack_name(id, loc.pack)?;
         let mut stored = vec![0u8; loc.record.stored_len as usize];
@@ -209,8 +241,7 @@ impl ChunkSource {
             Codec::Raw => stored,
             Codec::Zstd => {
                 let mut out = Vec::with_capacity(loc.record.plain_len as usize);
-                zstd::bulk::Decompressor::new()
-                    .and_then(|mut d| d.decompress_to_buffer(&stored[..], &mut out))
+                with_decompressor(|d| d.decompress_to_buffer(&stored[..], &mut out))
                     .map_err(|e| bad(format!("cannot decompress: {e}")))?;
                 out
             }
@@ -227,6 +258,25 @@ impl ChunkSource {
         self.cache.lock().expect("cache lock").put(key, rec.clone());
         Ok(rec)
     }
+}
+
+thread_local! {
+    /// One zstd context per reading thread, made on its first record and kept.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's zstd decompression context.
+fn with_decompressor<T>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        f(slot.as_mut().expect("made above"))
+    })
 }
 
 fn pack_error(id: &ChunkId, pack: &str, e: std::io::Error) -> VaultError {

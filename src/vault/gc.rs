@@ -366,6 +366,7 @@ impl Vault {
     ) -> VaultResult<Vec<ChunkId>> {
         let mut group = session.sink(SinkMode::Group);
         let mut alone = session.sink(SinkMode::Alone);
+        let mut image = session.sink(SinkMode::Image);
         let mut unreadable = Vec::new();
         let mut failed = None;
         for p in round.iter().filter(|p| !p.live.is_empty()) {
@@ -378,6 +379,9 @@ impl Vault {
                     Ok(b) if failed.is_none() => {
                         let sink = if p.single.contains(&row.loc.record.offset) {
                             &mut alone
+                        } else if row.loc.record.plain_len as usize > super::write::LARGEST_GROUP {
+                            // A large image frame stays one (of the vault's frame size now).
+                            &mut image
                         } else {
                             &mut group
                         };

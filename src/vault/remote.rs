@@ -644,6 +644,7 @@ impl Vault {
             None => {
                 let init = InitOptions {
                     zstd_level: self.zstd_level,
+                    image_frame: self.image_frame,
                 };
                 drop(Vault::init(work, &init)?);
             }

@@ -425,6 +425,7 @@ impl Vault {
         let replica = if created {
             let opts = InitOptions {
                 zstd_level: self.zstd_level,
+                image_frame: self.image_frame,
             };
             Vault::init(target, &opts).map_err(|e| match e {
                 VaultError::Foreign(_) => bad_target(

@@ -37,6 +37,8 @@ use super::{Vault, VaultError, VaultResult, WriteLock, now_ns, random_hex};
 pub const GROUP_TARGET: usize = 256 * 1024;
 /// Chunks at least this big get a record of their own.
 const ALONE: usize = GROUP_TARGET / 2;
+/// No `Group` record holds more plain bytes than this: a bigger one is an image frame.
+pub(super) const LARGEST_GROUP: usize = GROUP_TARGET + ALONE;
 
 /// How a session runs.
 #[derive(Clone, Debug, Default)]
@@ -50,9 +52,12 @@ pub struct SessionOptions {
 pub enum SinkMode {
     /// Small chunks share one zstd frame (files: better ratio, fewer records).
     Group,
-    /// Every chunk is a record of its own (disk blocks: a random read through the mount
-    /// decompresses one block, not four).
+    /// Every chunk is a record of its own.
     Alone,
+    /// Disk-image blocks: neighbouring blocks share one frame of the vault's image frame size
+    /// (`Vault::image_frame`; at its default, 32 KiB, each block is a record of its own, so a
+    /// random read through the mount decompresses one block).
+    Image,
 }
 
 /// A point to commit: what the backup knows; the session adds ids, counts and sizes.
@@ -123,6 +128,8 @@ struct SinkShared {
     pool: Mutex<Pool>,
     records: Sender<Record>,
     level: i32,
+    /// `Vault::image_frame`: where an `Image` sink closes a record.
+    image_frame: usize,
     claimed: Mutex<HashSet<ChunkId>>,
     damage: Arc<DamageSet>,
     new_chunks: AtomicU64,
@@ -213,6 +220,7 @@ impl Vault {
                 }),
                 records: rec_tx,
                 level: self.zstd_level(),
+                image_frame: self.image_frame(),
                 claimed: Mutex::new(HashSet::new()),
                 damage: damage.clone(),
                 new_chunks: AtomicU64::new(0),
@@ -640,19 +648,34 @@ impl ChunkSink<'_> {
         if !self.claim(&id, data.len())? {
             return Ok(false);
         }
-        if self.mode == SinkMode::Alone || data.len() >= ALONE {
-            self.send(data.to_vec(), vec![(id, data.len() as u32)])?;
-            return Ok(true);
+        self.add(id, data)?;
+        Ok(true)
+    }
+
+    /// Where this sink closes a record: records of chunks this big or bigger hold them alone.
+    fn target(&self) -> usize {
+        match self.mode {
+            SinkMode::Alone => 0,
+            SinkMode::Group => GROUP_TARGET,
+            SinkMode::Image => self.shared.image_frame,
+        }
+    }
+
+    /// Adds a claimed chunk to the open record, or sends it in one of its own.
+    fn add(&mut self, id: ChunkId, data: &[u8]) -> VaultResult<()> {
+        let target = self.target();
+        if data.len() >= target.min(ALONE.max(target / 2)) {
+            return self.send(data.to_vec(), vec![(id, data.len() as u32)]);
         }
         if self.buf.capacity() == 0 {
-            self.buf.reserve(GROUP_TARGET + ALONE);
+            self.buf.reserve(target + target / 2);
         }
         self.buf.extend_from_slice(data);
         self.chunks.push((id, data.len() as u32));
-        if self.buf.len() >= GROUP_TARGET {
+        if self.buf.len() >= target {
             self.flush()?;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Stores chunk `id` again even though the vault holds it (a collection moving live chunks
@@ -662,15 +685,7 @@ impl ChunkSink<'_> {
         if !self.shared.claimed.lock().expect("dedup lock").insert(id) {
             return Ok(());
         }
-        if self.mode == SinkMode::Alone || data.len() >= ALONE {
-            return self.send(data.to_vec(), vec![(id, data.len() as u32)]);
-        }
-        self.buf.extend_from_slice(data);
-        self.chunks.push((id, data.len() as u32));
-        if self.buf.len() >= GROUP_TARGET {
-            self.flush()?;
-        }
-        Ok(())
+        self.add(id, data)
     }
 
     /// Hands the open group, if any, to the compression pool.

@@ -1,0 +1,253 @@
+//! End-to-end: disk images stored with large image frames (`init --image-frame`, `vault set
+//! image-frame`), through the real binaries: neighbouring blocks compressed together store
+//! smaller, and read back exactly through the mount, `coffre restore` and `coffre-restore`
+//! (sparse); points written with another frame size read alike; gc keeps them readable; a
+//! damaged frame fails the reads of its own blocks with EIO and never returns wrong bytes.
+
+mod common;
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use common::*;
+
+const BLOCK: usize = 32 * 1024;
+
+/// One 32 KiB block that does not compress on its own: noise, with the block number written
+/// into it so every block is a distinct chunk. Neighbouring blocks share everything else, so
+/// only a frame holding several of them shrinks.
+fn block(n: u64) -> Vec<u8> {
+    let mut b = noise(BLOCK, 7);
+    b[..8].copy_from_slice(&n.to_le_bytes());
+    b[BLOCK / 2..BLOCK / 2 + 8].copy_from_slice(&(n * 31).to_le_bytes());
+    b
+}
+
+/// A 64 MiB sparse image: 4 MiB of near-identical blocks at 0, a hole, 1 MiB more at 32 MiB,
+/// and an unaligned tail of text. Returns its bytes.
+fn make_image(p: &Path) -> Vec<u8> {
+    let f = std::fs::File::create(p).unwrap();
+    f.set_len(64 << 20).unwrap();
+    for i in 0..128u64 {
+        f.write_all_at(&block(i), i * BLOCK as u64).unwrap();
+    }
+    for i in 0..32u64 {
+        f.write_all_at(&block(1000 + i), (32 << 20) + i * BLOCK as u64)
+            .unwrap();
+    }
+    f.write_all_at(&text(5000, 3), (64 << 20) - 5000).unwrap();
+    std::fs::read(p).unwrap()
+}
+
+fn backup_disk(t: &TestVault, item: &str, img: &Path) -> serde_json::Value {
+    let out = t.ok(&[
+        "backup-disk",
+        "--json",
+        "--item",
+        item,
+        img.to_str().unwrap(),
+    ]);
+    serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
+}
+
+fn pack_bytes(t: &TestVault) -> u64 {
+    pack_files(t)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum()
+}
+
+/// Reads the whole image through the mount in 32 KiB pieces: each piece is either exactly the
+/// reference's bytes or fails with EIO (never wrong bytes). Returns the block numbers that
+/// failed.
+fn blocks_failing_with_eio(image: &Path, want: &[u8]) -> Vec<usize> {
+    let f = std::fs::File::open(image).unwrap();
+    let mut failed = Vec::new();
+    for (i, expect) in want.chunks(BLOCK).enumerate() {
+        let mut buf = vec![0u8; expect.len()];
+        match f.read_exact_at(&mut buf, (i * BLOCK) as u64) {
+            Ok(()) => assert!(buf == expect, "block {i} read back wrong bytes"),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EIO), "block {i}: {e}");
+                failed.push(i);
+            }
+        }
+    }
+    failed
+}
+
+#[test]
+fn large_frames_store_an_image_smaller_and_every_reader_gets_it_back_exactly() {
+    let small = TestVault::new();
+    small.ok(&["init"]);
+    let t = TestVault::new();
+    t.ok(&["init", "--image-frame", "1M"]);
+    let shown = json(&t.ok(&["vault", "show", "--json"]));
+    assert_eq!(shown["image_frame"], 1 << 20, "{shown}");
+    let img = t.path("disk.img");
+    let want = make_image(&img);
+    backup_disk(&small, "d", &img);
+    let b = backup_disk(&t, "d", &img);
+    assert_eq!(
+        b["point"]["new_chunks"], 161,
+        "one chunk per distinct block: {b}"
+    );
+    // Alone, each block costs its 32 KiB; in 1 MiB frames the neighbours compress away.
+    let (alone, framed) = (pack_bytes(&small), pack_bytes(&t));
+    assert!(
+        alone > 160 * BLOCK as u64,
+        "32 KiB frames stored {alone} bytes"
+    );
+    assert!(
+        framed * 8 < alone,
+        "1 MiB frames stored {framed} bytes against {alone} for 32 KiB frames"
+    );
+    {
+        let m = MountGuard::start(&t, &[]);
+        let in_mount = m.latest("d").join("disk.img");
+        assert!(std::fs::read(&in_mount).unwrap() == want, "mount differs");
+        let data: u64 = data_map(&in_mount).iter().map(|x| x.1).sum();
+        assert!(data < 6 << 20, "the mount reports {data} bytes of data");
+        // Random reads, across frame and block boundaries, in no order.
+        let f = std::fs::File::open(&in_mount).unwrap();
+        for off in [
+            (3 << 20) + 7,
+            5,
+            (1 << 20) - 100,
+            (32 << 20) + 4096,
+            (64 << 20) - 4096,
+            (2 << 20) - 1,
+        ] {
+            let mut buf = vec![0u8; 4096];
+            let n = f.read_at(&mut buf, off).unwrap();
+            assert_eq!(&buf[..n], &want[off as usize..off as usize + n], "at {off}");
+        }
+    }
+    for (how, out) in [("restore", t.path("r1")), ("sidecar", t.path("r2.img"))] {
+        let file = if how == "restore" {
+            t.restore("d", &out);
+            out.join("disk.img")
+        } else {
+            let r = sidecar(&t, &["disk", "d", "--to", out.to_str().unwrap()]);
+            assert!(r.status.success(), "coffre-restore: {}", stderr(&r));
+            out
+        };
+        assert!(std::fs::read(&file).unwrap() == want, "{how} differs");
+        let blocks = std::fs::metadata(&file).unwrap().blocks();
+        let orig = std::fs::metadata(&img).unwrap().blocks();
+        // Holes stay holes; a stored block is written whole (the tail's 32 KiB block too).
+        assert!(
+            blocks <= orig + 64,
+            "{how}: not sparse ({blocks} vs {orig})"
+        );
+    }
+    t.ok(&["verify"]);
+}
+
+#[test]
+fn points_of_every_frame_size_read_alike_and_gc_keeps_them_readable() {
+    let t = TestVault::new();
+    t.ok(&["init"]);
+    let img = t.path("disk.img");
+    let first = make_image(&img);
+    backup_disk(&t, "d", &img);
+    let set = t.ok(&["vault", "set", "image-frame", "2M"]);
+    assert!(set.contains("image-frame 2M (was 32K)"), "{set}");
+    // Change half of the first 4 MiB: new blocks go into 2 MiB frames.
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    for i in 0..64u64 {
+        f.write_all_at(&block(5000 + i), (i * 2) * BLOCK as u64)
+            .unwrap();
+    }
+    drop(f);
+    let second = std::fs::read(&img).unwrap();
+    let b = backup_disk(&t, "d", &img);
+    assert_eq!(b["point"]["new_chunks"], 64, "{b}");
+    let check = |label: &str| {
+        let m = MountGuard::start(&t, &[]);
+        let points = m.latest("d").parent().unwrap().to_path_buf();
+        let mut seen: Vec<Vec<u8>> = std::fs::read_dir(&points)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap() != "latest")
+            .map(|p| std::fs::read(p.join("disk.img")).unwrap())
+            .collect();
+        seen.sort();
+        let mut want = vec![first.clone(), second.clone()];
+        want.sort();
+        if label == "after gc" {
+            want.retain(|w| *w == second);
+        }
+        assert!(seen == want, "{label}: the points read back differ");
+    };
+    check("before gc");
+    // Forget the 32 KiB point and collect: the 32 KiB blocks it alone held go; what is left
+    // (including 2 MiB frames moved out of emptied packs) still reads exactly.
+    let points = t.points("d");
+    let old = points[0]["id"].as_str().unwrap();
+    let spec = format!("d@{old}");
+    t.ok(&["forget", &spec]);
+    t.ok(&["purge", &spec]);
+    t.ok(&["gc"]);
+    check("after gc");
+    t.ok(&["verify"]);
+}
+
+#[test]
+fn a_damaged_frame_fails_the_reads_of_its_own_blocks_only() {
+    let t = TestVault::new();
+    t.ok(&["init", "--image-frame", "256K"]);
+    let img = t.path("disk.img");
+    let want = make_image(&img);
+    backup_disk(&t, "d", &img);
+    // Flip a byte in the middle of the record (frame) that holds block 40.
+    let db = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
+    let (pack, at, len): (String, u64, u64) = db
+        .query_row(
+            "SELECT p.name, c.rec_offset, c.rec_stored FROM chunks c JOIN packs p ON p.id = c.pack
+             WHERE c.id = ?1",
+            [blake3::hash(&block(40)).as_bytes().to_vec()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    drop(db);
+    let file = t.vault().join("packs").join(format!("{pack}.pack"));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[(at + len / 2) as usize] ^= 0x40;
+    std::fs::write(&file, &bytes).unwrap();
+    {
+        let m = MountGuard::start(&t, &[]);
+        let failed = blocks_failing_with_eio(&m.latest("d").join("disk.img"), &want);
+        // One 256 KiB frame: blocks 40..48 (every frame holds 8 neighbouring blocks).
+        assert_eq!(failed, (40..48).collect::<Vec<_>>(), "blocks failing");
+    }
+    let out = t.run(&["verify"]);
+    assert!(!out.status.success(), "verify passed a damaged frame");
+    let r = t.run(&["restore", "d", "--to", t.path("r").to_str().unwrap()]);
+    assert!(
+        !r.status.success(),
+        "a restore of a damaged frame succeeded"
+    );
+}
+
+#[test]
+fn a_bad_image_frame_is_one_line_and_changes_nothing() {
+    let t = TestVault::new();
+    t.ok(&["init"]);
+    for bad in ["3K", "0", "48K", "8M", "lots"] {
+        let out = t.run(&["vault", "set", "image-frame", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("image frame must be a multiple of 32K")
+                || stderr(&out).contains("is not a size"),
+            "{bad}: {}",
+            stderr(&out)
+        );
+    }
+    let shown = json(&t.ok(&["vault", "show", "--json"]));
+    assert_eq!(shown["image_frame"], 32 * 1024, "{shown}");
+    let u = TestVault::new();
+    let out = u.run(&["init", "--image-frame", "5M"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(!u.vault().exists(), "a refused init made a vault");
+}
