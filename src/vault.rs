@@ -257,12 +257,15 @@ pub fn parse_image_frame(s: &str) -> Result<usize, String> {
         .ok()
         .and_then(|n| n.checked_mul(unit))
         .ok_or_else(|| format!("{s:?} is not a size (use e.g. 32K, 256K or 2M)"))?;
+    check_image_frame(bytes).map_err(|e| format!("{e}, not {s}"))
+}
+
+/// `bytes` if it is an image frame size a vault may have: a multiple of 32 KiB up to 4 MiB.
+pub fn check_image_frame(bytes: usize) -> Result<usize, String> {
     if !(DEFAULT_IMAGE_FRAME..=MAX_IMAGE_FRAME).contains(&bytes)
         || !bytes.is_multiple_of(DEFAULT_IMAGE_FRAME)
     {
-        return Err(format!(
-            "an image frame must be a multiple of 32K from 32K to 4M, not {s}"
-        ));
+        return Err("an image frame must be a multiple of 32K from 32K to 4M".into());
     }
     Ok(bytes)
 }
@@ -383,11 +386,10 @@ impl Vault {
                 ),
             });
         }
-        let frame =
-            parse_image_frame(&opts.image_frame.to_string()).map_err(|e| VaultError::Io {
-                path: path.to_path_buf(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-            })?;
+        let frame = check_image_frame(opts.image_frame).map_err(|e| VaultError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
         // Owner only, whatever the umask: the vault holds everything that was backed up.
         fs::DirBuilder::new()
             .recursive(true)

@@ -228,6 +228,20 @@ fn a_damaged_frame_fails_the_reads_of_its_own_blocks_only() {
         !r.status.success(),
         "a restore of a damaged frame succeeded"
     );
+    // The next backup of the image stores the damaged frame's blocks again: the new point and
+    // the old one read whole.
+    let b = backup_disk(&t, "d", &img);
+    assert_eq!(b["point"]["new_chunks"], 8, "{b}");
+    let m = MountGuard::start(&t, &[]);
+    let points = m.latest("d").parent().unwrap().to_path_buf();
+    for p in std::fs::read_dir(&points).unwrap() {
+        let p = p.unwrap().path().join("disk.img");
+        assert_eq!(
+            blocks_failing_with_eio(&p, &want),
+            Vec::<usize>::new(),
+            "{p:?}"
+        );
+    }
 }
 
 #[test]
@@ -250,4 +264,48 @@ fn a_bad_image_frame_is_one_line_and_changes_nothing() {
     let out = u.run(&["init", "--image-frame", "5M"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(!u.vault().exists(), "a refused init made a vault");
+}
+
+/// (records, chunks) in the vault's catalog.
+fn records_and_chunks(t: &TestVault) -> (u64, u64) {
+    let db = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
+    db.query_row(
+        "SELECT COUNT(DISTINCT pack || ':' || rec_offset), COUNT(*) FROM chunks",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn the_default_frame_is_the_layout_vaults_had_before_and_a_catalog_without_the_setting_opens() {
+    let t = TestVault::new();
+    t.ok(&["init"]);
+    let img = t.path("disk.img");
+    let want = make_image(&img);
+    backup_disk(&t, "d", &img);
+    // One record (one zstd frame) per block, as every coffre before image frames wrote.
+    let (records, chunks) = records_and_chunks(&t);
+    assert_eq!((records, chunks), (161, 161), "records, chunks");
+    // A catalog made before the setting existed has no image_frame key.
+    let db = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
+    assert_eq!(
+        db.execute("DELETE FROM meta WHERE key = 'image_frame'", [])
+            .unwrap(),
+        1
+    );
+    drop(db);
+    let shown = json(&t.ok(&["vault", "show", "--json"]));
+    assert_eq!(shown["image_frame"], 32 * 1024, "{shown}");
+    {
+        let m = MountGuard::start(&t, &[]);
+        assert!(std::fs::read(m.latest("d").join("disk.img")).unwrap() == want);
+    }
+    t.restore("d", &t.path("r"));
+    assert!(std::fs::read(t.path("r").join("disk.img")).unwrap() == want);
+    // The same image in 256 KiB frames: 8 blocks per record.
+    let u = TestVault::new();
+    u.ok(&["init", "--image-frame", "256K"]);
+    backup_disk(&u, "d", &img);
+    assert_eq!(records_and_chunks(&u), (21, 161), "records, chunks");
 }
