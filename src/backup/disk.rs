@@ -122,6 +122,9 @@ fn read_image(
     let mut buf = vec![0u8; BLOCK];
     let mut region = 0usize;
     let mut pos = 0u64;
+    // Frames start at multiples of the frame size in the image, so a read of an aligned range
+    // (the mount's 1 MiB requests) decompresses frames no other such read needs.
+    let frame = session.image_frame() as u64;
     while pos < size {
         if abort.is_set() {
             return Err(BackupError::Aborted("stopped".into()));
@@ -141,6 +144,9 @@ fn read_image(
                 Extent::Hole { len }
             } else {
                 let id = ChunkId::of(b);
+                if pos.is_multiple_of(frame) {
+                    sink.flush()?;
+                }
                 sink.put(id, b)?;
                 seg_data += len;
                 Extent::Data { id, len }

@@ -65,7 +65,7 @@ enum Setting {
     /// Forget the replica key (new replicas are plain; an encrypted one refuses to be updated)
     NoReplicaKey,
     /// Bytes of neighbouring disk-image blocks that new backups compress together (a multiple of
-    /// 32K up to 4M; default 32K, one block per frame). Larger frames store images smaller and
+    /// 32K up to 1M; default 32K, one block per frame). Larger frames store images smaller and
     /// back them up faster (1M: about a fifth smaller on the benchmark image, near restic and
     /// borg), but the first random read of a frame decompresses up to all of it (milliseconds
     /// instead of about 0.1 ms). Points already stored keep their frames; every point reads alike
@@ -197,7 +197,7 @@ fn set(vault: &crate::vault::Vault, setting: &Setting) -> Result<()> {
     Ok(())
 }
 
-/// An image frame size as `vault set image-frame` takes it (32K, 2M).
+/// An image frame size as `vault set image-frame` takes it (32K, 1M).
 fn kib(bytes: usize) -> String {
     if bytes.is_multiple_of(1 << 20) {
         format!("{}M", bytes >> 20)
