@@ -153,10 +153,10 @@ fn change(img: &Path, blocks: impl Iterator<Item = u64>, seed: u64) -> Vec<u8> {
     std::fs::read(img).unwrap()
 }
 
-/// Every point of item `d` read through a fresh mount, sorted.
-fn images_in_mount(t: &TestVault) -> Vec<Vec<u8>> {
+/// Every point of `item` read through a fresh mount, sorted.
+fn images_in_mount(t: &TestVault, item: &str) -> Vec<Vec<u8>> {
     let m = MountGuard::start(t, &[]);
-    let points = m.latest("d").parent().unwrap().to_path_buf();
+    let points = m.latest(item).parent().unwrap().to_path_buf();
     let mut seen: Vec<Vec<u8>> = std::fs::read_dir(&points)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -206,7 +206,10 @@ fn points_of_every_frame_size_read_alike_and_gc_keeps_frames_whole() {
     backup_disk(&t, "d", &img);
     let mut all = vec![a, b, c.clone()];
     all.sort();
-    assert!(images_in_mount(&t) == all, "the points read back differ");
+    assert!(
+        images_in_mount(&t, "d") == all,
+        "the points read back differ"
+    );
     // Forget the first two points and collect every pack with anything dead in it: the 62
     // blocks still live in the second point's frames move into 1 MiB frames again (bigger
     // than any record of grouped files: 384 KiB), and the newest point reads exactly.
@@ -219,7 +222,7 @@ fn points_of_every_frame_size_read_alike_and_gc_keeps_frames_whole() {
     assert!(gc["packs_repacked"].as_u64().unwrap() >= 1, "{gc}");
     assert_eq!(chunks_in_frames(&t, 384 << 10), 62, "{gc}");
     assert!(
-        images_in_mount(&t) == vec![c],
+        images_in_mount(&t, "d") == vec![c],
         "the newest point differs after gc"
     );
     t.ok(&["verify"]);
@@ -340,4 +343,62 @@ fn the_default_frame_is_the_layout_vaults_had_before_and_a_catalog_without_the_s
     u.ok(&["init", "--image-frame", "256K"]);
     backup_disk(&u, "d", &img);
     assert_eq!(records_and_chunks(&u), (21, 161), "records, chunks");
+}
+
+/// SHA-256 of the two images in tests/fixtures/vault-before-image-frames.tar.gz.
+const FIXTURE_FIRST: &str = "318dd119671d0672f7544a34c0c10ce0c232e2811537b9cc5c1bbcb4edcc30ad";
+const FIXTURE_SECOND: &str = "a0df98b70ddba5b8d60afa2b40af32c598a1b0d8ae04852080b5fceb765c36d4";
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn a_vault_written_before_image_frames_mounts_restores_verifies_and_takes_new_points() {
+    let t = TestVault::new();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/vault-before-image-frames.tar.gz");
+    let out = std::process::Command::new("tar")
+        .args(["-xzf", fixture.to_str().unwrap(), "-C"])
+        .arg(t.dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "tar: {}", stderr(&out));
+    let shown = json(&t.ok(&["vault", "show", "--json"]));
+    assert_eq!(shown["image_frame"], 32 * 1024, "{shown}");
+    let mut read: Vec<String> = images_in_mount(&t, "disk")
+        .iter()
+        .map(|b| sha256(b))
+        .collect();
+    read.sort();
+    let mut want = vec![FIXTURE_FIRST.to_string(), FIXTURE_SECOND.to_string()];
+    want.sort();
+    assert_eq!(read, want, "the old points read through the mount");
+    t.restore("disk", &t.path("r"));
+    let restored = t.path("r").join("disk.img");
+    let second = std::fs::read(&restored).unwrap();
+    assert_eq!(sha256(&second), FIXTURE_SECOND, "restored");
+    assert!(
+        std::fs::metadata(&restored).unwrap().blocks() < 2048,
+        "the restored 16 MiB image is not sparse"
+    );
+    t.ok(&["verify"]);
+    // This coffre writes into it, with 1 MiB frames from now on: a new item whose image shares
+    // all but two blocks with the old points.
+    t.ok(&["vault", "set", "image-frame", "1M"]);
+    let third = change(&restored, [100, 101].into_iter(), 9000);
+    let b = backup_disk(&t, "d", &restored);
+    assert_eq!(b["point"]["new_chunks"], 2, "{b}");
+    assert!(images_in_mount(&t, "d") == vec![third], "the new point");
+    let mut read: Vec<String> = images_in_mount(&t, "disk")
+        .iter()
+        .map(|b| sha256(b))
+        .collect();
+    read.sort();
+    assert_eq!(read, want, "the old points, after a new one");
+    t.ok(&["verify"]);
 }
