@@ -74,8 +74,8 @@ enum Command {
               value_parser = clap::value_parser!(i32).range(-7..=22))]
         zstd_level: i32,
         /// Bytes of neighbouring disk-image blocks compressed together, a multiple of 32K up to
-        /// 1M: 32K (one block per frame) keeps random reads through the mount fastest; 1M stores
-        /// images about a fifth smaller, and the first random read of a frame then costs
+        /// 1M: 32K (one block per frame) keeps random reads through the mount fastest; 1M stored
+        /// the benchmark images 12-20 % smaller, and the first random read of a frame then costs
         /// milliseconds (see `coffre vault set image-frame`)
         #[arg(long, value_name = "SIZE", default_value = "32K",
               value_parser = crate::vault::parse_image_frame)]

@@ -258,7 +258,7 @@ pub fn parse_image_frame(s: &str) -> Result<usize, String> {
         .parse::<usize>()
         .ok()
         .and_then(|n| n.checked_mul(unit))
-        .ok_or_else(|| format!("{s:?} is not a size (use e.g. 32K, 256K or 2M)"))?;
+        .ok_or_else(|| format!("{s:?} is not a size (use e.g. 32K, 256K or 1M)"))?;
     check_image_frame(bytes).map_err(|e| format!("{e}, not {s}"))
 }
 
@@ -327,15 +327,17 @@ pub struct Vault {
 /// The catalog's meta key for `Vault::image_frame`.
 const IMAGE_FRAME_KEY: &str = "image_frame";
 
-/// The image frame a catalog asks for (the default for vaults made before the setting).
+/// The image frame a catalog asks for: the default for vaults made before the setting, and for
+/// a value this coffre does not know (a later version's, or a hand edit): reading never needs
+/// it, and a backup then writes the layout every version reads.
 fn image_frame_of(catalog: &Catalog) -> VaultResult<usize> {
-    match catalog.meta(IMAGE_FRAME_KEY)? {
-        None => Ok(DEFAULT_IMAGE_FRAME),
-        Some(v) => parse_image_frame(&v).map_err(|e| VaultError::Damaged {
-            path: "vault.db".into(),
-            detail: format!("its image frame setting is wrong: {e}"),
+    Ok(match catalog.meta(IMAGE_FRAME_KEY)? {
+        None => DEFAULT_IMAGE_FRAME,
+        Some(v) => parse_image_frame(&v).unwrap_or_else(|e| {
+            log::warn!("vault.db: image frame {v:?} ignored ({e}); 32K is used");
+            DEFAULT_IMAGE_FRAME
         }),
-    }
+    })
 }
 
 /// Decompressed records a process keeps in memory, by default.
@@ -455,12 +457,14 @@ impl Vault {
         let image_frame = image_frame_of(&catalog)?;
         let id = catalog.meta("vault_id")?.unwrap_or_default();
         let pool = Arc::new(CatalogPool::new(db, None));
-        // Room for several image frames, so a sequential read decompresses each once.
+        // Room for two frames per core: restore threads each read their own part of an image,
+        // and each must find its current frame still cached at its next block.
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         let reader = Arc::new(VaultReader::new(
             path.to_path_buf(),
             pool,
             store.clone(),
-            DEFAULT_CACHE_BYTES.max(8 * image_frame),
+            DEFAULT_CACHE_BYTES.max(2 * cores * image_frame),
         ));
         Ok(Vault {
             root: path.to_path_buf(),

@@ -228,43 +228,49 @@ fn points_of_every_frame_size_read_alike_and_gc_keeps_frames_whole() {
     t.ok(&["verify"]);
 }
 
-#[test]
-fn a_damaged_frame_fails_the_reads_of_its_own_blocks_only() {
-    let t = TestVault::new();
-    t.ok(&["init", "--image-frame", "256K"]);
-    let img = t.path("disk.img");
-    let want = make_image(&img);
-    backup_disk(&t, "d", &img);
-    // Flip a byte in the middle of the record (frame) that holds block 40.
+/// Flips a byte in the middle of the record (frame) that holds block `n` of `make_image`.
+fn damage_frame_of(t: &TestVault, n: u64) {
     let db = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
     let (pack, at, len): (String, u64, u64) = db
         .query_row(
             "SELECT p.name, c.rec_offset, c.rec_stored FROM chunks c JOIN packs p ON p.id = c.pack
              WHERE c.id = ?1",
-            [blake3::hash(&block(40)).as_bytes().to_vec()],
+            [blake3::hash(&block(n)).as_bytes().to_vec()],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .unwrap();
-    drop(db);
     let file = t.vault().join("packs").join(format!("{pack}.pack"));
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[(at + len / 2) as usize] ^= 0x40;
     std::fs::write(&file, &bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_frame_fails_the_reads_of_its_own_blocks_only_and_heals_whole() {
+    let t = TestVault::new();
+    t.ok(&["init", "--image-frame", "256K"]);
+    let img = t.path("disk.img");
+    let want = make_image(&img);
+    backup_disk(&t, "d", &img);
+    // Every 256 KiB frame holds 8 neighbouring blocks: 40..48 here.
+    damage_frame_of(&t, 40);
     {
         let m = MountGuard::start(&t, &[]);
         let failed = blocks_failing_with_eio(&m.latest("d").join("disk.img"), &want);
-        // One 256 KiB frame: blocks 40..48 (every frame holds 8 neighbouring blocks).
         assert_eq!(failed, (40..48).collect::<Vec<_>>(), "blocks failing");
     }
     let out = t.run(&["verify"]);
     assert!(!out.status.success(), "verify passed a damaged frame");
+    let healed = backup_disk(&t, "d", &img);
+    assert_eq!(healed["point"]["new_chunks"], 8, "{healed}");
+    // A second damaged frame, met only by a restore that stops at its first bad block: the
+    // failure covers the whole frame, so the next backup stores all its 8 blocks again.
+    damage_frame_of(&t, 80);
     let r = t.run(&["restore", "d", "--to", t.path("r").to_str().unwrap()]);
     assert!(
         !r.status.success(),
         "a restore of a damaged frame succeeded"
     );
-    // The next backup of the image stores the damaged frame's blocks again: the new point and
-    // the old one read whole.
     let b = backup_disk(&t, "d", &img);
     assert_eq!(b["point"]["new_chunks"], 8, "{b}");
     let m = MountGuard::start(&t, &[]);
@@ -277,6 +283,25 @@ fn a_damaged_frame_fails_the_reads_of_its_own_blocks_only() {
             "{p:?}"
         );
     }
+}
+
+#[test]
+fn frames_never_cross_a_multiple_of_their_size_in_the_image() {
+    let t = TestVault::new();
+    t.ok(&["init", "--image-frame", "1M"]);
+    // 1 MiB regions: 20 blocks then zeros; a zero block at 1 MiB, then 10 blocks; 3 blocks
+    // after a hole at 3 MiB. Frames are one per region, whatever the zeros between them.
+    let img = t.path("disk.img");
+    let f = std::fs::File::create(&img).unwrap();
+    f.set_len(8 << 20).unwrap();
+    let blocks = (0..20u64).chain(33..43).chain(96..99);
+    for i in blocks {
+        f.write_all_at(&block(i), i * BLOCK as u64).unwrap();
+    }
+    f.write_all_at(&[0u8; BLOCK], 32 * BLOCK as u64).unwrap();
+    drop(f);
+    backup_disk(&t, "d", &img);
+    assert_eq!(records_and_chunks(&t), (3, 33), "records, chunks");
 }
 
 #[test]

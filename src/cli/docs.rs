@@ -171,7 +171,7 @@ pub const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
             ),
             (
                 "coffre --vault /srv/images init --image-frame 1M",
-                "Create a vault that stores disk images about a fifth smaller (slower first random reads).",
+                "Create a vault that stores disk images 12-20 % smaller (slower first random reads).",
             ),
         ],
     ),

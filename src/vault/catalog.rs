@@ -1332,6 +1332,11 @@ impl Catalog {
             .optional()?)
     }
 
+    /// The rows of the chunks stored in the record at `rec_offset` of pack `pack`.
+    pub fn chunks_in_record(&self, pack: i64, rec_offset: u64) -> VaultResult<Vec<ChunkRow>> {
+        self.chunk_rows_where("pack = ?1 AND rec_offset = ?2", [pack, rec_offset as i64])
+    }
+
     /// The chunk rows naming pack `pack`.
     pub fn chunk_rows_in_pack(&self, pack: i64) -> VaultResult<Vec<ChunkRow>> {
         self.chunk_rows_where("pack = ?1", [pack])

@@ -72,6 +72,10 @@ impl RecordCache {
     }
 }
 
+/// The detail of a chunk whose record was read but whose bytes are not its own: the other chunks
+/// of the record may be whole.
+const MISMATCH: &str = "content does not match its hash";
+
 /// Chunk locations kept in memory at most (about 80 bytes each).
 const MAX_LOCATIONS: usize = 1 << 16;
 
@@ -145,13 +149,53 @@ impl ChunkSource {
             if ChunkId::of(data) != *id {
                 return Err(VaultError::BadChunk {
                     id: *id,
-                    detail: "content does not match its hash".into(),
+                    detail: MISMATCH.into(),
                 });
             }
             verified.push(loc.offset);
         }
         drop(verified);
         Ok(ChunkBytes { rec, range })
+    }
+
+    /// The chunks a failure to read `id` shows damaged, so the next backup stores them all again
+    /// at once: `id`, and the other chunks of its record that are damaged too (every one when
+    /// the record could not be read: a short pack, a frame zstd refuses; those whose bytes do
+    /// not match their id when it could, as when a flipped byte changed a frame's output).
+    pub fn covered_by(&self, id: &ChunkId, e: &VaultError) -> Vec<ChunkId> {
+        let mut out = vec![*id];
+        let VaultError::BadChunk { detail, .. } = e else {
+            return out;
+        };
+        let Ok(loc) = self.location(id) else {
+            return out;
+        };
+        if loc.record.plain_len == loc.len {
+            return out;
+        }
+        let key = (loc.pack, loc.record.offset);
+        let read = if detail == MISMATCH {
+            match self.cache.lock().expect("cache lock").get(key) {
+                Some(rec) => Some(rec),
+                None => return out, // the record is gone from the cache: no more is known
+            }
+        } else {
+            None
+        };
+        let rows = self
+            .pool
+            .with(|c| c.chunks_in_record(loc.pack, loc.record.offset))
+            .unwrap_or_default();
+        for row in rows.into_iter().filter(|r| r.id != *id) {
+            let whole = read.as_ref().is_some_and(|rec| {
+                let at = row.loc.offset as usize..(row.loc.offset + row.loc.len) as usize;
+                rec.data.get(at).is_some_and(|b| ChunkId::of(b) == row.id)
+            });
+            if !whole {
+                out.push(row.id);
+            }
+        }
+        out
     }
 
     fn location(&self, id: &ChunkId) -> VaultResult<ChunkLoc> {
@@ -213,7 +257,10 @@ impl ChunkSource {
             .entry(key)
             .or_default()
             .clone();
-        let held = turn.lock().expect("record turn");
+        // A thread that panicked while decompressing leaves nothing half-done behind the lock.
+        let held = turn
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Whoever held the turn before may have cached the record meanwhile.
         let cached = self.cache.lock().expect("cache lock").get(key);
         let r = match cached {
@@ -221,10 +268,14 @@ impl ChunkSource {
             None => self.decompress(id, loc),
         };
         drop(held);
+        // The last thread with this turn removes it; the map's lock is held until `turn` is
+        // dropped, so two last threads cannot both see the other and leave it behind.
         let mut loading = self.loading.lock().expect("loading lock");
         if Arc::strong_count(&turn) == 2 {
             loading.remove(&key);
         }
+        drop(turn);
+        drop(loading);
         r
     }
 

@@ -379,8 +379,11 @@ impl Vault {
                     Ok(b) if failed.is_none() => {
                         let sink = if p.single.contains(&row.loc.record.offset) {
                             &mut alone
-                        } else if row.loc.record.plain_len as usize > super::write::LARGEST_GROUP {
-                            // A large image frame stays one (of the vault's frame size now).
+                        } else if super::write::in_image_frame(
+                            row.loc.record.plain_len,
+                            row.loc.len,
+                        ) {
+                            // An image frame stays one (of the vault's frame size now).
                             &mut image
                         } else {
                             &mut group

@@ -66,9 +66,11 @@ impl VaultReader {
 
     /// The verified bytes of a chunk: the only way to read chunk data.
     pub fn read_chunk(&self, id: &ChunkId) -> VaultResult<ChunkBytes> {
-        self.chunks
-            .read_chunk(id)
-            .inspect_err(|e| self.note(e, Damaged::Chunk(*id)))
+        self.chunks.read_chunk(id).inspect_err(|e| {
+            for c in self.chunks.covered_by(id, e) {
+                self.note(e, Damaged::Chunk(c));
+            }
+        })
     }
 
     /// Records in the damage journal an id whose data failed its check, so the next backup

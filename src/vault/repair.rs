@@ -239,6 +239,7 @@ impl Vault {
         let reader = replica.reader();
         let mut alone = session.sink(SinkMode::Alone);
         let mut grouped = session.sink(SinkMode::Group);
+        let mut image = session.sink(SinkMode::Image);
         for id in chunks {
             let bytes = match reader.read_chunk(id) {
                 Ok(b) => b,
@@ -253,17 +254,19 @@ impl Vault {
                 Err(e) => return Err(e),
             };
             let data: &[u8] = &bytes;
-            // A chunk that had a record of its own (a disk block) gets one again.
-            let was_alone = self
-                .catalog
-                .chunk(id)?
-                .is_some_and(|l| l.record.plain_len == l.len);
-            let sink = if was_alone { &mut alone } else { &mut grouped };
+            // A chunk that had a record of its own (a disk block) gets one again; a block of an
+            // image frame goes into a frame again.
+            let sink = match self.catalog.chunk(id)? {
+                Some(l) if l.record.plain_len == l.len => &mut alone,
+                Some(l) if super::write::in_image_frame(l.record.plain_len, l.len) => &mut image,
+                _ => &mut grouped,
+            };
             sink.relocate(*id, data)?;
             report.chunks_repaired += 1;
             report.bytes_repaired += data.len() as u64;
         }
         alone.flush()?;
+        image.flush()?;
         grouped.flush()
     }
 }

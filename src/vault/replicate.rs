@@ -44,7 +44,7 @@ const REPLICA_NAME_PREFIX: &str = "replica.";
 /// Where packs wait in a replica between their copy and the commit that names them.
 const INCOMING: &str = "incoming";
 /// Settings a replica takes from its primary.
-const MIRRORED_META: &[&str] = &["soft_delete_days", "immutability"];
+const MIRRORED_META: &[&str] = &["soft_delete_days", "immutability", "image_frame"];
 
 impl Vault {
     /// The id of the vault this one is a replica of, if it is one.

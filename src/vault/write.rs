@@ -37,8 +37,14 @@ use super::{Vault, VaultError, VaultResult, WriteLock, now_ns, random_hex};
 pub const GROUP_TARGET: usize = 256 * 1024;
 /// Chunks at least this big get a record of their own.
 const ALONE: usize = GROUP_TARGET / 2;
-/// No `Group` record holds more plain bytes than this: a bigger one is an image frame.
-pub(super) const LARGEST_GROUP: usize = GROUP_TARGET + ALONE;
+/// True if a record of `plain_len` bytes holding a chunk of `len` bytes is an image frame of
+/// several disk blocks (a block is 32 KiB; grouped file chunks are cut by content, so a record of
+/// them that is only whole blocks is as unlikely as harmless): moved or repaired, its chunks go
+/// to an `Image` sink, so frames stay frames.
+pub(super) fn in_image_frame(plain_len: u32, len: u32) -> bool {
+    let block = crate::backup::disk::BLOCK as u32;
+    len == block && plain_len > len && plain_len.is_multiple_of(block)
+}
 
 /// How a session runs.
 #[derive(Clone, Debug, Default)]
