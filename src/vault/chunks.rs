@@ -1,7 +1,8 @@
 //! Reading chunks: the only way to get chunk bytes. `ChunkSource::read_chunk(id)` looks the chunk
 //! up (a bounded location cache in front of the catalog), names its pack, reads the record
 //! through the pack store, decompresses it once into a byte-bounded cache (reading the small files
-//! of one directory in order costs one decompression) and checks the chunk against its BLAKE3 id
+//! of one directory in order costs one decompression; threads that need the same record, such as
+//! neighbouring blocks of one image frame, wait for that one decompression) and checks the chunk against its BLAKE3 id
 //! the first time it is handed out of a cached record: damaged data is an error, never wrong
 //! bytes. Thread-safe (`&self` everywhere); never writes. Caches key records by pack id, which
 //! the catalog never reuses, so a deleted pack's id cannot serve another pack's bytes.
