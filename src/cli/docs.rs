@@ -30,8 +30,9 @@ status 130). A second Ctrl-C ends the process at once.",
     (
         "backup-disk",
         "Images are cut into fixed 32 KiB blocks; holes and all-zero blocks cost nothing; later \
-backups store only changed blocks. Each image appears as <name>.img in the point. On a terminal \
-a progress bar shows bytes read, the percentage and the time left.",
+backups store only changed blocks, compressed in frames of the vault's image frame (32 KiB by \
+default; see `coffre vault set image-frame`). Each image appears as <name>.img in the point. On a \
+terminal a progress bar shows bytes read, the percentage and the time left.",
     ),
     (
         "backup-vm",
