@@ -427,3 +427,43 @@ fn a_vault_written_before_image_frames_mounts_restores_verifies_and_takes_new_po
     assert_eq!(read, want, "the old points, after a new one");
     t.ok(&["verify"]);
 }
+
+/// How many chunks share the record that holds block `n` of `make_image` (itself included).
+fn chunks_in_record_of(t: &TestVault, n: u64) -> u64 {
+    let db = rusqlite::Connection::open(t.vault().join("vault.db")).unwrap();
+    db.query_row(
+        "SELECT COUNT(*) FROM chunks c JOIN chunks b ON b.pack = c.pack
+           AND b.rec_offset = c.rec_offset WHERE c.id = ?1",
+        [blake3::hash(&block(n)).as_bytes().to_vec()],
+        |r| r.get(0),
+    )
+    .unwrap()
+}
+
+#[test]
+fn repair_from_a_replica_stores_a_damaged_frame_as_a_frame_again() {
+    let t = TestVault::new();
+    t.ok(&["init", "--image-frame", "1M"]);
+    let img = t.path("disk.img");
+    let want = make_image(&img);
+    backup_disk(&t, "d", &img);
+    let replica = t.path("replica");
+    t.ok(&["replicate", "--to", replica.to_str().unwrap()]);
+    damage_frame_of(&t, 40);
+    assert!(!t.run(&["verify"]).status.success(), "verify passed");
+    let r = json(&t.ok(&["repair", "--from", replica.to_str().unwrap(), "--json"]));
+    // Blocks 32..64 share the 1 MiB frame; repaired, they share one again (grouped like files,
+    // they would be records of 8).
+    assert_eq!(r["chunks_repaired"], 32, "{r}");
+    assert_eq!(
+        chunks_in_record_of(&t, 40),
+        32,
+        "the repaired blocks share one frame"
+    );
+    {
+        let m = MountGuard::start(&t, &[]);
+        let failed = blocks_failing_with_eio(&m.latest("d").join("disk.img"), &want);
+        assert_eq!(failed, Vec::<usize>::new());
+    }
+    t.ok(&["verify"]);
+}

@@ -240,7 +240,7 @@ impl Vault {
         let mut alone = session.sink(SinkMode::Alone);
         let mut grouped = session.sink(SinkMode::Group);
         let mut image = session.sink(SinkMode::Image);
-        for id in chunks {
+        for id in &in_replica_order(replica, chunks)? {
             let bytes = match reader.read_chunk(id) {
                 Ok(b) => b,
                 Err(e) if e.is_damage() => {
@@ -269,6 +269,21 @@ impl Vault {
         image.flush()?;
         grouped.flush()
     }
+}
+
+/// `chunks` in the order the replica stores them (those it lacks last), so the chunks of one
+/// record are read together and each record is decompressed once.
+fn in_replica_order(replica: &Vault, chunks: &[ChunkId]) -> VaultResult<Vec<ChunkId>> {
+    let mut keyed = Vec::with_capacity(chunks.len());
+    for id in chunks {
+        let at = replica
+            .catalog
+            .chunk(id)?
+            .map(|l| (l.pack, l.record.offset, l.offset));
+        keyed.push((at.is_none(), at, *id));
+    }
+    keyed.sort_unstable();
+    Ok(keyed.into_iter().map(|(_, _, id)| id).collect())
 }
 
 /// True if point root `root` decodes and what it names directly is in catalog `c`.
