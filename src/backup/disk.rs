@@ -29,7 +29,7 @@ use crate::vault::{
 };
 
 /// Fixed block size of disk images (see the module header for why 32 KiB).
-pub const BLOCK: usize = 32 * 1024;
+pub const BLOCK: usize = crate::vault::DEFAULT_IMAGE_FRAME; // the smallest image frame is one block
 /// Blocks per segment (one content list).
 pub const SEGMENT_BLOCKS: usize = 2048;
 

@@ -42,7 +42,7 @@ const ALONE: usize = GROUP_TARGET / 2;
 /// them that is only whole blocks is as unlikely as harmless): moved or repaired, its chunks go
 /// to an `Image` sink, so frames stay frames.
 pub(super) fn in_image_frame(plain_len: u32, len: u32) -> bool {
-    let block = crate::backup::disk::BLOCK as u32;
+    let block = super::DEFAULT_IMAGE_FRAME as u32; // the smallest frame: one block
     len == block && plain_len > len && plain_len.is_multiple_of(block)
 }
 
