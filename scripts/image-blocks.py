@@ -5,14 +5,19 @@ stores of the image, for trying compression layouts with the zstd command line, 
     scripts/image-blocks.py /var/tmp/coffre-bench/data/disk.img /var/tmp/blocks.bin
     zstd -b3 -B32K -i2 /var/tmp/blocks.bin      # one frame per block (image-frame 32K)
     zstd -b3 -B1M -i2 /var/tmp/blocks.bin       # 1 MiB frames
+    scripts/image-blocks.py /var/tmp/coffre-bench/data/disk.img /var/tmp/sample.bin 16
+    zstd --train-fastcover -B32K --maxdict=1M /var/tmp/sample.bin -o /var/tmp/dict
+    zstd -b3 -B32K -i2 -D /var/tmp/dict /var/tmp/blocks.bin   # 32 KiB frames with a dictionary
 
-usage: image-blocks.py IMAGE OUT   (prints the number of blocks)
+usage: image-blocks.py IMAGE OUT [EVERY]   (EVERY: keep every EVERY-th block only, a training
+sample; prints the number of unique blocks)
 """
 import hashlib
 import sys
 
 BLOCK = 32768
 src, dst = sys.argv[1], sys.argv[2]
+every = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 seen, zero = set(), bytes(BLOCK)
 with open(src, "rb") as f, open(dst, "wb") as out:
     while True:
@@ -24,5 +29,6 @@ with open(src, "rb") as f, open(dst, "wb") as out:
         h = hashlib.blake2b(b, digest_size=16).digest()
         if h not in seen:
             seen.add(h)
-            out.write(b)
+            if (len(seen) - 1) % every == 0:
+                out.write(b)
 print(len(seen))

@@ -50,6 +50,28 @@ fn backup_disk(t: &TestVault, item: &str, img: &Path) -> serde_json::Value {
     serde_json::from_str::<serde_json::Value>(&out).unwrap()[0].clone()
 }
 
+/// A vault made with `init ARGS` holding item `d`: one backup of `make_image`. Returns the vault,
+/// the image's path and its bytes.
+fn backed_up(init: &[&str]) -> (TestVault, std::path::PathBuf, Vec<u8>) {
+    let t = TestVault::new();
+    t.ok(&[&["init"], init].concat());
+    let img = t.path("disk.img");
+    let want = make_image(&img);
+    backup_disk(&t, "d", &img);
+    (t, img, want)
+}
+
+/// The `disk.img` of every point of `item` in mount `m` (`latest` left out).
+fn points_in_mount(m: &MountGuard, item: &str) -> Vec<std::path::PathBuf> {
+    let points = m.latest(item).parent().unwrap().to_path_buf();
+    std::fs::read_dir(&points)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap() != "latest")
+        .map(|p| p.join("disk.img"))
+        .collect()
+}
+
 fn pack_bytes(t: &TestVault) -> u64 {
     pack_files(t)
         .iter()
@@ -156,12 +178,9 @@ fn change(img: &Path, blocks: impl Iterator<Item = u64>, seed: u64) -> Vec<u8> {
 /// Every point of `item` read through a fresh mount, sorted.
 fn images_in_mount(t: &TestVault, item: &str) -> Vec<Vec<u8>> {
     let m = MountGuard::start(t, &[]);
-    let points = m.latest(item).parent().unwrap().to_path_buf();
-    let mut seen: Vec<Vec<u8>> = std::fs::read_dir(&points)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap() != "latest")
-        .map(|p| std::fs::read(p.join("disk.img")).unwrap())
+    let mut seen: Vec<Vec<u8>> = points_in_mount(&m, item)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
         .collect();
     seen.sort();
     seen
@@ -183,11 +202,7 @@ fn chunks_in_frames(t: &TestVault, plain: u64) -> u64 {
 
 #[test]
 fn points_of_every_frame_size_read_alike_and_gc_keeps_frames_whole() {
-    let t = TestVault::new();
-    t.ok(&["init"]);
-    let img = t.path("disk.img");
-    let a = make_image(&img);
-    backup_disk(&t, "d", &img);
+    let (t, img, a) = backed_up(&[]);
     assert_eq!(
         chunks_in_frames(&t, 0),
         0,
@@ -247,11 +262,7 @@ fn damage_frame_of(t: &TestVault, n: u64) {
 
 #[test]
 fn a_damaged_frame_fails_the_reads_of_its_own_blocks_only_and_heals_whole() {
-    let t = TestVault::new();
-    t.ok(&["init", "--image-frame", "256K"]);
-    let img = t.path("disk.img");
-    let want = make_image(&img);
-    backup_disk(&t, "d", &img);
+    let (t, img, want) = backed_up(&["--image-frame", "256K"]);
     // Every 256 KiB frame holds 8 neighbouring blocks: 40..48 here.
     damage_frame_of(&t, 40);
     {
@@ -274,9 +285,7 @@ fn a_damaged_frame_fails_the_reads_of_its_own_blocks_only_and_heals_whole() {
     let b = backup_disk(&t, "d", &img);
     assert_eq!(b["point"]["new_chunks"], 8, "{b}");
     let m = MountGuard::start(&t, &[]);
-    let points = m.latest("d").parent().unwrap().to_path_buf();
-    for p in std::fs::read_dir(&points).unwrap() {
-        let p = p.unwrap().path().join("disk.img");
+    for p in points_in_mount(&m, "d") {
         assert_eq!(
             blocks_failing_with_eio(&p, &want),
             Vec::<usize>::new(),
@@ -339,11 +348,7 @@ fn records_and_chunks(t: &TestVault) -> (u64, u64) {
 
 #[test]
 fn the_default_frame_is_the_layout_vaults_had_before_and_a_catalog_without_the_setting_opens() {
-    let t = TestVault::new();
-    t.ok(&["init"]);
-    let img = t.path("disk.img");
-    let want = make_image(&img);
-    backup_disk(&t, "d", &img);
+    let (t, img, want) = backed_up(&[]);
     // One record (one zstd frame) per block, as every coffre before image frames wrote.
     let (records, chunks) = records_and_chunks(&t);
     assert_eq!((records, chunks), (161, 161), "records, chunks");
@@ -442,11 +447,7 @@ fn chunks_in_record_of(t: &TestVault, n: u64) -> u64 {
 
 #[test]
 fn repair_from_a_replica_stores_a_damaged_frame_as_a_frame_again() {
-    let t = TestVault::new();
-    t.ok(&["init", "--image-frame", "1M"]);
-    let img = t.path("disk.img");
-    let want = make_image(&img);
-    backup_disk(&t, "d", &img);
+    let (t, _, want) = backed_up(&["--image-frame", "1M"]);
     let replica = t.path("replica");
     t.ok(&["replicate", "--to", replica.to_str().unwrap()]);
     damage_frame_of(&t, 40);

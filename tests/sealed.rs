@@ -118,16 +118,13 @@ fn a_sealed_replica_reveals_nothing_and_opens_only_with_its_key() {
     let out = t.run(&["--vault", &u, "points"]);
     assert_fails(&out, "encrypted");
     assert!(stderr(&out).contains("--key-file"), "{}", stderr(&out));
+    // `coffre --vault U --key-file KEY points`
+    let points_with = |key: &std::path::Path| {
+        t.run(&["--vault", &u, "--key-file", key.to_str().unwrap(), "points"])
+    };
     let wrong = t.path("wrong.key");
     std::fs::write(&wrong, [7u8; 32]).unwrap();
-    let out = t.run(&[
-        "--vault",
-        &u,
-        "--key-file",
-        wrong.to_str().unwrap(),
-        "points",
-    ]);
-    assert_fails(&out, "not the key of");
+    assert_fails(&points_with(&wrong), "not the key of");
     // --key-file where nothing would use it (a plain local vault's listing) is a usage error.
     let out = t.run(&["--key-file", key.to_str().unwrap(), "points"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -139,14 +136,7 @@ fn a_sealed_replica_reveals_nothing_and_opens_only_with_its_key() {
     // A key file too short is refused before anything is read.
     let short = t.path("short.key");
     std::fs::write(&short, b"secret").unwrap();
-    let out = t.run(&[
-        "--vault",
-        &u,
-        "--key-file",
-        short.to_str().unwrap(),
-        "points",
-    ]);
-    assert_fails(&out, "at least 32 bytes");
+    assert_fails(&points_with(&short), "at least 32 bytes");
 
     // With the key (option or environment): every point restores exactly, verify reads it all.
     let listed = t

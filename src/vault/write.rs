@@ -248,7 +248,9 @@ impl Vault {
 impl WriteSession<'_> {
     /// `Vault::image_frame` of the vault written to: where `Image` sinks close their records.
     pub fn image_frame(&self) -> usize {
-        self.shared.as_ref().map_or(0, |s| s.image_frame).max(1)
+        self.shared
+            .as_ref()
+            .map_or(super::DEFAULT_IMAGE_FRAME, |s| s.image_frame)
     }
 
     /// A new sink for one worker thread.
